@@ -1,0 +1,9 @@
+//! Hearth's pure core: the audit chain (record layout, hashing, verification, export format)
+//! and the witness caretaker decision. Nothing here does I/O or knows about Raft, tonic or
+//! sled; every function is a plain function over data, so it can be tested exhaustively.
+
+pub mod caretaker;
+pub mod chain;
+pub mod export;
+
+pub use chain::{ChainError, EntryKind, Hash, Record, ZERO_HASH};
