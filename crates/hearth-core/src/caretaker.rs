@@ -126,13 +126,23 @@ mod tests {
 
     #[test]
     fn campaigns_only_when_ahead_of_every_live_hub_after_patience() {
-        let ahead = obs(5000, pos(2, 10), vec![hub(1, false, None), hub(2, true, pos(2, 7))]);
+        let ahead = obs(
+            5000,
+            pos(2, 10),
+            vec![hub(1, false, None), hub(2, true, pos(2, 7))],
+        );
         assert_eq!(decide(CFG, &ahead), Decision::Campaign);
 
-        let impatient = Observation { leaderless_ms: 100, ..ahead.clone() };
+        let impatient = Observation {
+            leaderless_ms: 100,
+            ..ahead.clone()
+        };
         assert_eq!(decide(CFG, &impatient), Decision::Wait);
 
-        let led = Observation { leader_known: true, ..ahead.clone() };
+        let led = Observation {
+            leader_known: true,
+            ..ahead.clone()
+        };
         assert_eq!(decide(CFG, &led), Decision::Wait);
 
         let hub_equal = obs(5000, pos(2, 10), vec![hub(2, true, pos(2, 10))]);
@@ -141,7 +151,11 @@ mod tests {
         let hub_newer_term = obs(5000, pos(2, 10), vec![hub(2, true, pos(3, 4))]);
         assert_eq!(decide(CFG, &hub_newer_term), Decision::Wait);
 
-        let no_live_hub = obs(5000, pos(2, 10), vec![hub(1, false, None), hub(2, false, None)]);
+        let no_live_hub = obs(
+            5000,
+            pos(2, 10),
+            vec![hub(1, false, None), hub(2, false, None)],
+        );
         assert_eq!(decide(CFG, &no_live_hub), Decision::Wait);
 
         let hub_unknown_log = obs(5000, pos(1, 1), vec![hub(2, true, None)]);
@@ -158,7 +172,12 @@ mod tests {
         o.hubs[1].matched = Some(10);
         assert_eq!(decide(CFG, &o), Decision::TransferTo(2));
         // Both caught up: prefer the lower id deterministically.
-        o.hubs[0] = HubView { id: 1, reachable: true, last_log: None, matched: Some(10) };
+        o.hubs[0] = HubView {
+            id: 1,
+            reachable: true,
+            last_log: None,
+            matched: Some(10),
+        };
         assert_eq!(decide(CFG, &o), Decision::TransferTo(1));
     }
 
@@ -171,7 +190,8 @@ mod tests {
             for leader_known in [false, true] {
                 for leaderless_ms in [0, 5000] {
                     for my in positions {
-                        for (r1, r2) in [(false, false), (false, true), (true, false), (true, true)] {
+                        for (r1, r2) in [(false, false), (false, true), (true, false), (true, true)]
+                        {
                             for l1 in positions {
                                 for l2 in positions {
                                     for m in [None, Some(1), Some(2)] {
@@ -181,19 +201,38 @@ mod tests {
                                             leaderless_ms,
                                             my_last: my,
                                             hubs: vec![
-                                                HubView { id: 1, reachable: r1, last_log: l1, matched: m },
-                                                HubView { id: 2, reachable: r2, last_log: l2, matched: m },
+                                                HubView {
+                                                    id: 1,
+                                                    reachable: r1,
+                                                    last_log: l1,
+                                                    matched: m,
+                                                },
+                                                HubView {
+                                                    id: 2,
+                                                    reachable: r2,
+                                                    last_log: l2,
+                                                    matched: m,
+                                                },
                                             ],
                                         };
                                         match decide(CFG, &o) {
                                             Decision::Campaign => {
                                                 assert!(!i_lead && !leader_known);
                                                 assert!(o.hubs.iter().any(|h| h.reachable));
-                                                assert!(o.hubs.iter().filter(|h| h.reachable).all(|h| h.last_log < my));
+                                                assert!(
+                                                    o.hubs
+                                                        .iter()
+                                                        .filter(|h| h.reachable)
+                                                        .all(|h| h.last_log < my)
+                                                );
                                             }
                                             Decision::TransferTo(id) => {
                                                 assert!(i_lead);
-                                                assert!(o.hubs.iter().any(|h| h.id == id && h.reachable));
+                                                assert!(
+                                                    o.hubs
+                                                        .iter()
+                                                        .any(|h| h.id == id && h.reachable)
+                                                );
                                             }
                                             Decision::KeepReplicating => assert!(i_lead),
                                             Decision::Wait => assert!(!i_lead),

@@ -133,7 +133,9 @@ pub fn link_hash(prev: &Hash, record_bytes: &[u8]) -> Hash {
 /// Why a chain failed verification, at which index.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyFailure {
-    #[error("index {index}: stored hash {stored} != computed {computed} (entry or an earlier link was altered)")]
+    #[error(
+        "index {index}: stored hash {stored} != computed {computed} (entry or an earlier link was altered)"
+    )]
     HashMismatch {
         index: u64,
         stored: String,
@@ -335,7 +337,11 @@ mod tests {
                     .iter()
                     .find_map(|(b, h)| v.push(b, h).err())
                     .expect("a flipped byte must fail");
-                assert_eq!(err.index(), victim as u64, "flip byte {byte} of {victim}: {err}");
+                assert_eq!(
+                    err.index(),
+                    victim as u64,
+                    "flip byte {byte} of {victim}: {err}"
+                );
             }
         }
     }
@@ -346,7 +352,13 @@ mod tests {
         let mut v = ChainVerifier::new_genesis();
         v.push(&chain[0].0, &chain[0].1).unwrap();
         let e = v.push(&chain[2].0, &chain[2].1).unwrap_err();
-        assert_eq!(e, VerifyFailure::IndexGap { expected: 1, found: 2 });
+        assert_eq!(
+            e,
+            VerifyFailure::IndexGap {
+                expected: 1,
+                found: 2
+            }
+        );
 
         let mut v = ChainVerifier::new_genesis();
         let mut bad = chain[0].1;

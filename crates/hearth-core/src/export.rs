@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{ChainVerifier, Hash, Record, VerifyFailure, ZERO_HASH};
 use crate::EntryKind;
+use crate::chain::{ChainVerifier, Hash, Record, VerifyFailure, ZERO_HASH};
 
 pub const FORMAT_NAME: &str = "hearth-audit-export";
 pub const FORMAT_VERSION: u32 = 1;
@@ -197,7 +197,11 @@ mod tests {
                 index: i,
                 term: 1,
                 leader: 1,
-                kind: if i == 0 { EntryKind::Membership } else { EntryKind::Command },
+                kind: if i == 0 {
+                    EntryKind::Membership
+                } else {
+                    EntryKind::Command
+                },
                 payload: format!("{{\"n\":{i}}}").into_bytes(),
             };
             prev = link_hash(&prev, &r.encode());
@@ -211,7 +215,10 @@ mod tests {
     fn good_export_verifies() {
         let r = verify_export(export(20).lines()).unwrap();
         assert_eq!(r.failure, None);
-        assert_eq!((r.entries, r.first_index, r.last_index), (20, Some(0), Some(19)));
+        assert_eq!(
+            (r.entries, r.first_index, r.last_index),
+            (20, Some(0), Some(19))
+        );
     }
 
     #[test]
@@ -228,13 +235,22 @@ mod tests {
         let mut cut: Vec<&str> = full.lines().collect();
         cut.remove(4); // entry 3
         let r = verify_export(cut.into_iter()).unwrap();
-        assert_eq!(r.failure.unwrap(), VerifyFailure::IndexGap { expected: 3, found: 4 });
+        assert_eq!(
+            r.failure.unwrap(),
+            VerifyFailure::IndexGap {
+                expected: 3,
+                found: 4
+            }
+        );
     }
 
     #[test]
     fn malformed_inputs_are_clear_errors() {
         assert_eq!(verify_export("".lines()).unwrap_err(), ExportError::Empty);
-        assert!(matches!(verify_export("{}".lines()), Err(ExportError::BadHeader(_))));
+        assert!(matches!(
+            verify_export("{}".lines()),
+            Err(ExportError::BadHeader(_))
+        ));
         let mut text = export(3);
         text.push_str("{\"index\": 3, \"garbage\": true}\n");
         let r = verify_export(text.lines()).unwrap();

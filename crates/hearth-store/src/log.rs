@@ -1,0 +1,518 @@
+//! The Raft log and vote, durable.
+//!
+//! `raft-log.bin` is an append-only file of frames `len:u32le ‖ crc32:u32le ‖ record`, where
+//! `record` is the audit-chain layout of the entry (`hearth_core::Record`). Frames are in index
+//! order with no holes; truncation cuts the file. `raft-meta.json` holds the vote and the last
+//! purged log id and is replaced atomically (write temp, fsync, rename, fsync directory).
+//!
+//! Durability contract (RAFT-NOTES.md §2.2): `save_vote` returns only after the vote is on disk;
+//! `append` makes entries readable before it returns and reports them flushed only after
+//! `fdatasync`. Vote and log writes are each synced before they are acknowledged, so they can
+//! never be reordered on disk.
+//!
+//! On open, a frame that is incomplete or fails its CRC at the very end of the file is an
+//! append that was never acknowledged (torn write) and is cut off with a warning; the same
+//! anywhere else is corruption, reported with its index, and the node refuses to start.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hearth_core::Record;
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, LogIdT, TypeConfig, entry_to_record, log_id, record_to_entry};
+use crate::{StoreError, io_err};
+
+pub const LOG_FILE: &str = "raft-log.bin";
+pub const META_FILE: &str = "raft-meta.json";
+const FRAME_HEADER: u64 = 8;
+/// Largest record accepted when reading back (a corrupt length must not allocate gigabytes).
+pub const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<VoteOf<TypeConfig>>,
+    last_purged: Option<LogIdT>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    end: u64,
+    /// Frame of index `first_index + i`.
+    frames: Vec<Frame>,
+    first_index: u64,
+    last: Option<LogIdT>,
+    meta: Meta,
+}
+
+/// The durable Raft log. Cloning shares the same open file.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A frame read back from disk.
+pub struct StoredRecord {
+    pub bytes: Vec<u8>,
+}
+
+fn other(e: impl ToString) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, checking every frame.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let path = dir.join(LOG_FILE);
+        let meta_path = dir.join(META_FILE);
+        let meta: Meta = match std::fs::read(&meta_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::CorruptMeta {
+                path: meta_path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(io_err(&meta_path, e)),
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(|e| io_err(&path, e))?;
+
+        let mut frames = Vec::new();
+        let mut first_index = 0;
+        let mut last: Option<LogIdT> = None;
+        let mut pos: usize = 0;
+        while pos < data.len() {
+            let expected = last.as_ref().map(|l| l.index + 1);
+            let at = expected.unwrap_or(0);
+            let torn = |reason: &str| -> Result<(), StoreError> {
+                tracing::warn!(path = %path.display(), index = at, offset = pos, reason,
+                    "cutting off an unacknowledged torn write at the end of the Raft log");
+                Ok(())
+            };
+            if data.len() - pos < FRAME_HEADER as usize {
+                torn("incomplete frame header")?;
+                break;
+            }
+            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default());
+            let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
+            let body_start = pos + FRAME_HEADER as usize;
+            let body_end = body_start.saturating_add(len as usize);
+            if len > MAX_RECORD || body_end > data.len() {
+                if len <= MAX_RECORD {
+                    torn("incomplete frame")?;
+                    break;
+                }
+                return Err(StoreError::CorruptLog {
+                    path,
+                    index: at,
+                    reason: format!("frame length {len} is impossible"),
+                });
+            }
+            let body = &data[body_start..body_end];
+            if crc32fast::hash(body) != crc {
+                if body_end == data.len() {
+                    torn("checksum mismatch in the last frame")?;
+                    break;
+                }
+                return Err(StoreError::CorruptLog {
+                    path,
+                    index: at,
+                    reason: "checksum mismatch".into(),
+                });
+            }
+            let rec = Record::decode(body).map_err(|e| StoreError::CorruptLog {
+                path: path.clone(),
+                index: at,
+                reason: e.to_string(),
+            })?;
+            if let Some(exp) = expected
+                && rec.index != exp
+            {
+                return Err(StoreError::CorruptLog {
+                    path,
+                    index: exp,
+                    reason: format!("found index {} where {exp} was expected", rec.index),
+                });
+            }
+            if frames.is_empty() {
+                first_index = rec.index;
+            }
+            frames.push(Frame {
+                offset: pos as u64,
+                len,
+            });
+            last = Some(log_id(rec.term, rec.leader, rec.index));
+            pos = body_end;
+        }
+        if pos < data.len() {
+            file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
+            file.sync_all().map_err(|e| io_err(&path, e))?;
+        }
+        // Drop what was purged (the bytes stay in the file; the log is never compacted).
+        let mut store = Inner {
+            dir: dir.to_path_buf(),
+            file,
+            end: pos as u64,
+            frames,
+            first_index,
+            last,
+            meta,
+        };
+        if let Some(p) = store.meta.last_purged.clone() {
+            store.drop_through(p.index);
+            if store.frames.is_empty() {
+                store.last = Some(p);
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(store)),
+        })
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| other("log store lock poisoned by an earlier panic"))
+    }
+
+    /// First and last index present in the log.
+    pub fn bounds(&self) -> io::Result<Option<(u64, u64)>> {
+        let g = self.lock()?;
+        Ok(g.last
+            .as_ref()
+            .and_then(|l| (!g.frames.is_empty()).then_some((g.first_index, l.index))))
+    }
+
+    /// Stored record bytes of `index` (the bytes the chain hashes), if present.
+    pub fn record_bytes(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        let g = self.lock()?;
+        g.read_frame(index)
+    }
+
+    pub fn last_log_id(&self) -> io::Result<Option<LogIdT>> {
+        Ok(self.lock()?.last.clone())
+    }
+}
+
+impl Inner {
+    fn frame(&self, index: u64) -> Option<Frame> {
+        let i = index.checked_sub(self.first_index)?;
+        self.frames.get(usize::try_from(i).ok()?).copied()
+    }
+
+    fn read_frame(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(f) = self.frame(index) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; FRAME_HEADER as usize + f.len as usize];
+        self.file.read_exact_at(&mut buf, f.offset)?;
+        let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let body = buf.split_off(FRAME_HEADER as usize);
+        if crc32fast::hash(&body) != crc {
+            return Err(other(format!(
+                "Raft log entry {index} failed its checksum on read: disk corruption"
+            )));
+        }
+        Ok(Some(body))
+    }
+
+    fn drop_through(&mut self, index: u64) {
+        let n = (index + 1)
+            .saturating_sub(self.first_index)
+            .min(self.frames.len() as u64);
+        self.frames.drain(..n as usize);
+        self.first_index += n;
+        if self.frames.is_empty() {
+            self.first_index = index + 1;
+        }
+    }
+
+    fn write_meta(&self) -> io::Result<()> {
+        let path = self.dir.join(META_FILE);
+        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
+        let bytes = serde_json::to_vec(&self.meta).map_err(other)?;
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Removes entries after `index` (exclusive), or all with `None`.
+    fn truncate_after(&mut self, index: Option<u64>) -> io::Result<()> {
+        let keep = match index {
+            None => 0,
+            Some(i) => (i + 1)
+                .saturating_sub(self.first_index)
+                .min(self.frames.len() as u64) as usize,
+        };
+        if keep >= self.frames.len() {
+            return Ok(());
+        }
+        let cut_at = self.frames[keep].offset;
+        self.file.set_len(cut_at)?;
+        self.end = cut_at;
+        self.frames.truncate(keep);
+        self.last = match self.frames.last() {
+            Some(_) => {
+                let idx = self.first_index + keep as u64 - 1;
+                let body = self
+                    .read_frame(idx)?
+                    .ok_or_else(|| other("frame vanished"))?;
+                let r = Record::decode(&body).map_err(other)?;
+                Some(log_id(r.term, r.leader, r.index))
+            }
+            None => self.meta.last_purged.clone(),
+        };
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let g = self.lock()?;
+        let Some(last) = g.last.as_ref().map(|l| l.index) else {
+            return Ok(Vec::new());
+        };
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        }
+        .max(g.first_index);
+        let end = match range.end_bound() {
+            Bound::Included(x) => (*x).min(last),
+            Bound::Excluded(x) => match x.checked_sub(1) {
+                Some(x) => x.min(last),
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => last,
+        };
+        let mut out = Vec::new();
+        let mut i = start;
+        while i <= end {
+            let Some(body) = g.read_frame(i)? else { break };
+            let rec = Record::decode(&body).map_err(other)?;
+            out.push(record_to_entry(rec).map_err(other)?);
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        Ok(self.lock()?.meta.vote.clone())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let g = self.lock()?;
+        Ok(LogState {
+            last_purged_log_id: g.meta.last_purged.clone(),
+            last_log_id: g.last.clone().or_else(|| g.meta.last_purged.clone()),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        let inner = self.inner.clone();
+        let vote = vote.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = inner.lock().map_err(|_| other("log store lock poisoned"))?;
+            g.meta.vote = Some(vote);
+            g.write_meta()
+        })
+        .await
+        .map_err(other)?
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let file = {
+            let mut g = self.lock()?;
+            let mut buf = Vec::new();
+            let mut new_frames = Vec::new();
+            let mut last = None;
+            for entry in entries {
+                // An append that overlaps the tail replaces it (openraft truncates first; this
+                // keeps the file free of holes and duplicates whatever the caller does).
+                if let Some(l) = g.last.as_ref()
+                    && entry.log_id.index <= l.index
+                    && new_frames.is_empty()
+                {
+                    g.truncate_after(entry.log_id.index.checked_sub(1))?;
+                }
+                let rec = entry_to_record(&entry).map_err(other)?;
+                let start = buf.len();
+                buf.extend_from_slice(&[0u8; FRAME_HEADER as usize]);
+                rec.encode_into(&mut buf);
+                let body_len = buf.len() - start - FRAME_HEADER as usize;
+                let len = u32::try_from(body_len)
+                    .ok()
+                    .filter(|l| *l <= MAX_RECORD)
+                    .ok_or_else(|| {
+                        other(format!(
+                            "entry {} is too large ({body_len} bytes)",
+                            rec.index
+                        ))
+                    })?;
+                let crc = crc32fast::hash(&buf[start + FRAME_HEADER as usize..]);
+                buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+                new_frames.push((rec.index, start as u64, len));
+                last = Some(entry.log_id.clone());
+            }
+            if new_frames.is_empty() {
+                callback.io_completed(Ok(()));
+                return Ok(());
+            }
+            // Visible to readers when this returns; durable only after the sync below.
+            g.file.write_all(&buf)?;
+            let base = g.end;
+            if g.frames.is_empty() {
+                g.first_index = new_frames[0].0;
+            }
+            for (_, off, len) in new_frames {
+                g.frames.push(Frame {
+                    offset: base + off,
+                    len,
+                });
+            }
+            g.end += buf.len() as u64;
+            g.last = last;
+            g.file.try_clone()?
+        };
+        let res = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(other)
+            .and_then(|r| r);
+        callback.io_completed(res);
+        Ok(())
+    }
+
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let mut g = self.lock()?;
+        g.truncate_after(last_log_id.map(|l| l.index))
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = inner.lock().map_err(|_| other("log store lock poisoned"))?;
+            g.meta.last_purged = Some(log_id.clone());
+            g.write_meta()?;
+            g.drop_through(log_id.index);
+            if g.frames.is_empty() && g.last.as_ref().is_none_or(|l| l.index <= log_id.index) {
+                g.last = Some(log_id);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::types::Command;
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            log_id: log_id(1, 1, i),
+            payload: EntryPayload::Normal(Command(format!("e{i}").into_bytes())),
+        }
+    }
+
+    async fn append(log: &mut LogStore, range: std::ops::Range<u64>) {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(range.map(entry), IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_entries_and_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 0..5).await;
+        let vote = openraft::impls::Vote::new(3, 2);
+        log.save_vote(&vote).await.unwrap();
+        log.truncate_after(Some(log_id(1, 1, 3))).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let got = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(got, (0..4).map(entry).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_and_mid_log_corruption_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 0..5).await;
+        drop(log);
+        let path = dir.path().join(LOG_FILE);
+        let full = std::fs::read(&path).unwrap();
+
+        // A half-written last frame: cut off, the rest survives.
+        std::fs::write(&path, &full[..full.len() - 3]).unwrap();
+        let log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.bounds().unwrap(), Some((0, 3)));
+        drop(log);
+
+        // A flipped byte inside entry 2: refuse, naming index 2.
+        let mut bad = full.clone();
+        let frame = 8 + 25 + 2; // every frame here is header + 25-byte record header + "eN"
+        bad[2 * frame + 8 + 25] ^= 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        match LogStore::open(dir.path()) {
+            Err(StoreError::CorruptLog { index, .. }) => assert_eq!(index, 2),
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("a corrupt log must not open"),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The replicated state machine, kept in sled, and the audit chain's hashes.
+//!
+//! One sled tree holds everything, so each `apply` batch is atomic:
+//! `m/applied` (last applied log id), `m/membership`, `m/head` (index ‖ hash of the last
+//! applied entry), `m/anchor` (index ‖ hash the chain continues from after a snapshot install)
+//! and `c/<index:u64be>` → the 32-byte chain hash of that entry.
+//!
+//! `apply` hashes each committed entry's stored record (`hearth_core::chain::link_hash`),
+//! writes the batch, flushes, and only then answers the proposer. Business outcomes are
+//! answers, never `Err`: an `Err` from here stops the Raft node.
+
+use std::io::{self, Cursor};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use hearth_core::chain::link_hash;
+use hearth_core::{Hash, ZERO_HASH};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+use crate::types::{Applied, LogIdT, TypeConfig, entry_to_record};
+
+const K_APPLIED: &[u8] = b"m/applied";
+const K_MEMBERSHIP: &[u8] = b"m/membership";
+const K_HEAD: &[u8] = b"m/head";
+const K_ANCHOR: &[u8] = b"m/anchor";
+const K_SNAPSHOT: &[u8] = b"m/snapshot";
+const CHAIN_PREFIX: &[u8] = b"c/";
+
+fn chain_key(index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(CHAIN_PREFIX);
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn pos_bytes(index: u64, hash: &Hash) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(hash);
+    v
+}
+
+fn parse_pos(b: &[u8]) -> Option<(u64, Hash)> {
+    if b.len() != 40 {
+        return None;
+    }
+    let index = u64::from_be_bytes(b[..8].try_into().ok()?);
+    let hash: Hash = b[8..].try_into().ok()?;
+    Some((index, hash))
+}
+
+fn other(e: impl ToString) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// The applied state that openraft asks about.
+#[derive(Debug, Clone, Default)]
+struct Cached {
+    applied: Option<LogIdT>,
+    membership: StoredMembershipOf<TypeConfig>,
+    /// Index and hash of the last applied entry; `None` before the first.
+    head: Option<(u64, Hash)>,
+    /// Where the chain held here starts: the entry before the first hash stored here.
+    anchor: Option<(u64, Hash)>,
+}
+
+/// What a snapshot carries: the small state plus the chain head. Entries are never in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotData {
+    head: Option<(u64, Hash)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
+
+/// The state machine of one node. Cloning shares the database.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    cached: Arc<Mutex<Cached>>,
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let tree = db.open_tree("sm")?;
+        let read_json = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(tree.get(key)?.map(|v| v.to_vec()))
+        };
+        let corrupt = |key: &str, reason: String| StoreError::CorruptState {
+            key: key.to_string(),
+            reason,
+        };
+        let applied = match read_json(K_APPLIED)? {
+            Some(b) => {
+                Some(serde_json::from_slice(&b).map_err(|e| corrupt("m/applied", e.to_string()))?)
+            }
+            None => None,
+        };
+        let membership = match read_json(K_MEMBERSHIP)? {
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| corrupt("m/membership", e.to_string()))?
+            }
+            None => StoredMembership::default(),
+        };
+        let pos = |key: &[u8], name: &str| -> Result<Option<(u64, Hash)>, StoreError> {
+            match tree.get(key)? {
+                Some(b) => parse_pos(&b)
+                    .map(Some)
+                    .ok_or_else(|| corrupt(name, format!("{} bytes, expected 40", b.len()))),
+                None => Ok(None),
+            }
+        };
+        let head = pos(K_HEAD, "m/head")?;
+        let anchor = pos(K_ANCHOR, "m/anchor")?;
+        Ok(Self {
+            cached: Arc::new(Mutex::new(Cached {
+                applied,
+                membership,
+                head,
+                anchor,
+            })),
+            db,
+            tree,
+        })
+    }
+
+    fn cached(&self) -> io::Result<std::sync::MutexGuard<'_, Cached>> {
+        self.cached
+            .lock()
+            .map_err(|_| other("state machine lock poisoned"))
+    }
+
+    /// Index and hash of the last applied entry.
+    pub fn head(&self) -> io::Result<Option<(u64, Hash)>> {
+        Ok(self.cached()?.head)
+    }
+
+    /// The entry the stored chain continues from (set by a snapshot install), if any.
+    pub fn anchor(&self) -> io::Result<Option<(u64, Hash)>> {
+        Ok(self.cached()?.anchor)
+    }
+
+    pub fn applied(&self) -> io::Result<Option<LogIdT>> {
+        Ok(self.cached()?.applied.clone())
+    }
+
+    pub fn membership(&self) -> io::Result<StoredMembershipOf<TypeConfig>> {
+        Ok(self.cached()?.membership.clone())
+    }
+
+    /// The stored chain hash of `index`.
+    pub fn hash_at(&self, index: u64) -> io::Result<Option<Hash>> {
+        match self.tree.get(chain_key(index)).map_err(other)? {
+            Some(v) => Ok(Some(v.as_ref().try_into().map_err(|_| {
+                other(format!("chain hash of {index} has {} bytes", v.len()))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Overwrites a stored hash. For fault-injection tests only (it models disk corruption).
+    #[doc(hidden)]
+    pub fn corrupt_hash_for_test(&self, index: u64, hash: Hash) -> io::Result<()> {
+        self.tree
+            .insert(chain_key(index), &hash[..])
+            .map_err(other)?;
+        self.tree.flush().map_err(other)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.db.flush_async().await.map_err(other)?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+        let (meta, data) = {
+            let c = self.cached()?;
+            let meta = SnapshotMetaOf::<TypeConfig> {
+                last_log_id: c.applied.clone(),
+                last_membership: c.membership.clone(),
+            };
+            let data = serde_json::to_vec(&SnapshotData { head: c.head }).map_err(other)?;
+            (meta, data)
+        };
+        let stored = serde_json::to_vec(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .map_err(other)?;
+        self.tree.insert(K_SNAPSHOT, stored).map_err(other)?;
+        self.flush().await?;
+        Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta,
+            snapshot: Cursor::new(data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdT>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let c = self.cached()?;
+        Ok((c.applied.clone(), c.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut next = self.cached()?.clone();
+        let mut batch = sled::Batch::default();
+        let mut responses = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let rec = entry_to_record(&entry).map_err(other)?;
+            let prev = match next.head {
+                Some((i, h)) if i + 1 == rec.index => h,
+                None if rec.index == 0 => ZERO_HASH,
+                // A fresh state machine asked to start mid-log (openraft's storage conformance
+                // suite does this). The chain here then starts from an unknown predecessor: the
+                // anchor records that, and verification reports the chain as unanchored.
+                // Anything else — a fresh state machine asked to start mid-log, or a gap — cannot
+                // happen under openraft's ordering except in its storage conformance suite, which
+                // applies arbitrary indexes. Applying stays total (an `Err` would stop the node),
+                // but the chain here then continues from an unknown predecessor: the anchor says
+                // so and `audit::verify` reports it, so the node refuses to serve it.
+                gap => {
+                    tracing::error!(index = rec.index, head = ?gap.map(|(i, _)| i),
+                        "apply does not follow the chain head: chain marked unverifiable");
+                    next.anchor = Some((rec.index.saturating_sub(1), ZERO_HASH));
+                    batch.insert(K_ANCHOR, pos_bytes(rec.index.saturating_sub(1), &ZERO_HASH));
+                    ZERO_HASH
+                }
+            };
+            let hash = link_hash(&prev, &rec.encode());
+            batch.insert(&chain_key(rec.index), &hash[..]);
+            next.head = Some((rec.index, hash));
+            next.applied = Some(entry.log_id());
+            if let EntryPayload::Membership(m) = &entry.payload {
+                next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+            }
+            if let Some(r) = responder {
+                responses.push((
+                    r,
+                    Applied {
+                        index: rec.index,
+                        hash,
+                    },
+                ));
+            }
+        }
+        if let Some((i, h)) = next.head {
+            batch.insert(K_HEAD, pos_bytes(i, &h));
+        }
+        batch.insert(K_APPLIED, serde_json::to_vec(&next.applied).map_err(other)?);
+        batch.insert(
+            K_MEMBERSHIP,
+            serde_json::to_vec(&next.membership).map_err(other)?,
+        );
+        self.tree.apply_batch(batch).map_err(other)?;
+        self.flush().await?;
+        *self.cached()? = next;
+        for (r, applied) in responses {
+            r.send(applied);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(other)?;
+        let mut batch = sled::Batch::default();
+        for k in self.tree.scan_prefix(CHAIN_PREFIX).keys() {
+            batch.remove(k.map_err(other)?);
+        }
+        match data.head {
+            Some((i, h)) => {
+                batch.insert(K_HEAD, pos_bytes(i, &h));
+                batch.insert(K_ANCHOR, pos_bytes(i, &h));
+            }
+            None => {
+                batch.remove(K_HEAD);
+                batch.remove(K_ANCHOR);
+            }
+        }
+        batch.insert(
+            K_APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(other)?,
+        );
+        batch.insert(
+            K_MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(other)?,
+        );
+        let stored = serde_json::to_vec(&StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        })
+        .map_err(other)?;
+        batch.insert(K_SNAPSHOT, stored);
+        self.tree.apply_batch(batch).map_err(other)?;
+        self.flush().await?;
+        *self.cached()? = Cached {
+            applied: meta.last_log_id.clone(),
+            membership: meta.last_membership.clone(),
+            head: data.head,
+            anchor: data.head,
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
+        let Some(b) = self.tree.get(K_SNAPSHOT).map_err(other)? else {
+            return Ok(None);
+        };
+        let s: StoredSnapshot = serde_json::from_slice(&b).map_err(other)?;
+        Ok(Some(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta: s.meta,
+            snapshot: Cursor::new(s.data),
+        }))
+    }
+}
