@@ -1,0 +1,105 @@
+//! The witness caretaker task: observes, asks `hearth_core::caretaker::decide`, acts.
+//! The decision itself is pure and tested exhaustively in `hearth-core`.
+
+use std::time::{Duration, Instant};
+
+use hearth_core::caretaker::{CaretakerConfig, Decision, HubView, LogPos, Observation, decide};
+use openraft::ServerState;
+use openraft::type_config::async_runtime::WatchReceiver;
+use tokio::sync::watch;
+
+use crate::RaftHandler;
+
+/// How often the caretaker looks.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs on a witness until `shutdown` turns true. `hubs` are the hub node ids.
+pub async fn run(
+    handler: RaftHandler,
+    log: hearth_store::LogStore,
+    hubs: Vec<u64>,
+    cfg: CaretakerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let raft = handler.raft.clone();
+    let mut last_action: Option<Instant> = None;
+    let recent = Duration::from_millis(cfg.patience_ms.saturating_mul(2).max(1000));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        let i_lead = m.state == ServerState::Leader;
+        let now = Instant::now();
+        let contact = handler.last_leader_contact();
+        let leaderless_ms = if i_lead {
+            0
+        } else {
+            now.duration_since(contact).as_millis() as u64
+        };
+        let campaigners = handler.campaigners();
+        let replication = m.replication.clone().unwrap_or_default();
+        let hub_views: Vec<HubView> = hubs
+            .iter()
+            .map(|id| {
+                let seen = campaigners
+                    .get(id)
+                    .filter(|c| now.duration_since(c.at) < recent);
+                HubView {
+                    id: *id,
+                    reachable: seen.is_some()
+                        || (i_lead && replication.get(id).is_some_and(|x| x.is_some())),
+                    last_log: seen.and_then(|c| c.last_log.as_ref()).map(|l| LogPos {
+                        term: l.leader_id.term,
+                        index: l.index,
+                    }),
+                    matched: replication
+                        .get(id)
+                        .and_then(|x| x.as_ref())
+                        .map(|l| l.index),
+                }
+            })
+            .collect();
+        let obs = Observation {
+            i_lead,
+            leader_known: !i_lead && leaderless_ms < cfg.patience_ms,
+            leaderless_ms,
+            my_last: log.last_log_id().ok().flatten().map(|l| LogPos {
+                term: l.leader_id.term,
+                index: l.index,
+            }),
+            hubs: hub_views,
+        };
+        // Act at most once per patience period, so a campaign or hand-over can take effect.
+        if last_action
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(cfg.patience_ms))
+        {
+            continue;
+        }
+        match decide(cfg, &obs) {
+            Decision::Wait | Decision::KeepReplicating => {}
+            Decision::Campaign => {
+                tracing::warn!(node = handler.id, ?obs.my_last, "caretaker: no leader and this witness holds entries no live hub has; campaigning once");
+                last_action = Some(now);
+                if let Err(e) = raft.trigger().elect(false).await {
+                    tracing::error!(error = %e, "caretaker campaign failed");
+                }
+            }
+            Decision::TransferTo(hub) => {
+                tracing::warn!(
+                    node = handler.id,
+                    hub,
+                    "caretaker: handing leadership to the caught-up hub"
+                );
+                last_action = Some(now);
+                if let Err(e) = raft.trigger().transfer_leader(hub).await {
+                    tracing::error!(error = %e, "caretaker transfer failed");
+                }
+            }
+        }
+    }
+}

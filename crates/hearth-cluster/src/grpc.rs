@@ -1,0 +1,325 @@
+//! Raft RPCs over tonic.
+//!
+//! Client side: one lazily connected `Channel` per peer address, cached in the factory
+//! (`new_client` runs on every vote broadcast, so it must not connect); every RPC carries the
+//! deadline openraft gives (`soft_ttl`), snapshots a long one. Errors map as openraft expects:
+//! a peer that cannot be reached is `Unreachable` (openraft backs off), anything else is a
+//! `Network` error; a remote Raft error (the peer's core is down) is `Unreachable` too.
+//!
+//! Server side: [`RaftGrpc`] decodes, checks that the RPC was meant for this node, and hands
+//! it to the [`RaftHandler`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_proto::raft::RaftBytes;
+use hearth_proto::raft::raft_client::RaftClient;
+use hearth_proto::raft::raft_server::Raft as RaftRpc;
+use hearth_store::Member;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Snapshot};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::settings::SNAPSHOT_TIMEOUT_MS;
+use crate::wire::{self, FORMAT_JSON};
+use crate::{RaftHandler, TypeConfig};
+
+type TResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg.into())))
+}
+
+fn network(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(msg.into())))
+}
+
+/// Makes a lazily connected channel to `addr`.
+pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+/// Creates Raft clients for one node; caches one channel per peer address.
+#[derive(Clone)]
+pub struct GrpcNetworkFactory {
+    self_id: u64,
+    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+}
+
+impl GrpcNetworkFactory {
+    pub fn new(self_id: u64) -> Self {
+        Self {
+            self_id,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, target: u64, addr: &str) -> Option<Channel> {
+        let mut g = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.get(&(target, addr.to_string())) {
+            return Some(c.clone());
+        }
+        match lazy_channel(addr) {
+            Ok(c) => {
+                g.insert((target, addr.to_string()), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(target, addr, error = %e, "invalid peer address in membership");
+                None
+            }
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
+    type Network = GrpcPeer;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> GrpcPeer {
+        GrpcPeer {
+            from: self.self_id,
+            target,
+            addr: node.addr.clone(),
+            client: self.channel(target, &node.addr).map(RaftClient::new),
+        }
+    }
+}
+
+/// Raft client for one peer.
+pub struct GrpcPeer {
+    from: u64,
+    target: u64,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Append,
+    Vote,
+    PreVote,
+    Snapshot,
+    Transfer,
+}
+
+impl GrpcPeer {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> TResult<Resp> {
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!(
+                "node {} has an invalid address {:?}",
+                self.target, self.addr
+            )));
+        };
+        let data = wire::encode(req).map_err(|e| network(e.to_string()))?;
+        let mut request = Request::new(RaftBytes {
+            format: FORMAT_JSON,
+            from: self.from,
+            to: self.target,
+            data,
+        });
+        request.set_timeout(timeout);
+        let res = match method {
+            Method::Append => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::PreVote => client.pre_vote(request).await,
+            Method::Snapshot => client.install_snapshot(request).await,
+            Method::Transfer => client.transfer_leader(request).await,
+        };
+        let reply = match res {
+            Ok(r) => r.into_inner(),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                ) =>
+            {
+                return Err(unreachable(format!(
+                    "{method:?} to node {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    s.message()
+                )));
+            }
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                // Wrong node at that address, or the peer's Raft core is down.
+                return Err(unreachable(format!(
+                    "node {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    s.message()
+                )));
+            }
+            Err(s) => return Err(network(format!("{method:?} to node {}: {s}", self.target))),
+        };
+        let res: Result<Resp, String> =
+            wire::decode(reply.format, &reply.data).map_err(|e| network(e.to_string()))?;
+        res.map_err(|remote| {
+            unreachable(format!(
+                "node {} answered with an error: {remote}",
+                self.target
+            ))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GrpcPeer {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> TResult<AppendEntriesResponse<TypeConfig>> {
+        self.call(Method::Append, &rpc, option.soft_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> TResult<VoteResponse<TypeConfig>> {
+        self.call(Method::Vote, &rpc, option.soft_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> TResult<VoteResponse<TypeConfig>> {
+        self.call(Method::PreVote, &rpc, option.soft_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let timeout = Duration::from_millis(SNAPSHOT_TIMEOUT_MS);
+        tokio::pin!(cancel);
+        tokio::select! {
+            closed = &mut cancel => Err(StreamingError::Closed(closed)),
+            res = self.call(Method::Snapshot, &req, timeout) => Ok(res?),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> TResult<TransferLeaderResponse<TypeConfig>> {
+        self.call(Method::Transfer, &req, option.soft_ttl()).await
+    }
+}
+
+/// The tonic service answering Raft RPCs for one node.
+pub struct RaftGrpc {
+    handler: RaftHandler,
+}
+
+impl RaftGrpc {
+    pub fn new(handler: RaftHandler) -> Self {
+        Self { handler }
+    }
+
+    fn open<T: DeserializeOwned>(&self, req: Request<RaftBytes>) -> Result<(u64, T), Status> {
+        let m = req.into_inner();
+        if m.to != self.handler.id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}: the peer's membership has a stale address",
+                self.handler.id, m.to
+            )));
+        }
+        let v =
+            wire::decode(m.format, &m.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((m.from, v))
+    }
+
+    fn reply<T: Serialize, E: std::fmt::Display>(
+        &self,
+        res: Result<T, E>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let res: Result<T, String> = res.map_err(|e| e.to_string());
+        let data = wire::encode(&res).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(RaftBytes {
+            format: FORMAT_JSON,
+            from: self.handler.id,
+            to: 0,
+            data,
+        }))
+    }
+}
+
+fn raft_err_text(e: RaftError<TypeConfig>) -> String {
+    e.to_string()
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftGrpc {
+    async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let (_, rpc) = self.open(req)?;
+        self.reply(
+            self.handler
+                .append_entries(rpc)
+                .await
+                .map_err(raft_err_text),
+        )
+    }
+
+    async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let (_, rpc) = self.open(req)?;
+        self.reply(self.handler.vote(rpc).await.map_err(raft_err_text))
+    }
+
+    async fn pre_vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let (_, rpc) = self.open(req)?;
+        self.reply(self.handler.pre_vote(rpc).await.map_err(raft_err_text))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let (_, (vote, meta, data)): (u64, (VoteOf<TypeConfig>, _, Vec<u8>)) = self.open(req)?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Cursor::new(data),
+        };
+        self.reply(self.handler.install_snapshot(vote, snapshot).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let (_, rpc) = self.open(req)?;
+        self.reply(self.handler.transfer_leader(rpc).await)
+    }
+}

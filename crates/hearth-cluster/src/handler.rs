@@ -1,0 +1,140 @@
+//! The receiving side of Raft RPCs, shared by the gRPC server and the in-process test router.
+//!
+//! Besides forwarding to openraft it enforces the witness rules and records what the witness
+//! caretaker needs to know:
+//! - a witness never accepts leadership handed to it (`TransferLeader` naming itself);
+//! - every vote and pre-vote request is remembered (who campaigns, with which last log), and
+//!   so is the last contact from a leader.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{Fatal, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+
+use hearth_store::types::LogIdT;
+
+use crate::{HearthRaft, TypeConfig};
+
+/// A candidate seen asking for a vote.
+#[derive(Debug, Clone)]
+pub struct Campaigner {
+    pub at: Instant,
+    pub last_log: Option<LogIdT>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    campaigners: BTreeMap<u64, Campaigner>,
+    last_leader_contact: Option<Instant>,
+}
+
+/// Receiving side of one node.
+#[derive(Clone)]
+pub struct RaftHandler {
+    pub raft: HearthRaft,
+    pub id: u64,
+    pub witness: bool,
+    started: Instant,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl RaftHandler {
+    pub fn new(raft: HearthRaft, id: u64, witness: bool) -> Self {
+        Self {
+            raft,
+            id,
+            witness,
+            started: Instant::now(),
+            seen: Arc::new(Mutex::new(Seen::default())),
+        }
+    }
+
+    fn with_seen<R>(&self, f: impl FnOnce(&mut Seen) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere while recording; the data is still usable.
+        let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub async fn append_entries(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
+        let resp = self.raft.append_entries(req).await;
+        if matches!(
+            resp,
+            Ok(AppendEntriesResponse::Success) | Ok(AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            self.with_seen(|s| s.last_leader_contact = Some(Instant::now()));
+        }
+        resp
+    }
+
+    fn observe(&self, req: &VoteRequest<TypeConfig>) {
+        let candidate = req.vote.leader_id.node_id;
+        let c = Campaigner {
+            at: Instant::now(),
+            last_log: req.last_log_id.clone(),
+        };
+        self.with_seen(|s| s.campaigners.insert(candidate, c));
+    }
+
+    pub async fn vote(
+        &self,
+        req: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
+        self.observe(&req);
+        self.raft.vote(req).await
+    }
+
+    pub async fn pre_vote(
+        &self,
+        req: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
+        self.observe(&req);
+        self.raft.pre_vote(req).await
+    }
+
+    pub async fn install_snapshot(
+        &self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, std::io::Cursor<Vec<u8>>>,
+    ) -> Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> {
+        let r = self.raft.install_full_snapshot(vote, snapshot).await;
+        if r.is_ok() {
+            self.with_seen(|s| s.last_leader_contact = Some(Instant::now()));
+        }
+        r
+    }
+
+    pub async fn transfer_leader(
+        &self,
+        req: TransferLeaderRequest<TypeConfig>,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>> {
+        if self.witness && *req.to_node_id() == self.id {
+            // A witness leads only as a caretaker, on its own decision; never by hand-over.
+            tracing::warn!(
+                node = self.id,
+                "ignoring a leadership transfer aimed at this witness"
+            );
+            return Ok(Ok(()));
+        }
+        self.raft.handle_transfer_leader(req).await
+    }
+
+    /// Candidates seen asking for votes, by node id.
+    pub fn campaigners(&self) -> BTreeMap<u64, Campaigner> {
+        self.with_seen(|s| s.campaigners.clone())
+    }
+
+    /// When a leader last replicated to this node (or when the node started, if never).
+    pub fn last_leader_contact(&self) -> Instant {
+        self.with_seen(|s| s.last_leader_contact)
+            .unwrap_or(self.started)
+    }
+}
