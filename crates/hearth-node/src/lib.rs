@@ -1,1 +1,10 @@
+//! The Hearth server: configuration, node startup and bootstrap, and the public gRPC API.
+//! Thin I/O around `hearth-core` (decisions) and `hearth-cluster` (Raft).
 
+pub mod api;
+pub mod config;
+pub mod node;
+pub mod server;
+
+pub use config::{NodeConfig, Role};
+pub use node::{Node, NodeError, PeerProbe, StatusView};

@@ -1,0 +1,221 @@
+//! The public gRPC API (`hearth.v1`): thin mapping between protobuf and [`Node`].
+//! Errors become gRPC statuses with a message a person can act on; a write that reaches a
+//! follower is forwarded to the leader once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hearth_proto::v1 as pb;
+use hearth_proto::v1::audit_server::Audit;
+use hearth_proto::v1::cluster_client::ClusterClient;
+use hearth_proto::v1::cluster_server::Cluster;
+use hearth_store::Member;
+use tonic::{Request, Response, Status};
+
+use crate::config::Role;
+use crate::node::{Node, NodeError, PeerProbe, StatusView, describe};
+
+const FORWARDED: &str = "x-hearth-forwarded";
+/// Largest public request accepted (bytes).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Maps a node error to a gRPC status.
+pub fn to_status(e: NodeError) -> Status {
+    let msg = e.to_string();
+    match e {
+        NodeError::NoQuorum(_) | NodeError::WitnessCaretaker | NodeError::NotLeader { .. } => Status::unavailable(msg),
+        NodeError::Invalid { .. } => Status::invalid_argument(msg),
+        NodeError::Discarded => Status::aborted(msg),
+        NodeError::ChainBroken { .. } => Status::data_loss(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
+    pb::NodeStatus {
+        node_id: s.node_id,
+        role: s.role.name().to_string(),
+        state: s.state.clone(),
+        term: s.term,
+        last_index: s.last_log.map(|(_, i)| i),
+        last_term: s.last_log.map(|(t, _)| t),
+        applied_index: s.applied,
+        head_hash: s.head.map(|(_, h)| hex::encode(h)).unwrap_or_default(),
+        leader: s.leader,
+        members: s
+            .members
+            .iter()
+            .map(|(id, m, voter)| pb::Member {
+                id: *id,
+                addr: m.addr.clone(),
+                role: if m.witness { "witness" } else { "hub" }.to_string(),
+                voter: *voter,
+            })
+            .collect(),
+        replication: s
+            .replication
+            .iter()
+            .map(|(id, m)| pb::Progress {
+                node_id: *id,
+                matched_index: *m,
+            })
+            .collect(),
+        initialized: s.initialized,
+        millis_since_quorum_ack: s.millis_since_quorum_ack,
+    }
+}
+
+pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
+    StatusView {
+        node_id: p.node_id,
+        role: if p.role == "witness" { Role::Witness } else { Role::Hub },
+        state: p.state.clone(),
+        term: p.term,
+        last_log: p.last_index.map(|i| (p.last_term.unwrap_or_default(), i)),
+        applied: p.applied_index,
+        head: p.applied_index.zip(
+            hex::decode(&p.head_hash)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok()),
+        ),
+        leader: p.leader,
+        members: p
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    Member {
+                        addr: m.addr.clone(),
+                        witness: m.role == "witness",
+                    },
+                    m.voter,
+                )
+            })
+            .collect(),
+        replication: p.replication.iter().map(|r| (r.node_id, r.matched_index)).collect(),
+        initialized: p.initialized,
+        millis_since_quorum_ack: p.millis_since_quorum_ack,
+    }
+}
+
+/// Public API of one node.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+async fn forward_append(addr: &str, text: String) -> Result<pb::AppendTestRecordResponse, Status> {
+    let channel = hearth_cluster::grpc::lazy_channel(addr).map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
+    let mut client = ClusterClient::new(channel);
+    let mut req = Request::new(pb::AppendTestRecordRequest { text });
+    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req.set_timeout(Duration::from_secs(10));
+    client.append_test_record(req).await.map(Response::into_inner)
+}
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(status_to_proto(&self.node.status().await)))
+    }
+
+    async fn append_test_record(
+        &self,
+        req: Request<pb::AppendTestRecordRequest>,
+    ) -> Result<Response<pb::AppendTestRecordResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let text = req.into_inner().text;
+        match self.node.append_test_record(&text).await {
+            Ok(a) => {
+                let st = self.node.status().await;
+                Ok(Response::new(pb::AppendTestRecordResponse {
+                    index: a.index,
+                    hash: hex::encode(a.hash),
+                    term: st.term,
+                    leader: self.node.id,
+                }))
+            }
+            Err(NodeError::NotLeader { leader, addr, .. }) if !forwarded => {
+                tracing::debug!(node = self.node.id, leader, "forwarding a write to the leader");
+                forward_append(&addr, text).await.map(Response::new)
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+}
+
+type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for Api {
+    async fn tail(&self, req: Request<pb::TailRequest>) -> Result<Response<pb::TailResponse>, Status> {
+        let count = match req.into_inner().count {
+            0 => 20,
+            n => n.min(10_000),
+        };
+        let links = self.node.tail(u64::from(count)).map_err(to_status)?;
+        Ok(Response::new(pb::TailResponse {
+            entries: links
+                .into_iter()
+                .map(|l| pb::AuditEntry {
+                    index: l.record.index,
+                    term: l.record.term,
+                    leader: l.record.leader,
+                    kind: describe(&l.record),
+                    payload: l.record.payload,
+                    hash: hex::encode(l.hash),
+                })
+                .collect(),
+        }))
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(&self, _req: Request<pb::ExportRequest>) -> Result<Response<ExportStream>, Status> {
+        let lines = self.node.export_lines().map_err(to_status)?;
+        let chunks: Vec<Result<pb::ExportChunk, Status>> = lines
+            .chunks(512)
+            .map(|c| Ok(pb::ExportChunk { lines: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn verify(&self, _req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let r = self.node.verify().map_err(to_status)?;
+        Ok(Response::new(pb::VerifyResponse {
+            ok: r.failure.is_none(),
+            checked: r.checked,
+            first_bad_index: r.failure.as_ref().map(|f| f.index()),
+            reason: r.failure.map(|f| f.to_string()).unwrap_or_default(),
+            head_index: r.head.map(|(i, _)| i),
+            head_hash: r.head.map(|(_, h)| hex::encode(h)).unwrap_or_default(),
+            anchor_index: r.anchor.map(|(i, _)| i),
+        }))
+    }
+}
+
+/// Asks peers for their status over the public API.
+pub struct GrpcProbe {
+    pub timeout: Duration,
+}
+
+impl PeerProbe for GrpcProbe {
+    fn status<'a>(&'a self, _id: u64, addr: &'a str) -> BoxFuture<'a, Option<StatusView>> {
+        Box::pin(async move {
+            let channel = hearth_cluster::grpc::lazy_channel(addr).ok()?;
+            let mut client = ClusterClient::new(channel);
+            let mut req = Request::new(pb::StatusRequest {});
+            req.set_timeout(self.timeout);
+            let s = tokio::time::timeout(self.timeout, client.status(req)).await.ok()?.ok()?;
+            Some(status_from_proto(&s.into_inner()))
+        })
+    }
+}

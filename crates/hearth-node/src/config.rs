@@ -1,0 +1,311 @@
+//! The node configuration file (TOML), with a clear error for every invalid field.
+//!
+//! ```toml
+//! node_id = 1
+//! role = "hub"              # hub | witness
+//! listen = "0.0.0.0:7101"   # gRPC: Raft transport and public API
+//! advertise = "pi.local:7101"  # optional: the address peers use (default: listen)
+//! data_dir = "/var/lib/hearth"
+//! bootstrap = true          # exactly one hub: forms the cluster once
+//!
+//! [[peers]]
+//! id = 2
+//! addr = "laptop.local:7101"
+//! role = "hub"
+//!
+//! [[peers]]
+//! id = 3
+//! addr = "witness.local:7101"
+//! role = "witness"
+//!
+//! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
+//! heartbeat_ms = 150
+//! election_min_ms = 1000
+//! election_max_ms = 2000
+//! caretaker_patience_ms = 3000
+//! write_timeout_ms = 5000
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hearth_cluster::settings::Timing;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Hub,
+    Witness,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Hub => "hub",
+            Role::Witness => "witness",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingConfig {
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "d_emin")]
+    pub election_min_ms: u64,
+    #[serde(default = "d_emax")]
+    pub election_max_ms: u64,
+    #[serde(default = "d_patience")]
+    pub caretaker_patience_ms: u64,
+    /// How long a write may wait for a quorum before the client gets `NO_QUORUM`.
+    #[serde(default = "d_write_timeout")]
+    pub write_timeout_ms: u64,
+}
+
+fn d_heartbeat() -> u64 {
+    Timing::default().heartbeat_ms
+}
+fn d_emin() -> u64 {
+    Timing::default().election_min_ms
+}
+fn d_emax() -> u64 {
+    Timing::default().election_max_ms
+}
+fn d_patience() -> u64 {
+    Timing::default().caretaker_patience_ms
+}
+fn d_write_timeout() -> u64 {
+    5000
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: d_heartbeat(),
+            election_min_ms: d_emin(),
+            election_max_ms: d_emax(),
+            caretaker_patience_ms: d_patience(),
+            write_timeout_ms: d_write_timeout(),
+        }
+    }
+}
+
+impl TimingConfig {
+    pub fn raft(&self) -> Timing {
+        Timing {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_min_ms,
+            election_max_ms: self.election_max_ms,
+            caretaker_patience_ms: self.caretaker_patience_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub role: Role,
+    pub listen: String,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub bootstrap: bool,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub timing: TimingConfig,
+}
+
+/// A configuration problem, naming the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(invalid(field, format!("{addr:?} is not host:port (for example \"192.168.1.20:7101\")")));
+    };
+    if host.is_empty() {
+        return Err(invalid(field, format!("{addr:?} has no host part")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(invalid(field, format!("{addr:?} has no valid port (1-65535)"))),
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The address peers reach this node at.
+    pub fn advertised(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "0 is reserved; use 1, 2, 3, … and never reuse an id"));
+        }
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("listen", format!("{:?} is not an IP:port to bind (for example \"0.0.0.0:7101\")", self.listen)))?;
+        if let Some(a) = &self.advertise {
+            check_addr("advertise", a)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must name a directory"));
+        }
+        if self.bootstrap && self.role == Role::Witness {
+            return Err(invalid("bootstrap", "a witness never forms the cluster; set bootstrap = true on exactly one hub"));
+        }
+        let mut ids = BTreeSet::from([self.node_id]);
+        for (i, p) in self.peers.iter().enumerate() {
+            let f = format!("peers[{i}]");
+            if p.id == 0 {
+                return Err(invalid(format!("{f}.id"), "0 is reserved"));
+            }
+            if !ids.insert(p.id) {
+                return Err(invalid(format!("{f}.id"), format!("node id {} appears twice (this node or another peer has it)", p.id)));
+            }
+            check_addr(&format!("{f}.addr"), &p.addr)?;
+        }
+        let hubs = self.members().filter(|(_, _, r)| *r == Role::Hub).count();
+        if hubs == 0 {
+            return Err(invalid("peers", "a cluster needs at least one hub"));
+        }
+        if self.role == Role::Witness && self.peers.is_empty() {
+            return Err(invalid("peers", "a witness alone has nothing to witness; list the hubs"));
+        }
+        let t = &self.timing;
+        if t.heartbeat_ms == 0 {
+            return Err(invalid("timing.heartbeat_ms", "must be > 0"));
+        }
+        if t.election_min_ms <= t.heartbeat_ms {
+            return Err(invalid("timing.election_min_ms", format!("must exceed heartbeat_ms ({})", t.heartbeat_ms)));
+        }
+        if t.election_max_ms <= t.election_min_ms {
+            return Err(invalid("timing.election_max_ms", format!("must exceed election_min_ms ({})", t.election_min_ms)));
+        }
+        if t.write_timeout_ms < t.election_max_ms {
+            return Err(invalid("timing.write_timeout_ms", format!("must be at least election_max_ms ({})", t.election_max_ms)));
+        }
+        if t.caretaker_patience_ms < t.election_max_ms {
+            return Err(invalid("timing.caretaker_patience_ms", format!("must be at least election_max_ms ({}) so hubs get to elect first", t.election_max_ms)));
+        }
+        Ok(())
+    }
+
+    /// Every member of the cluster, this node included: (id, address, role).
+    pub fn members(&self) -> impl Iterator<Item = (u64, String, Role)> + '_ {
+        std::iter::once((self.node_id, self.advertised().to_string(), self.role))
+            .chain(self.peers.iter().map(|p| (p.id, p.addr.clone(), p.role)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 1
+role = "hub"
+listen = "127.0.0.1:7101"
+data_dir = "/tmp/x"
+bootstrap = true
+[[peers]]
+id = 2
+addr = "127.0.0.1:7102"
+role = "hub"
+[[peers]]
+id = 3
+addr = "127.0.0.1:7103"
+role = "witness"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = NodeConfig::parse(GOOD).unwrap();
+        assert_eq!(c.members().count(), 3);
+        assert_eq!(c.timing, TimingConfig::default());
+    }
+
+    fn err_of(text: &str) -> String {
+        NodeConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("node_id = 1", "node_id = 0", "node_id"),
+            ("role = \"hub\"", "role = \"boss\"", "boss"),
+            ("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\"", "listen"),
+            ("data_dir = \"/tmp/x\"", "data_dir = \"\"", "data_dir"),
+            ("id = 2", "id = 1", "peers[0].id"),
+            ("addr = \"127.0.0.1:7102\"", "addr = \"127.0.0.1\"", "peers[0].addr"),
+            ("addr = \"127.0.0.1:7102\"", "addr = \"h:99999\"", "peers[0].addr"),
+            ("bootstrap = true", "bootstrap = true\ncolour = 1", "colour"),
+        ];
+        for (from, to, needle) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            let e = err_of(&text);
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let witness_bootstrap = GOOD.replace("role = \"hub\"\nlisten", "role = \"witness\"\nlisten");
+        assert!(err_of(&witness_bootstrap).contains("bootstrap"));
+        let timing = format!("{GOOD}\n[timing]\nelection_min_ms = 100\nheartbeat_ms = 150\n");
+        assert!(err_of(&timing).contains("timing.election_min_ms"));
+        let timing = format!("{GOOD}\n[timing]\nelection_max_ms = 900\n");
+        assert!(err_of(&timing).contains("timing.election_max_ms"));
+    }
+}

@@ -1,0 +1,456 @@
+//! One Hearth node: its stores, its Raft instance, and the operations the API offers.
+//!
+//! Startup is linear and refuses early: check the data directory belongs to this node id,
+//! open the log and state machine, verify the whole chain (a node never serves a chain it
+//! cannot verify), start Raft, start the caretaker on a witness. Forming the cluster is a
+//! separate, explicit step ([`Node::bootstrap`]) that only the configured hub runs, once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hearth_cluster::{HearthRaft, RaftHandler, settings};
+use hearth_core::caretaker::CaretakerConfig;
+use hearth_core::{Hash, Record};
+use hearth_store::audit::{self, Link, NodeVerify};
+use hearth_store::{Applied, Command, LogStore, Member, StateMachine, StoreError, TypeConfig};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{Instant as _, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{NodeConfig, Role};
+
+/// Largest test record accepted.
+pub const MAX_TEST_RECORD: usize = 4096;
+const IDENTITY_FILE: &str = "node.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the audit chain on this node fails verification at index {index}: {reason}. \
+         The node refuses to serve it; keep the data directory for inspection and rejoin the \
+         node under a new id (docs/OPERATIONS.md)"
+    )]
+    ChainBroken { index: u64, reason: String },
+    #[error("data directory {dir} belongs to node {found}, but this config says node {expected}; point data_dir elsewhere")]
+    WrongNode { dir: PathBuf, found: u64, expected: u64 },
+    #[error("data directory {dir} holds a Raft log but no {IDENTITY_FILE}; it was not written by Hearth or was damaged")]
+    UnknownDataDir { dir: PathBuf },
+    #[error("invalid Raft settings: {0}")]
+    Settings(String),
+    #[error("the Raft core of this node has stopped: {0}; restart the node")]
+    Fatal(String),
+    #[error("NO_QUORUM: {0}")]
+    NoQuorum(String),
+    #[error("node {self_id} is not the leader; the leader is node {leader} at {addr}")]
+    NotLeader { self_id: u64, leader: u64, addr: String },
+    #[error("this witness leads only as a caretaker while handing over to a hub; retry in a few seconds")]
+    WitnessCaretaker,
+    #[error("the entry was discarded by a leader change; it may or may not commit: check `hearth audit tail` before retrying")]
+    Discarded,
+    #[error("field `{field}`: {problem}")]
+    Invalid { field: &'static str, problem: String },
+    #[error(
+        "refusing to form a new cluster: node {peer} already has one (last index {last_index:?}). \
+         This node's data directory is empty: if it was wiped, do not reuse node id {self_id}; \
+         add a replacement node with a new id (docs/OPERATIONS.md)"
+    )]
+    AlreadyFormed { self_id: u64, peer: u64, last_index: Option<u64> },
+    #[error(
+        "node {self_id} has an empty data directory, but leader {leader} has already replicated \
+         entries up to {matched} to node {self_id}: its data was wiped. A wiped node must not \
+         rejoin under its old id (it could vote twice); rejoin it under a new id (docs/OPERATIONS.md)"
+    )]
+    Wiped { self_id: u64, leader: u64, matched: u64 },
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusView {
+    pub node_id: u64,
+    pub role: Role,
+    pub state: String,
+    pub term: u64,
+    pub last_log: Option<(u64, u64)>,
+    pub applied: Option<u64>,
+    pub head: Option<(u64, Hash)>,
+    pub leader: Option<u64>,
+    /// (id, member, is voter)
+    pub members: Vec<(u64, Member, bool)>,
+    /// Leader only: highest index replicated to each node.
+    pub replication: Vec<(u64, Option<u64>)>,
+    pub initialized: bool,
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// How a node asks a peer for its status (gRPC in production, the router in tests).
+pub trait PeerProbe: Send + Sync {
+    fn status<'a>(&'a self, id: u64, addr: &'a str) -> BoxFuture<'a, Option<StatusView>>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    node_id: u64,
+    format: u32,
+}
+
+/// The payload of an operator's test record (the only command until intents exist).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AppCommand {
+    TestRecord { text: String },
+}
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub role: Role,
+    pub raft: HearthRaft,
+    pub handler: RaftHandler,
+    pub log: LogStore,
+    pub sm: StateMachine,
+    config: NodeConfig,
+    fresh: bool,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Checks or writes the identity file. Returns whether the directory is new.
+fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let ident: Identity = serde_json::from_slice(&b).map_err(|e| {
+                StoreError::CorruptMeta {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if ident.node_id != id {
+                return Err(NodeError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    found: ident.node_id,
+                    expected: id,
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("raft").join(hearth_store::log::LOG_FILE).exists() {
+                return Err(NodeError::UnknownDataDir { dir: dir.to_path_buf() });
+            }
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            std::fs::write(&tmp, serde_json::to_vec(&Identity { node_id: id, format: 1 }).map_err(std::io::Error::other)?)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Verifies the chain of a node's data directory without starting anything.
+pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
+    let log = LogStore::open(&dir.join("raft"))?;
+    let sm = StateMachine::open(&dir.join("state"))?;
+    Ok(audit::verify(&log, &sm)?)
+}
+
+impl Node {
+    /// Opens the data directory, verifies the chain and starts Raft. Does not form a cluster.
+    pub async fn start<N>(config: NodeConfig, network: N) -> Result<Node, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        let id = config.node_id;
+        let witness = config.role == Role::Witness;
+        let fresh = claim_data_dir(&config.data_dir, id)?;
+        let log = LogStore::open(&config.data_dir.join("raft"))?;
+        let sm = StateMachine::open(&config.data_dir.join("state"))?;
+        let report = audit::verify(&log, &sm)?;
+        if let Some(f) = report.failure {
+            return Err(NodeError::ChainBroken {
+                index: f.index(),
+                reason: f.to_string(),
+            });
+        }
+        tracing::info!(node = id, role = config.role.name(), checked = report.checked,
+            head = ?report.head.map(|(i, _)| i), fresh, "chain verified; starting Raft");
+        let raft_cfg = settings::raft_config(&config.timing.raft(), witness)
+            .map_err(|e| NodeError::Settings(e.to_string()))?;
+        let raft = HearthRaft::new(id, Arc::new(raft_cfg), network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let handler = RaftHandler::new(raft.clone(), id, witness);
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if witness {
+            let hubs: Vec<u64> = config
+                .members()
+                .filter(|(_, _, r)| *r == Role::Hub)
+                .map(|(id, _, _)| id)
+                .collect();
+            let cfg = CaretakerConfig {
+                patience_ms: config.timing.caretaker_patience_ms,
+            };
+            tasks.push(tokio::spawn(hearth_cluster::caretaker::run(handler.clone(), log.clone(), hubs, cfg, rx)));
+        }
+        Ok(Node {
+            id,
+            role: config.role,
+            raft,
+            handler,
+            log,
+            sm,
+            config,
+            fresh,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The configured members as openraft nodes.
+    fn initial_members(&self) -> BTreeMap<u64, Member> {
+        self.config
+            .members()
+            .map(|(id, addr, role)| {
+                (
+                    id,
+                    Member {
+                        addr,
+                        witness: role == Role::Witness,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Forms the cluster, exactly once, on the configured bootstrap hub. Waits until every
+    /// configured peer answers and none has a log yet; refuses if any already has a cluster
+    /// (this node's data was then wiped, or it is misconfigured).
+    pub async fn bootstrap(&self, probe: &dyn PeerProbe, retry: Duration) -> Result<(), NodeError> {
+        if !self.config.bootstrap || self.raft.is_initialized().await.map_err(|e| NodeError::Fatal(e.to_string()))? {
+            return Ok(());
+        }
+        loop {
+            let mut missing = Vec::new();
+            for p in &self.config.peers {
+                match probe.status(p.id, &p.addr).await {
+                    Some(s) if s.initialized || s.last_log.is_some() => {
+                        return Err(NodeError::AlreadyFormed {
+                            self_id: self.id,
+                            peer: p.id,
+                            last_index: s.last_log.map(|(_, i)| i),
+                        });
+                    }
+                    Some(_) => {}
+                    None => missing.push(p.id),
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            tracing::info!(node = self.id, ?missing, "waiting for every peer to answer before forming the cluster");
+            tokio::time::sleep(retry).await;
+        }
+        match self.raft.initialize(self.initial_members()).await {
+            Ok(()) => {
+                tracing::info!(node = self.id, "cluster formed");
+                Ok(())
+            }
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(node = self.id, error = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+        }
+    }
+
+    /// On a node whose data directory is new, refuses to go on if a leader reports that it
+    /// already replicated entries to this node id: the directory was wiped.
+    pub async fn check_not_wiped(&self, probe: &dyn PeerProbe) -> Result<(), NodeError> {
+        if !self.fresh {
+            return Ok(());
+        }
+        for p in &self.config.peers {
+            if let Some(s) = probe.status(p.id, &p.addr).await
+                && s.state == "Leader"
+                && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
+            {
+                return Err(NodeError::Wiped {
+                    self_id: self.id,
+                    leader: p.id,
+                    matched: *m,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> StatusView {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
+            .collect();
+        let last_log = self.log.last_log_id().ok().flatten().map(|l| (l.leader_id.term, l.index));
+        StatusView {
+            node_id: self.id,
+            role: self.role,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            last_log,
+            applied: m.last_applied.as_ref().map(|l| l.index),
+            head: self.sm.head().ok().flatten(),
+            leader: m.current_leader,
+            members,
+            replication: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect())
+                .unwrap_or_default(),
+            initialized: m.membership_config.log_id().is_some() || last_log.is_some(),
+            millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|t| t.elapsed().as_millis() as u64),
+        }
+    }
+
+    /// Which peers the leader heard from within the election timeout (leader only).
+    fn reachable_peers(&self) -> (Vec<u64>, Vec<u64>) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let limit = Duration::from_millis(self.config.timing.election_max_ms);
+        let mut ok = Vec::new();
+        let mut lost = Vec::new();
+        for (id, at) in m.heartbeat.iter().flatten() {
+            if *id == self.id {
+                continue;
+            }
+            match at {
+                Some(t) if t.elapsed() <= limit => ok.push(*id),
+                _ => lost.push(*id),
+            }
+        }
+        (ok, lost)
+    }
+
+    fn no_quorum(&self, why: &str) -> NodeError {
+        let (ok, lost) = self.reachable_peers();
+        NodeError::NoQuorum(format!(
+            "node {} {why}; peers answering: {ok:?}, peers not answering: {lost:?}. \
+             Nothing was executed; retry when a majority of nodes can reach each other",
+            self.id
+        ))
+    }
+
+    /// Appends an operator's test record through Raft and waits for it to be committed and
+    /// applied. Only the leader can; others return [`NodeError::NotLeader`] for forwarding.
+    pub async fn append_test_record(&self, text: &str) -> Result<Applied, NodeError> {
+        if text.len() > MAX_TEST_RECORD {
+            return Err(NodeError::Invalid {
+                field: "text",
+                problem: format!("{} bytes; at most {MAX_TEST_RECORD} are accepted", text.len()),
+            });
+        }
+        if self.role == Role::Witness && self.raft.metrics().borrow_watched().state == ServerState::Leader {
+            return Err(NodeError::WitnessCaretaker);
+        }
+        let bytes = serde_json::to_vec(&AppCommand::TestRecord { text: text.to_string() })
+            .map_err(std::io::Error::other)?;
+        let timeout = Duration::from_millis(self.config.timing.write_timeout_ms);
+        let res = tokio::time::timeout(timeout, self.raft.client_write(Command(bytes))).await;
+        match res {
+            Err(_) => Err(self.no_quorum(&format!("could not commit within {} ms", timeout.as_millis()))),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
+                (Some(l), Some(n)) if l != self.id => Err(NodeError::NotLeader {
+                    self_id: self.id,
+                    leader: l,
+                    addr: n.addr,
+                }),
+                _ => Err(self.no_quorum("has no leader it can reach (its leader lease expired)")),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(NodeError::Discarded),
+            Ok(Err(RaftError::APIError(e))) => Err(NodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Verifies this node's chain.
+    pub fn verify(&self) -> Result<NodeVerify, NodeError> {
+        Ok(audit::verify(&self.log, &self.sm)?)
+    }
+
+    /// The last `n` applied links.
+    pub fn tail(&self, n: u64) -> Result<Vec<Link>, NodeError> {
+        let Some((last, _)) = self.sm.head()? else {
+            return Ok(Vec::new());
+        };
+        let first_available = audit::start_point(&self.log, &self.sm)?.map(|(i, _)| i + 1).unwrap_or(0);
+        let from = last.saturating_sub(n.saturating_sub(1)).max(first_available);
+        Ok(audit::links(&self.log, &self.sm, from, last)?)
+    }
+
+    /// This node's applied chain as export lines (docs/AUDIT-FORMAT.md).
+    pub fn export_lines(&self) -> Result<Vec<String>, NodeError> {
+        let anchor = audit::start_point(&self.log, &self.sm)?;
+        let mut out = vec![
+            serde_json::to_string(&hearth_core::export::ExportHeader::new(self.id, anchor)).map_err(std::io::Error::other)?,
+        ];
+        if let Some((last, _)) = self.sm.head()? {
+            let from = anchor.map(|(i, _)| i + 1).unwrap_or(0);
+            for l in audit::links(&self.log, &self.sm, from, last)? {
+                out.push(
+                    serde_json::to_string(&hearth_core::export::ExportLine::new(&l.record, &l.hash))
+                        .map_err(std::io::Error::other)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applied links `from..=to`, for tests and cross-checks.
+    pub fn links(&self, from: u64, to: u64) -> Result<Vec<Link>, NodeError> {
+        Ok(audit::links(&self.log, &self.sm, from, to)?)
+    }
+
+    /// Stops Raft and the node's tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, error = %e, "Raft shutdown reported an error");
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Decodes a record's payload for display.
+pub fn describe(rec: &Record) -> String {
+    match rec.kind {
+        hearth_core::EntryKind::Blank => "leader change".to_string(),
+        hearth_core::EntryKind::Membership => format!("membership {}", String::from_utf8_lossy(&rec.payload)),
+        hearth_core::EntryKind::Command => match serde_json::from_slice::<AppCommand>(&rec.payload) {
+            Ok(AppCommand::TestRecord { text }) => format!("test record {text:?}"),
+            Err(_) => format!("command ({} bytes)", rec.payload.len()),
+        },
+    }
+}

@@ -1,0 +1,107 @@
+//! `hearth serve`: one node listening on one gRPC port for the Raft transport, the public API,
+//! health and reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_cluster::grpc::{GrpcNetworkFactory, RaftGrpc};
+use hearth_proto::raft::raft_server::RaftServer;
+use hearth_proto::v1::audit_server::AuditServer;
+use hearth_proto::v1::cluster_server::ClusterServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{Api, GrpcProbe, MAX_REQUEST};
+use crate::config::NodeConfig;
+use crate::node::{Node, NodeError};
+
+/// Largest Raft message accepted from a peer.
+const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source} (is another node already running there?)")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs a node until `shutdown` completes or a startup check fails.
+pub async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(&config.listen).await.map_err(|source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let id = config.node_id;
+    let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id)).await?);
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<ClusterServer<Api>>().await;
+    health.set_serving::<AuditServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hearth_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
+    let api = Api::new(node.clone());
+
+    // Startup checks that need peers run once the server answers, so peers can ask us too.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<NodeError>(1);
+    let checker = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let probe = GrpcProbe {
+                timeout: Duration::from_secs(2),
+            };
+            let res = async {
+                node.check_not_wiped(&probe).await?;
+                node.bootstrap(&probe, Duration::from_secs(1)).await
+            }
+            .await;
+            if let Err(e) = res {
+                let _ = fatal_tx.send(e).await;
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(RaftServer::new(RaftGrpc::new(node.handler.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(AuditServer::new(api).max_decoding_message_size(MAX_REQUEST))
+        .add_service(health_svc)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+    tracing::info!(node = id, "serving");
+
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
+    };
+    checker.abort();
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Ok(Ok(())) => {}
+    }
+    match Arc::try_unwrap(node) {
+        Ok(n) => n.shutdown().await,
+        Err(n) => {
+            if let Err(e) = n.raft.shutdown().await {
+                tracing::warn!(error = %e, "Raft shutdown reported an error");
+            }
+        }
+    }
+    result
+}
