@@ -1,0 +1,273 @@
+//! Command-line parsing and the client commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hearth_proto::v1 as pb;
+use hearth_proto::v1::audit_client::AuditClient;
+use hearth_proto::v1::cluster_client::ClusterClient;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about = "Hearth: a quorum-replicated hub whose Raft log is a hash-chained audit log")]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node from a config file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a local cluster of two hubs and a witness on loopback (data in a temporary folder).
+    Dev {
+        /// Keep data and configs here instead of a temporary folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Ports base, base+1, base+2.
+        #[arg(long, default_value_t = 7101)]
+        base_port: u16,
+    },
+    /// Inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// Read, export and verify the audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+}
+
+impl Command {
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Serve { .. } | Command::Dev { .. })
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// Address of any node's gRPC port.
+    #[arg(long, env = "HEARTH_ADDR", default_value = "127.0.0.1:7101")]
+    pub addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// A table of every member: role, state, term, log, chain head, leader, reachability.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// The last entries of the chain.
+    Tail {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        count: u32,
+    },
+    /// Write the chain in the export format (docs/AUDIT-FORMAT.md).
+    Export {
+        #[command(flatten)]
+        target: Target,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Verify the chain of a live node, or of an export file with --file.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Append an operator's test record (until intents exist).
+    Append {
+        #[command(flatten)]
+        target: Target,
+        text: String,
+    },
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Serve { config } => {
+            let cfg = hearth_node::NodeConfig::load(&config)?;
+            hearth_node::server::serve(cfg, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { dir, base_port } => {
+            crate::dev::run(dir, base_port).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            command: ClusterCmd::Status { target },
+        } => cluster_status(&target.addr).await,
+        Command::Audit { command } => match command {
+            AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
+            AuditCmd::Export { target, out } => export(&target.addr, out).await,
+            AuditCmd::Verify { file: Some(f), .. } => verify_file(&f),
+            AuditCmd::Verify { target, file: None } => verify_live(&target.addr).await,
+            AuditCmd::Append { target, text } => append(&target.addr, text).await,
+        },
+    }
+}
+
+fn channel(addr: &str) -> anyhow::Result<Channel> {
+    hearth_cluster::grpc::lazy_channel(addr).with_context(|| format!("{addr:?} is not a valid node address"))
+}
+
+fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("node {addr}: {} ({:?})", s.message(), s.code())
+}
+
+async fn node_status(addr: &str) -> Result<pb::NodeStatus, tonic::Status> {
+    let mut c = ClusterClient::new(channel(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?);
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(Duration::from_millis(1500));
+    c.status(req).await.map(|r| r.into_inner())
+}
+
+fn short(h: &str) -> String {
+    if h.is_empty() { "-".into() } else { h.chars().take(12).collect() }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
+    let first = node_status(addr).await.map_err(|s| rpc_err(addr, s))?;
+    let mut members: Vec<(u64, String, String)> = first.members.iter().map(|m| (m.id, m.addr.clone(), m.role.clone())).collect();
+    if members.is_empty() {
+        members.push((first.node_id, addr.to_string(), first.role.clone()));
+    }
+    println!(
+        "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
+        "NODE", "ROLE", "STATE", "TERM", "LAST-INDEX", "APPLIED", "CHAIN-HEAD", "LEADER", "REACHABLE", "ADDRESS"
+    );
+    let mut reachable = 0;
+    let mut leaders = std::collections::BTreeSet::new();
+    for (id, maddr, role) in &members {
+        match node_status(maddr).await {
+            Ok(s) => {
+                reachable += 1;
+                if let Some(l) = s.leader {
+                    leaders.insert(l);
+                }
+                println!(
+                    "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
+                    s.node_id, s.role, s.state, s.term, opt(s.last_index), opt(s.applied_index), short(&s.head_hash), opt(s.leader), "yes", maddr
+                );
+            }
+            Err(e) => println!(
+                "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {} ({})",
+                id, role, "?", "-", "-", "-", "-", "-", "NO", maddr, e.message()
+            ),
+        }
+    }
+    let n = members.len();
+    println!();
+    match leaders.len() {
+        0 => println!("no leader known: writes fail with NO_QUORUM until a majority can elect one"),
+        1 => println!("leader: node {}", leaders.iter().next().copied().unwrap_or_default()),
+        _ => println!("nodes name different leaders {leaders:?}: an election is settling (only one can commit)"),
+    }
+    println!("reachable from here: {reachable} of {n}; a quorum needs {}", n / 2 + 1);
+    if n == 1 {
+        println!("single node: nothing can take over if it fails");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
+    let mut c = AuditClient::new(channel(addr)?);
+    let r = c.tail(pb::TailRequest { count }).await.map_err(|s| rpc_err(addr, s))?.into_inner();
+    println!("{:>8} {:>5} {:>6}  {:<13} {}", "INDEX", "TERM", "LEADER", "HASH", "ENTRY");
+    for e in r.entries {
+        println!("{:>8} {:>5} {:>6}  {:<13} {}", e.index, e.term, e.leader, short(&e.hash), e.kind);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut c = AuditClient::new(channel(addr)?);
+    let mut stream = c.export(pb::ExportRequest {}).await.map_err(|s| rpc_err(addr, s))?.into_inner();
+    let mut w: Box<dyn Write> = match &out {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut lines = 0u64;
+    while let Some(chunk) = stream.next().await {
+        for l in chunk.map_err(|s| rpc_err(addr, s))?.lines {
+            writeln!(w, "{l}")?;
+            lines += 1;
+        }
+    }
+    w.flush()?;
+    if let Some(p) = out {
+        eprintln!("wrote {} entries to {}", lines.saturating_sub(1), p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let r = hearth_core::export::verify_export(text.lines()).with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
+    match r.failure {
+        None => {
+            println!(
+                "OK: {} entries ({}..={}) from node {} verify; head {}",
+                r.entries,
+                opt(r.first_index),
+                opt(r.last_index),
+                r.node,
+                hex::encode(r.head)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(f) => {
+            println!("FAILED at index {}: {f} ({} entries before it verified)", f.index(), r.entries);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn verify_live(addr: &str) -> anyhow::Result<ExitCode> {
+    let mut c = AuditClient::new(channel(addr)?);
+    let r = c.verify(pb::VerifyRequest {}).await.map_err(|s| rpc_err(addr, s))?.into_inner();
+    if r.ok {
+        println!("OK: {} entries verify; head {} {}", r.checked, opt(r.head_index), r.head_hash);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAILED at index {}: {}", opt(r.first_bad_index), r.reason);
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
+    let mut c = ClusterClient::new(channel(addr)?);
+    let r = c
+        .append_test_record(pb::AppendTestRecordRequest { text })
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    println!("committed at index {} (term {}, leader {}), chain hash {}", r.index, r.term, r.leader, r.hash);
+    Ok(ExitCode::SUCCESS)
+}
