@@ -24,7 +24,9 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub fn to_status(e: NodeError) -> Status {
     let msg = e.to_string();
     match e {
-        NodeError::NoQuorum(_) | NodeError::WitnessCaretaker | NodeError::NotLeader { .. } => Status::unavailable(msg),
+        NodeError::NoQuorum(_) | NodeError::WitnessCaretaker | NodeError::NotLeader { .. } => {
+            Status::unavailable(msg)
+        }
         NodeError::Invalid { .. } => Status::invalid_argument(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
@@ -69,7 +71,11 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
 pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
     StatusView {
         node_id: p.node_id,
-        role: if p.role == "witness" { Role::Witness } else { Role::Hub },
+        role: if p.role == "witness" {
+            Role::Witness
+        } else {
+            Role::Hub
+        },
         state: p.state.clone(),
         term: p.term,
         last_log: p.last_index.map(|i| (p.last_term.unwrap_or_default(), i)),
@@ -94,7 +100,11 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
                 )
             })
             .collect(),
-        replication: p.replication.iter().map(|r| (r.node_id, r.matched_index)).collect(),
+        replication: p
+            .replication
+            .iter()
+            .map(|r| (r.node_id, r.matched_index))
+            .collect(),
         initialized: p.initialized,
         millis_since_quorum_ack: p.millis_since_quorum_ack,
     }
@@ -113,17 +123,25 @@ impl Api {
 }
 
 async fn forward_append(addr: &str, text: String) -> Result<pb::AppendTestRecordResponse, Status> {
-    let channel = hearth_cluster::grpc::lazy_channel(addr).map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
+    let channel = hearth_cluster::grpc::lazy_channel(addr)
+        .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
     let mut client = ClusterClient::new(channel);
     let mut req = Request::new(pb::AppendTestRecordRequest { text });
-    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     req.set_timeout(Duration::from_secs(10));
-    client.append_test_record(req).await.map(Response::into_inner)
+    client
+        .append_test_record(req)
+        .await
+        .map(Response::into_inner)
 }
 
 #[tonic::async_trait]
 impl Cluster for Api {
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
         Ok(Response::new(status_to_proto(&self.node.status().await)))
     }
 
@@ -144,7 +162,11 @@ impl Cluster for Api {
                 }))
             }
             Err(NodeError::NotLeader { leader, addr, .. }) if !forwarded => {
-                tracing::debug!(node = self.node.id, leader, "forwarding a write to the leader");
+                tracing::debug!(
+                    node = self.node.id,
+                    leader,
+                    "forwarding a write to the leader"
+                );
                 forward_append(&addr, text).await.map(Response::new)
             }
             Err(e) => Err(to_status(e)),
@@ -152,11 +174,15 @@ impl Cluster for Api {
     }
 }
 
-type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+type ExportStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Audit for Api {
-    async fn tail(&self, req: Request<pb::TailRequest>) -> Result<Response<pb::TailResponse>, Status> {
+    async fn tail(
+        &self,
+        req: Request<pb::TailRequest>,
+    ) -> Result<Response<pb::TailResponse>, Status> {
         let count = match req.into_inner().count {
             0 => 20,
             n => n.min(10_000),
@@ -179,7 +205,10 @@ impl Audit for Api {
 
     type ExportStream = ExportStream;
 
-    async fn export(&self, _req: Request<pb::ExportRequest>) -> Result<Response<ExportStream>, Status> {
+    async fn export(
+        &self,
+        _req: Request<pb::ExportRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
         let lines = self.node.export_lines().map_err(to_status)?;
         let chunks: Vec<Result<pb::ExportChunk, Status>> = lines
             .chunks(512)
@@ -188,7 +217,10 @@ impl Audit for Api {
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
-    async fn verify(&self, _req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        _req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         let r = self.node.verify().map_err(to_status)?;
         Ok(Response::new(pb::VerifyResponse {
             ok: r.failure.is_none(),
@@ -214,7 +246,10 @@ impl PeerProbe for GrpcProbe {
             let mut client = ClusterClient::new(channel);
             let mut req = Request::new(pb::StatusRequest {});
             req.set_timeout(self.timeout);
-            let s = tokio::time::timeout(self.timeout, client.status(req)).await.ok()?.ok()?;
+            let s = tokio::time::timeout(self.timeout, client.status(req))
+                .await
+                .ok()?
+                .ok()?;
             Some(status_from_proto(&s.into_inner()))
         })
     }

@@ -153,14 +153,20 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError 
 
 fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(invalid(field, format!("{addr:?} is not host:port (for example \"192.168.1.20:7101\")")));
+        return Err(invalid(
+            field,
+            format!("{addr:?} is not host:port (for example \"192.168.1.20:7101\")"),
+        ));
     };
     if host.is_empty() {
         return Err(invalid(field, format!("{addr:?} has no host part")));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
-        _ => Err(invalid(field, format!("{addr:?} has no valid port (1-65535)"))),
+        _ => Err(invalid(
+            field,
+            format!("{addr:?} has no valid port (1-65535)"),
+        )),
     }
 }
 
@@ -195,11 +201,20 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
-            return Err(invalid("node_id", "0 is reserved; use 1, 2, 3, … and never reuse an id"));
+            return Err(invalid(
+                "node_id",
+                "0 is reserved; use 1, 2, 3, … and never reuse an id",
+            ));
         }
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("listen", format!("{:?} is not an IP:port to bind (for example \"0.0.0.0:7101\")", self.listen)))?;
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "{:?} is not an IP:port to bind (for example \"0.0.0.0:7101\")",
+                    self.listen
+                ),
+            )
+        })?;
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
         }
@@ -207,7 +222,10 @@ impl NodeConfig {
             return Err(invalid("data_dir", "must name a directory"));
         }
         if self.bootstrap && self.role == Role::Witness {
-            return Err(invalid("bootstrap", "a witness never forms the cluster; set bootstrap = true on exactly one hub"));
+            return Err(invalid(
+                "bootstrap",
+                "a witness never forms the cluster; set bootstrap = true on exactly one hub",
+            ));
         }
         let mut ids = BTreeSet::from([self.node_id]);
         for (i, p) in self.peers.iter().enumerate() {
@@ -216,7 +234,13 @@ impl NodeConfig {
                 return Err(invalid(format!("{f}.id"), "0 is reserved"));
             }
             if !ids.insert(p.id) {
-                return Err(invalid(format!("{f}.id"), format!("node id {} appears twice (this node or another peer has it)", p.id)));
+                return Err(invalid(
+                    format!("{f}.id"),
+                    format!(
+                        "node id {} appears twice (this node or another peer has it)",
+                        p.id
+                    ),
+                ));
             }
             check_addr(&format!("{f}.addr"), &p.addr)?;
         }
@@ -225,23 +249,41 @@ impl NodeConfig {
             return Err(invalid("peers", "a cluster needs at least one hub"));
         }
         if self.role == Role::Witness && self.peers.is_empty() {
-            return Err(invalid("peers", "a witness alone has nothing to witness; list the hubs"));
+            return Err(invalid(
+                "peers",
+                "a witness alone has nothing to witness; list the hubs",
+            ));
         }
         let t = &self.timing;
         if t.heartbeat_ms == 0 {
             return Err(invalid("timing.heartbeat_ms", "must be > 0"));
         }
         if t.election_min_ms <= t.heartbeat_ms {
-            return Err(invalid("timing.election_min_ms", format!("must exceed heartbeat_ms ({})", t.heartbeat_ms)));
+            return Err(invalid(
+                "timing.election_min_ms",
+                format!("must exceed heartbeat_ms ({})", t.heartbeat_ms),
+            ));
         }
         if t.election_max_ms <= t.election_min_ms {
-            return Err(invalid("timing.election_max_ms", format!("must exceed election_min_ms ({})", t.election_min_ms)));
+            return Err(invalid(
+                "timing.election_max_ms",
+                format!("must exceed election_min_ms ({})", t.election_min_ms),
+            ));
         }
         if t.write_timeout_ms < t.election_max_ms {
-            return Err(invalid("timing.write_timeout_ms", format!("must be at least election_max_ms ({})", t.election_max_ms)));
+            return Err(invalid(
+                "timing.write_timeout_ms",
+                format!("must be at least election_max_ms ({})", t.election_max_ms),
+            ));
         }
         if t.caretaker_patience_ms < t.election_max_ms {
-            return Err(invalid("timing.caretaker_patience_ms", format!("must be at least election_max_ms ({}) so hubs get to elect first", t.election_max_ms)));
+            return Err(invalid(
+                "timing.caretaker_patience_ms",
+                format!(
+                    "must be at least election_max_ms ({}) so hubs get to elect first",
+                    t.election_max_ms
+                ),
+            ));
         }
         Ok(())
     }
@@ -289,11 +331,23 @@ role = "witness"
         let cases: &[(&str, &str, &str)] = &[
             ("node_id = 1", "node_id = 0", "node_id"),
             ("role = \"hub\"", "role = \"boss\"", "boss"),
-            ("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\"", "listen"),
+            (
+                "listen = \"127.0.0.1:7101\"",
+                "listen = \"nowhere\"",
+                "listen",
+            ),
             ("data_dir = \"/tmp/x\"", "data_dir = \"\"", "data_dir"),
             ("id = 2", "id = 1", "peers[0].id"),
-            ("addr = \"127.0.0.1:7102\"", "addr = \"127.0.0.1\"", "peers[0].addr"),
-            ("addr = \"127.0.0.1:7102\"", "addr = \"h:99999\"", "peers[0].addr"),
+            (
+                "addr = \"127.0.0.1:7102\"",
+                "addr = \"127.0.0.1\"",
+                "peers[0].addr",
+            ),
+            (
+                "addr = \"127.0.0.1:7102\"",
+                "addr = \"h:99999\"",
+                "peers[0].addr",
+            ),
             ("bootstrap = true", "bootstrap = true\ncolour = 1", "colour"),
         ];
         for (from, to, needle) in cases {
@@ -301,7 +355,8 @@ role = "witness"
             let e = err_of(&text);
             assert!(e.contains(needle), "{to}: {e}");
         }
-        let witness_bootstrap = GOOD.replace("role = \"hub\"\nlisten", "role = \"witness\"\nlisten");
+        let witness_bootstrap =
+            GOOD.replace("role = \"hub\"\nlisten", "role = \"witness\"\nlisten");
         assert!(err_of(&witness_bootstrap).contains("bootstrap"));
         let timing = format!("{GOOD}\n[timing]\nelection_min_ms = 100\nheartbeat_ms = 150\n");
         assert!(err_of(&timing).contains("timing.election_min_ms"));

@@ -42,9 +42,17 @@ pub enum NodeError {
          node under a new id (docs/OPERATIONS.md)"
     )]
     ChainBroken { index: u64, reason: String },
-    #[error("data directory {dir} belongs to node {found}, but this config says node {expected}; point data_dir elsewhere")]
-    WrongNode { dir: PathBuf, found: u64, expected: u64 },
-    #[error("data directory {dir} holds a Raft log but no {IDENTITY_FILE}; it was not written by Hearth or was damaged")]
+    #[error(
+        "data directory {dir} belongs to node {found}, but this config says node {expected}; point data_dir elsewhere"
+    )]
+    WrongNode {
+        dir: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error(
+        "data directory {dir} holds a Raft log but no {IDENTITY_FILE}; it was not written by Hearth or was damaged"
+    )]
     UnknownDataDir { dir: PathBuf },
     #[error("invalid Raft settings: {0}")]
     Settings(String),
@@ -53,25 +61,44 @@ pub enum NodeError {
     #[error("NO_QUORUM: {0}")]
     NoQuorum(String),
     #[error("node {self_id} is not the leader; the leader is node {leader} at {addr}")]
-    NotLeader { self_id: u64, leader: u64, addr: String },
-    #[error("this witness leads only as a caretaker while handing over to a hub; retry in a few seconds")]
+    NotLeader {
+        self_id: u64,
+        leader: u64,
+        addr: String,
+    },
+    #[error(
+        "this witness leads only as a caretaker while handing over to a hub; retry in a few seconds"
+    )]
     WitnessCaretaker,
-    #[error("the entry was discarded by a leader change; it may or may not commit: check `hearth audit tail` before retrying")]
+    #[error(
+        "the entry was discarded by a leader change; it may or may not commit: check `hearth audit tail` before retrying"
+    )]
     Discarded,
     #[error("field `{field}`: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
     #[error(
         "refusing to form a new cluster: node {peer} already has one (last index {last_index:?}). \
          This node's data directory is empty: if it was wiped, do not reuse node id {self_id}; \
          add a replacement node with a new id (docs/OPERATIONS.md)"
     )]
-    AlreadyFormed { self_id: u64, peer: u64, last_index: Option<u64> },
+    AlreadyFormed {
+        self_id: u64,
+        peer: u64,
+        last_index: Option<u64>,
+    },
     #[error(
         "node {self_id} has an empty data directory, but leader {leader} has already replicated \
          entries up to {matched} to node {self_id}: its data was wiped. A wiped node must not \
          rejoin under its old id (it could vote twice); rejoin it under a new id (docs/OPERATIONS.md)"
     )]
-    Wiped { self_id: u64, leader: u64, matched: u64 },
+    Wiped {
+        self_id: u64,
+        leader: u64,
+        matched: u64,
+    },
 }
 
 /// What a node reports about itself.
@@ -131,12 +158,11 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
         Ok(b) => {
-            let ident: Identity = serde_json::from_slice(&b).map_err(|e| {
-                StoreError::CorruptMeta {
+            let ident: Identity =
+                serde_json::from_slice(&b).map_err(|e| StoreError::CorruptMeta {
                     path: path.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             if ident.node_id != id {
                 return Err(NodeError::WrongNode {
                     dir: dir.to_path_buf(),
@@ -148,10 +174,19 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.join("raft").join(hearth_store::log::LOG_FILE).exists() {
-                return Err(NodeError::UnknownDataDir { dir: dir.to_path_buf() });
+                return Err(NodeError::UnknownDataDir {
+                    dir: dir.to_path_buf(),
+                });
             }
             let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            std::fs::write(&tmp, serde_json::to_vec(&Identity { node_id: id, format: 1 }).map_err(std::io::Error::other)?)?;
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&Identity {
+                    node_id: id,
+                    format: 1,
+                })
+                .map_err(std::io::Error::other)?,
+            )?;
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()?;
@@ -173,7 +208,8 @@ impl Node {
     pub async fn start<N>(config: NodeConfig, network: N) -> Result<Node, NodeError>
     where
         N: RaftNetworkFactory<TypeConfig>,
-        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
+        N::Network:
+            openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
     {
         let id = config.node_id;
         let witness = config.role == Role::Witness;
@@ -206,7 +242,13 @@ impl Node {
             let cfg = CaretakerConfig {
                 patience_ms: config.timing.caretaker_patience_ms,
             };
-            tasks.push(tokio::spawn(hearth_cluster::caretaker::run(handler.clone(), log.clone(), hubs, cfg, rx)));
+            tasks.push(tokio::spawn(hearth_cluster::caretaker::run(
+                handler.clone(),
+                log.clone(),
+                hubs,
+                cfg,
+                rx,
+            )));
         }
         Ok(Node {
             id,
@@ -246,7 +288,13 @@ impl Node {
     /// configured peer answers and none has a log yet; refuses if any already has a cluster
     /// (this node's data was then wiped, or it is misconfigured).
     pub async fn bootstrap(&self, probe: &dyn PeerProbe, retry: Duration) -> Result<(), NodeError> {
-        if !self.config.bootstrap || self.raft.is_initialized().await.map_err(|e| NodeError::Fatal(e.to_string()))? {
+        if !self.config.bootstrap
+            || self
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Fatal(e.to_string()))?
+        {
             return Ok(());
         }
         loop {
@@ -267,7 +315,11 @@ impl Node {
             if missing.is_empty() {
                 break;
             }
-            tracing::info!(node = self.id, ?missing, "waiting for every peer to answer before forming the cluster");
+            tracing::info!(
+                node = self.id,
+                ?missing,
+                "waiting for every peer to answer before forming the cluster"
+            );
             tokio::time::sleep(retry).await;
         }
         match self.raft.initialize(self.initial_members()).await {
@@ -312,7 +364,12 @@ impl Node {
             .nodes()
             .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
             .collect();
-        let last_log = self.log.last_log_id().ok().flatten().map(|l| (l.leader_id.term, l.index));
+        let last_log = self
+            .log
+            .last_log_id()
+            .ok()
+            .flatten()
+            .map(|l| (l.leader_id.term, l.index));
         StatusView {
             node_id: self.id,
             role: self.role,
@@ -326,10 +383,17 @@ impl Node {
             replication: m
                 .replication
                 .as_ref()
-                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect())
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                        .collect()
+                })
                 .unwrap_or_default(),
             initialized: m.membership_config.log_id().is_some() || last_log.is_some(),
-            millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|t| t.elapsed().as_millis() as u64),
+            millis_since_quorum_ack: m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| t.elapsed().as_millis() as u64),
         }
     }
 
@@ -366,29 +430,45 @@ impl Node {
         if text.len() > MAX_TEST_RECORD {
             return Err(NodeError::Invalid {
                 field: "text",
-                problem: format!("{} bytes; at most {MAX_TEST_RECORD} are accepted", text.len()),
+                problem: format!(
+                    "{} bytes; at most {MAX_TEST_RECORD} are accepted",
+                    text.len()
+                ),
             });
         }
-        if self.role == Role::Witness && self.raft.metrics().borrow_watched().state == ServerState::Leader {
+        if self.role == Role::Witness
+            && self.raft.metrics().borrow_watched().state == ServerState::Leader
+        {
             return Err(NodeError::WitnessCaretaker);
         }
-        let bytes = serde_json::to_vec(&AppCommand::TestRecord { text: text.to_string() })
-            .map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec(&AppCommand::TestRecord {
+            text: text.to_string(),
+        })
+        .map_err(std::io::Error::other)?;
         let timeout = Duration::from_millis(self.config.timing.write_timeout_ms);
         let res = tokio::time::timeout(timeout, self.raft.client_write(Command(bytes))).await;
         match res {
-            Err(_) => Err(self.no_quorum(&format!("could not commit within {} ms", timeout.as_millis()))),
+            Err(_) => Err(self.no_quorum(&format!(
+                "could not commit within {} ms",
+                timeout.as_millis()
+            ))),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
-                (Some(l), Some(n)) if l != self.id => Err(NodeError::NotLeader {
-                    self_id: self.id,
-                    leader: l,
-                    addr: n.addr,
-                }),
-                _ => Err(self.no_quorum("has no leader it can reach (its leader lease expired)")),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(NodeError::Discarded),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(l), Some(n)) if l != self.id => Err(NodeError::NotLeader {
+                        self_id: self.id,
+                        leader: l,
+                        addr: n.addr,
+                    }),
+                    _ => {
+                        Err(self.no_quorum("has no leader it can reach (its leader lease expired)"))
+                    }
+                }
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(NodeError::Discarded)
+            }
             Ok(Err(RaftError::APIError(e))) => Err(NodeError::Fatal(e.to_string())),
         }
     }
@@ -403,8 +483,12 @@ impl Node {
         let Some((last, _)) = self.sm.head()? else {
             return Ok(Vec::new());
         };
-        let first_available = audit::start_point(&self.log, &self.sm)?.map(|(i, _)| i + 1).unwrap_or(0);
-        let from = last.saturating_sub(n.saturating_sub(1)).max(first_available);
+        let first_available = audit::start_point(&self.log, &self.sm)?
+            .map(|(i, _)| i + 1)
+            .unwrap_or(0);
+        let from = last
+            .saturating_sub(n.saturating_sub(1))
+            .max(first_available);
         Ok(audit::links(&self.log, &self.sm, from, last)?)
     }
 
@@ -412,14 +496,17 @@ impl Node {
     pub fn export_lines(&self) -> Result<Vec<String>, NodeError> {
         let anchor = audit::start_point(&self.log, &self.sm)?;
         let mut out = vec![
-            serde_json::to_string(&hearth_core::export::ExportHeader::new(self.id, anchor)).map_err(std::io::Error::other)?,
+            serde_json::to_string(&hearth_core::export::ExportHeader::new(self.id, anchor))
+                .map_err(std::io::Error::other)?,
         ];
         if let Some((last, _)) = self.sm.head()? {
             let from = anchor.map(|(i, _)| i + 1).unwrap_or(0);
             for l in audit::links(&self.log, &self.sm, from, last)? {
                 out.push(
-                    serde_json::to_string(&hearth_core::export::ExportLine::new(&l.record, &l.hash))
-                        .map_err(std::io::Error::other)?,
+                    serde_json::to_string(&hearth_core::export::ExportLine::new(
+                        &l.record, &l.hash,
+                    ))
+                    .map_err(std::io::Error::other)?,
                 );
             }
         }
@@ -447,8 +534,11 @@ impl Node {
 pub fn describe(rec: &Record) -> String {
     match rec.kind {
         hearth_core::EntryKind::Blank => "leader change".to_string(),
-        hearth_core::EntryKind::Membership => format!("membership {}", String::from_utf8_lossy(&rec.payload)),
-        hearth_core::EntryKind::Command => match serde_json::from_slice::<AppCommand>(&rec.payload) {
+        hearth_core::EntryKind::Membership => {
+            format!("membership {}", String::from_utf8_lossy(&rec.payload))
+        }
+        hearth_core::EntryKind::Command => match serde_json::from_slice::<AppCommand>(&rec.payload)
+        {
             Ok(AppCommand::TestRecord { text }) => format!("test record {text:?}"),
             Err(_) => format!("command ({} bytes)", rec.payload.len()),
         },

@@ -34,11 +34,16 @@ pub enum ServeError {
 }
 
 /// Runs a node until `shutdown` completes or a startup check fails.
-pub async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(&config.listen).await.map_err(|source| ServeError::Bind {
-        addr: config.listen.clone(),
-        source,
-    })?;
+pub async fn serve(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
     let id = config.node_id;
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id)).await?);
 
@@ -73,7 +78,10 @@ pub async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()> + Send
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(RaftServer::new(RaftGrpc::new(node.handler.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE))
+        .add_service(
+            RaftServer::new(RaftGrpc::new(node.handler.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE),
+        )
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(AuditServer::new(api).max_decoding_message_size(MAX_REQUEST))
         .add_service(health_svc)

@@ -12,7 +12,11 @@ use hearth_proto::v1::cluster_client::ClusterClient;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
-#[command(name = "hearth", version, about = "Hearth: a quorum-replicated hub whose Raft log is a hash-chained audit log")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Hearth: a quorum-replicated hub whose Raft log is a hash-chained audit log"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
@@ -128,7 +132,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn channel(addr: &str) -> anyhow::Result<Channel> {
-    hearth_cluster::grpc::lazy_channel(addr).with_context(|| format!("{addr:?} is not a valid node address"))
+    hearth_cluster::grpc::lazy_channel(addr)
+        .with_context(|| format!("{addr:?} is not a valid node address"))
 }
 
 fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
@@ -136,14 +141,20 @@ fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 async fn node_status(addr: &str) -> Result<pb::NodeStatus, tonic::Status> {
-    let mut c = ClusterClient::new(channel(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?);
+    let mut c = ClusterClient::new(
+        channel(addr).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
+    );
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(Duration::from_millis(1500));
     c.status(req).await.map(|r| r.into_inner())
 }
 
 fn short(h: &str) -> String {
-    if h.is_empty() { "-".into() } else { h.chars().take(12).collect() }
+    if h.is_empty() {
+        "-".into()
+    } else {
+        h.chars().take(12).collect()
+    }
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -152,13 +163,26 @@ fn opt(v: Option<u64>) -> String {
 
 async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     let first = node_status(addr).await.map_err(|s| rpc_err(addr, s))?;
-    let mut members: Vec<(u64, String, String)> = first.members.iter().map(|m| (m.id, m.addr.clone(), m.role.clone())).collect();
+    let mut members: Vec<(u64, String, String)> = first
+        .members
+        .iter()
+        .map(|m| (m.id, m.addr.clone(), m.role.clone()))
+        .collect();
     if members.is_empty() {
         members.push((first.node_id, addr.to_string(), first.role.clone()));
     }
     println!(
         "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
-        "NODE", "ROLE", "STATE", "TERM", "LAST-INDEX", "APPLIED", "CHAIN-HEAD", "LEADER", "REACHABLE", "ADDRESS"
+        "NODE",
+        "ROLE",
+        "STATE",
+        "TERM",
+        "LAST-INDEX",
+        "APPLIED",
+        "CHAIN-HEAD",
+        "LEADER",
+        "REACHABLE",
+        "ADDRESS"
     );
     let mut reachable = 0;
     let mut leaders = std::collections::BTreeSet::new();
@@ -171,12 +195,31 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                 }
                 println!(
                     "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
-                    s.node_id, s.role, s.state, s.term, opt(s.last_index), opt(s.applied_index), short(&s.head_hash), opt(s.leader), "yes", maddr
+                    s.node_id,
+                    s.role,
+                    s.state,
+                    s.term,
+                    opt(s.last_index),
+                    opt(s.applied_index),
+                    short(&s.head_hash),
+                    opt(s.leader),
+                    "yes",
+                    maddr
                 );
             }
             Err(e) => println!(
                 "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {} ({})",
-                id, role, "?", "-", "-", "-", "-", "-", "NO", maddr, e.message()
+                id,
+                role,
+                "?",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "NO",
+                maddr,
+                e.message()
             ),
         }
     }
@@ -184,10 +227,18 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     println!();
     match leaders.len() {
         0 => println!("no leader known: writes fail with NO_QUORUM until a majority can elect one"),
-        1 => println!("leader: node {}", leaders.iter().next().copied().unwrap_or_default()),
-        _ => println!("nodes name different leaders {leaders:?}: an election is settling (only one can commit)"),
+        1 => println!(
+            "leader: node {}",
+            leaders.iter().next().copied().unwrap_or_default()
+        ),
+        _ => println!(
+            "nodes name different leaders {leaders:?}: an election is settling (only one can commit)"
+        ),
     }
-    println!("reachable from here: {reachable} of {n}; a quorum needs {}", n / 2 + 1);
+    println!(
+        "reachable from here: {reachable} of {n}; a quorum needs {}",
+        n / 2 + 1
+    );
     if n == 1 {
         println!("single node: nothing can take over if it fails");
     }
@@ -196,10 +247,24 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
 
 async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
     let mut c = AuditClient::new(channel(addr)?);
-    let r = c.tail(pb::TailRequest { count }).await.map_err(|s| rpc_err(addr, s))?.into_inner();
-    println!("{:>8} {:>5} {:>6}  {:<13} {}", "INDEX", "TERM", "LEADER", "HASH", "ENTRY");
+    let r = c
+        .tail(pb::TailRequest { count })
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    println!(
+        "{:>8} {:>5} {:>6}  {:<13} {}",
+        "INDEX", "TERM", "LEADER", "HASH", "ENTRY"
+    );
     for e in r.entries {
-        println!("{:>8} {:>5} {:>6}  {:<13} {}", e.index, e.term, e.leader, short(&e.hash), e.kind);
+        println!(
+            "{:>8} {:>5} {:>6}  {:<13} {}",
+            e.index,
+            e.term,
+            e.leader,
+            short(&e.hash),
+            e.kind
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -208,9 +273,15 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use futures::StreamExt;
     use std::io::Write;
     let mut c = AuditClient::new(channel(addr)?);
-    let mut stream = c.export(pb::ExportRequest {}).await.map_err(|s| rpc_err(addr, s))?.into_inner();
+    let mut stream = c
+        .export(pb::ExportRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
     let mut w: Box<dyn Write> = match &out {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut lines = 0u64;
@@ -222,14 +293,20 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     w.flush()?;
     if let Some(p) = out {
-        eprintln!("wrote {} entries to {}", lines.saturating_sub(1), p.display());
+        eprintln!(
+            "wrote {} entries to {}",
+            lines.saturating_sub(1),
+            p.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let r = hearth_core::export::verify_export(text.lines()).with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let r = hearth_core::export::verify_export(text.lines())
+        .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
     match r.failure {
         None => {
             println!(
@@ -243,7 +320,11 @@ fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(f) => {
-            println!("FAILED at index {}: {f} ({} entries before it verified)", f.index(), r.entries);
+            println!(
+                "FAILED at index {}: {f} ({} entries before it verified)",
+                f.index(),
+                r.entries
+            );
             Ok(ExitCode::from(1))
         }
     }
@@ -251,9 +332,18 @@ fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
 
 async fn verify_live(addr: &str) -> anyhow::Result<ExitCode> {
     let mut c = AuditClient::new(channel(addr)?);
-    let r = c.verify(pb::VerifyRequest {}).await.map_err(|s| rpc_err(addr, s))?.into_inner();
+    let r = c
+        .verify(pb::VerifyRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
     if r.ok {
-        println!("OK: {} entries verify; head {} {}", r.checked, opt(r.head_index), r.head_hash);
+        println!(
+            "OK: {} entries verify; head {} {}",
+            r.checked,
+            opt(r.head_index),
+            r.head_hash
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         println!("FAILED at index {}: {}", opt(r.first_bad_index), r.reason);
@@ -268,6 +358,9 @@ async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!("committed at index {} (term {}, leader {}), chain hash {}", r.index, r.term, r.leader, r.hash);
+    println!(
+        "committed at index {} (term {}, leader {}), chain hash {}",
+        r.index, r.term, r.leader, r.hash
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,10 @@ pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>>
             id == 1
         );
         for (pid, prole) in roles.iter().filter(|(p, _)| *p != id) {
-            text.push_str(&format!("\n[[peers]]\nid = {pid}\naddr = \"{}\"\nrole = \"{prole}\"\n", addr(*pid)));
+            text.push_str(&format!(
+                "\n[[peers]]\nid = {pid}\naddr = \"{}\"\nrole = \"{prole}\"\n",
+                addr(*pid)
+            ));
         }
         let path = dir.join(format!("node{id}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -68,7 +71,11 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
         a + 1,
         a + 2,
         dir.display(),
-        if _guard.is_some() { " (deleted on exit)" } else { "" }
+        if _guard.is_some() {
+            " (deleted on exit)"
+        } else {
+            ""
+        }
     );
     let mut failed = None;
     tokio::select! {

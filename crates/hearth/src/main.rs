@@ -9,10 +9,17 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
-    let default_level = if args.command.is_server() { "info,openraft=warn" } else { "warn" };
+    let default_level = if args.command.is_server() {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli::run(args).await {
         Ok(code) => code,
         Err(e) => {

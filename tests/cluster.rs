@@ -1,0 +1,304 @@
+//! In-process cluster scenarios. Each ends with the invariant check: every node's chain
+//! verifies and is identical up to the shortest; no acknowledged entry is lost.
+
+use std::time::{Duration, Instant};
+
+use hearth_node::NodeError;
+use hearth_tests::TestCluster;
+
+const LONG: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_and_chains_agree() {
+    let mut c = TestCluster::three().await;
+    for i in 0..20 {
+        c.write(&format!("record {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    // The chain holds Raft's own entries too: the initial membership and a leader change.
+    let first = c.node(1).links(0, 1).unwrap();
+    assert_eq!(first[0].record.kind, hearth_core::EntryKind::Membership);
+    assert_eq!(first[1].record.kind, hearth_core::EntryKind::Blank);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_the_other_hub_leads_and_writes_continue() {
+    let mut c = TestCluster::three().await;
+    for i in 0..5 {
+        c.write(&format!("before {i}"), LONG).await;
+    }
+    let old = c.wait_for_leader(&c.hubs(), LONG).await;
+    let other = c.hubs().into_iter().find(|h| *h != old).unwrap();
+    let t0 = Instant::now();
+    c.stop(old).await;
+    let new = c.wait_for_leader(&[other], LONG).await;
+    assert_eq!(new, other);
+    c.write("after failover", LONG).await;
+    println!("failover_ms={}", t0.elapsed().as_millis());
+    // The killed leader comes back and catches up from disk and the new leader.
+    c.start(old).await.unwrap();
+    c.write("after restart", LONG).await;
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_commits_nothing_and_its_tail_is_replaced() {
+    let mut c = TestCluster::three().await;
+    c.write("before", LONG).await;
+    let old = c.wait_for_leader(&c.hubs(), LONG).await;
+    let ids = c.ids();
+    c.router.isolate(old, &ids);
+
+    // The isolated leader cannot commit: the write fails with NO_QUORUM and is not acknowledged.
+    let err = c.write_on(old, "from the minority").await.unwrap_err();
+    assert!(
+        matches!(err, NodeError::NoQuorum(_)),
+        "expected NO_QUORUM, got {err}"
+    );
+    assert!(err.to_string().starts_with("NO_QUORUM"), "{err}");
+    let minority_last = c.node(old).log.last_log_id().unwrap().unwrap().index;
+
+    // The majority elects the other hub and commits.
+    let other = c.hubs().into_iter().find(|h| *h != old).unwrap();
+    assert_eq!(c.wait_for_leader(&[other], LONG).await, other);
+    for i in 0..3 {
+        c.write_on(other, &format!("majority {i}")).await.unwrap();
+    }
+
+    c.router.heal();
+    c.wait_converged(LONG).await;
+    // The old leader's uncommitted entry was replaced by the majority's.
+    let at = c.node(old).links(minority_last, minority_last).unwrap();
+    let theirs = c.node(other).links(minority_last, minority_last).unwrap();
+    assert_eq!(at, theirs);
+    assert!(!hearth_node::node::describe(&at[0].record).contains("from the minority"));
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_to_hub_link_cut_while_both_reach_the_witness() {
+    let mut c = TestCluster::three().await;
+    c.write("before", LONG).await;
+    c.router.cut_both(1, 2);
+    // Writes keep committing through whichever hub the witness follows.
+    for i in 0..10 {
+        c.write(&format!("bridge {i}"), LONG).await;
+    }
+    c.router.heal();
+    c.write("healed", LONG).await;
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+/// DESIGN.md's witness caretaker case: the witness holds committed entries the surviving hub
+/// lacks, the leader dies, and no hub can win an election on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_holding_the_newest_log_hands_over_to_a_hub() {
+    let mut c = TestCluster::three().await;
+    let leader = c.wait_for_leader(&c.hubs(), LONG).await;
+    let other = c.hubs().into_iter().find(|h| *h != leader).unwrap();
+    c.router.cut_both(leader, other);
+    for i in 0..3 {
+        c.write_on(leader, &format!("only leader and witness {i}"))
+            .await
+            .unwrap();
+    }
+    let witness_last = c.node(3).log.last_log_id().unwrap().unwrap().index;
+    let hub_last = c.node(other).log.last_log_id().unwrap().map(|l| l.index);
+    assert!(
+        Some(witness_last) > hub_last,
+        "the witness must be ahead of the surviving hub"
+    );
+
+    let t0 = Instant::now();
+    c.stop(leader).await;
+    let new = c.wait_for_leader(&[other], Duration::from_secs(20)).await;
+    let took = t0.elapsed();
+    println!("caretaker_handover_ms={}", took.as_millis());
+    assert_eq!(new, other);
+    c.write_on(other, "after the caretaker").await.unwrap();
+    // The witness never stays leader and never accepts writes.
+    assert_ne!(c.node(3).status().await.state, "Leader");
+    c.start(leader).await.unwrap();
+    c.router.heal();
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_from_disk_keeps_the_chain_and_serves_again() {
+    let mut c = TestCluster::three().await;
+    for i in 0..10 {
+        c.write(&format!("r{i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    let head_before = c.node(1).sm.head().unwrap();
+    for id in c.ids() {
+        c.stop(id).await;
+    }
+    for id in c.ids() {
+        c.start(id).await.unwrap();
+    }
+    for id in c.ids() {
+        assert_eq!(
+            c.node(id).sm.head().unwrap(),
+            head_before,
+            "node {id} lost its head"
+        );
+    }
+    c.wait_for_leader(&c.hubs(), LONG).await;
+    c.write("after restart", LONG).await;
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
+    let mut c = TestCluster::three().await;
+    for i in 0..6 {
+        c.write(&format!("r{i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    let victim = 2;
+    c.stop(victim).await;
+
+    // 1. A stored chain hash altered (the state database): verification names the index.
+    let dir = c.data_dir(victim);
+    {
+        let sm = hearth_store::StateMachine::open(&dir.join("state")).unwrap();
+        let mut h = sm.hash_at(4).unwrap().unwrap();
+        h[0] ^= 1;
+        sm.corrupt_hash_for_test(4, h).unwrap();
+    }
+    let report = hearth_node::node::verify_data_dir(&dir).unwrap();
+    assert_eq!(report.failure.as_ref().map(|f| f.index()), Some(4));
+    match c.start(victim).await {
+        Err(NodeError::ChainBroken { index, .. }) => assert_eq!(index, 4),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(()) => panic!("a node with a broken chain must not serve"),
+    }
+    {
+        let sm = hearth_store::StateMachine::open(&dir.join("state")).unwrap();
+        let mut h = sm.hash_at(4).unwrap().unwrap();
+        h[0] ^= 1;
+        sm.corrupt_hash_for_test(4, h).unwrap();
+    }
+    c.start(victim).await.expect("repaired node starts");
+    c.stop(victim).await;
+
+    // 2. A flipped byte inside entry 3 of the Raft log file: refused at open, naming index 3.
+    let log_path = dir.join("raft").join(hearth_store::log::LOG_FILE);
+    let mut bytes = std::fs::read(&log_path).unwrap();
+    let mut off = 0usize;
+    for _ in 0..3 {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        off += 8 + len;
+    }
+    bytes[off + 8 + 2] ^= 0x20; // inside the index field of entry 3
+    std::fs::write(&log_path, &bytes).unwrap();
+    match c.start(victim).await {
+        Err(NodeError::Store(hearth_store::StoreError::CorruptLog { index, .. })) => {
+            assert_eq!(index, 3)
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(()) => panic!("a node with a corrupt log must not serve"),
+    }
+    // The rest of the cluster is unaffected.
+    c.write("still serving", LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_answers_no_quorum_and_executes_nothing() {
+    let mut c = TestCluster::three().await;
+    c.write("before", LONG).await;
+    let leader = c.wait_for_leader(&c.hubs(), LONG).await;
+    let before = c.node(leader).sm.head().unwrap();
+    for id in c.ids().into_iter().filter(|i| *i != leader) {
+        c.stop(id).await;
+    }
+    let err = c.write_on(leader, "alone").await.unwrap_err();
+    assert!(err.to_string().starts_with("NO_QUORUM"), "{err}");
+    assert_eq!(
+        c.node(leader).sm.head().unwrap(),
+        before,
+        "nothing may be applied without a quorum"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_appends_nothing() {
+    let mut c = TestCluster::three().await;
+    c.write("before", LONG).await;
+    let leader = c.wait_for_leader(&c.hubs(), LONG).await;
+    let before = c.node(leader).sm.head().unwrap();
+    let big = "x".repeat(hearth_node::node::MAX_TEST_RECORD + 1);
+    match c.write_on(leader, &big).await {
+        Err(NodeError::Invalid { field, .. }) => assert_eq!(field, "text"),
+        other => panic!("oversized record must be refused, got {other:?}"),
+    }
+    assert_eq!(c.node(leader).sm.head().unwrap(), before);
+    c.shutdown().await;
+}
+
+/// Data directories are never silently re-initialized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_nodes_are_refused() {
+    let mut c = TestCluster::three().await;
+    c.write("history", LONG).await;
+    c.wait_converged(LONG).await;
+
+    // The bootstrap hub wiped: it must not form a second cluster.
+    c.stop(1).await;
+    std::fs::remove_dir_all(c.data_dir(1)).unwrap();
+    c.start(1).await.unwrap();
+    let err = c
+        .node(1)
+        .bootstrap(&c.router.probe(1), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::AlreadyFormed { .. }), "{err}");
+    c.stop(1).await;
+
+    // A follower wiped: the leader reports it had replicated to that id, so it is refused.
+    let leader = c.wait_for_leader(&[2], LONG).await;
+    assert_eq!(leader, 2);
+    c.stop(3).await;
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    c.start(3).await.unwrap();
+    let err = c
+        .node(3)
+        .check_not_wiped(&c.router.probe(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::Wiped { .. }), "{err}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_is_refused() {
+    let mut c = TestCluster::three().await;
+    c.stop(1).await;
+    c.stop(2).await;
+    // node 2's config now points at node 1's data.
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    std::fs::rename(c.data_dir(1), c.data_dir(2)).unwrap();
+    match c.start(2).await {
+        Err(NodeError::WrongNode {
+            found, expected, ..
+        }) => assert_eq!((found, expected), (1, 2)),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(()) => panic!("must refuse another node's data"),
+    }
+    c.shutdown().await;
+}

@@ -1,0 +1,289 @@
+//! A cluster of real nodes wired through the [`Router`], with the invariant checks every fault
+//! scenario ends with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_core::Hash;
+use hearth_node::config::{Peer, TimingConfig};
+use hearth_node::{Node, NodeConfig, NodeError, Role};
+use openraft::raft::ReadPolicy;
+
+use crate::Router;
+
+/// Fast timing for in-process tests (loopback, no Wi-Fi): heartbeats every 50 ms, elections
+/// after 300–600 ms of silence.
+pub fn test_timing() -> TimingConfig {
+    TimingConfig {
+        heartbeat_ms: 50,
+        election_min_ms: 300,
+        election_max_ms: 600,
+        caretaker_patience_ms: 1000,
+        write_timeout_ms: 1500,
+    }
+}
+
+/// An acknowledged write: the client was told it committed at `index` with `hash`.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub index: u64,
+    pub hash: Hash,
+    pub text: String,
+}
+
+pub struct TestCluster {
+    pub router: Router,
+    pub dir: tempfile::TempDir,
+    pub roles: BTreeMap<u64, Role>,
+    nodes: BTreeMap<u64, Arc<Node>>,
+    pub acked: Vec<Ack>,
+    timing: TimingConfig,
+}
+
+impl TestCluster {
+    /// Hubs 1 and 2, witness 3; hub 1 forms the cluster. Waits until a leader serves.
+    pub async fn three() -> Self {
+        Self::with_roles(&[(1, Role::Hub), (2, Role::Hub), (3, Role::Witness)]).await
+    }
+
+    pub async fn with_roles(roles: &[(u64, Role)]) -> Self {
+        crate::init_tracing();
+        let mut c = TestCluster {
+            router: Router::default(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            roles: roles.iter().copied().collect(),
+            nodes: BTreeMap::new(),
+            acked: Vec::new(),
+            timing: test_timing(),
+        };
+        for (id, _) in roles {
+            c.start(*id).await.expect("node starts");
+        }
+        let first = roles[0].0;
+        c.node(first)
+            .bootstrap(&c.router.probe(first), Duration::from_millis(50))
+            .await
+            .expect("bootstrap");
+        c.wait_for_leader(&c.hubs(), Duration::from_secs(10)).await;
+        c
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.roles.keys().copied().collect()
+    }
+
+    pub fn hubs(&self) -> Vec<u64> {
+        self.roles
+            .iter()
+            .filter(|(_, r)| **r == Role::Hub)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    pub fn config(&self, id: u64) -> NodeConfig {
+        let first = *self.roles.keys().next().expect("members");
+        NodeConfig {
+            node_id: id,
+            role: self.roles[&id],
+            listen: format!("127.0.0.1:{}", 17000 + id),
+            advertise: None,
+            data_dir: self.data_dir(id),
+            bootstrap: id == first,
+            peers: self
+                .roles
+                .iter()
+                .filter(|(p, _)| **p != id)
+                .map(|(p, r)| Peer {
+                    id: *p,
+                    addr: format!("127.0.0.1:{}", 17000 + p),
+                    role: *r,
+                })
+                .collect(),
+            timing: self.timing.clone(),
+        }
+    }
+
+    /// Starts node `id` from its data directory.
+    pub async fn start(&mut self, id: u64) -> Result<(), NodeError> {
+        let cfg = self.config(id);
+        cfg.validate().expect("valid test config");
+        let node = Arc::new(Node::start(cfg, self.router.factory(id)).await?);
+        self.router.register(node.clone());
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Stops node `id` (its data stays on disk).
+    pub async fn stop(&mut self, id: u64) {
+        self.router.unregister(id);
+        if let Some(n) = self.nodes.remove(&id) {
+            match Arc::try_unwrap(n) {
+                Ok(n) => n.shutdown().await,
+                Err(n) => {
+                    let _ = n.raft.shutdown().await;
+                }
+            }
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &Arc<Node> {
+        &self.nodes[&id]
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Whether `id` is a leader confirmed by a quorum right now (ReadIndex round).
+    pub async fn is_confirmed_leader(&self, id: u64) -> bool {
+        let Some(n) = self.nodes.get(&id) else {
+            return false;
+        };
+        let opt = openraft::raft::linearizable_read::LinearizerOption::from(ReadPolicy::ReadIndex)
+            .with_wait_timeout(Duration::from_millis(300));
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), n.raft.ensure_linearizable(opt)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Waits until one of `candidates` is a quorum-confirmed leader; panics after `within`.
+    pub async fn wait_for_leader(&self, candidates: &[u64], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            for id in candidates {
+                if self.nodes.contains_key(id) && self.is_confirmed_leader(*id).await {
+                    return *id;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader among {candidates:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes a test record on `id` (no retry, no forwarding).
+    pub async fn write_on(
+        &mut self,
+        id: u64,
+        text: &str,
+    ) -> Result<hearth_store::Applied, NodeError> {
+        let r = self.node(id).append_test_record(text).await;
+        if let Ok(a) = &r {
+            self.acked.push(Ack {
+                index: a.index,
+                hash: a.hash,
+                text: text.to_string(),
+            });
+        }
+        r
+    }
+
+    /// Writes through whichever hub leads, retrying until `within` passes.
+    pub async fn write(&mut self, text: &str, within: Duration) -> hearth_store::Applied {
+        let deadline = Instant::now() + within;
+        loop {
+            for id in self.hubs() {
+                if !self.nodes.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(a) = self.write_on(id, text).await {
+                    return a;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "write {text:?} did not commit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same head.
+    pub async fn wait_converged(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let heads: Vec<_> = self
+                .nodes
+                .values()
+                .map(|n| n.sm.head().ok().flatten())
+                .collect();
+            if heads.windows(2).all(|w| w[0] == w[1]) && heads.first().is_some_and(|h| h.is_some())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not converge within {within:?}: heads {heads:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The invariants every scenario ends with: every running node's chain verifies; all are
+    /// identical up to the shortest; every acknowledged write is in every chain that reached
+    /// its index, with the acknowledged hash, and in the longest chain.
+    pub fn check_invariants(&self) {
+        let mut chains: BTreeMap<u64, Vec<(u64, Hash)>> = BTreeMap::new();
+        for (id, n) in &self.nodes {
+            let v = n.verify().expect("verify runs");
+            assert!(
+                v.failure.is_none(),
+                "node {id}'s chain fails: {:?}",
+                v.failure
+            );
+            let head = v.head.map(|(i, _)| i);
+            let links = match head {
+                Some(h) => n.links(0, h).expect("links"),
+                None => Vec::new(),
+            };
+            chains.insert(
+                *id,
+                links.iter().map(|l| (l.record.index, l.hash)).collect(),
+            );
+        }
+        let shortest = chains.values().map(Vec::len).min().unwrap_or(0);
+        let mut iter = chains.iter();
+        if let Some((first_id, first)) = iter.next() {
+            for (id, c) in iter {
+                assert_eq!(
+                    &c[..shortest],
+                    &first[..shortest],
+                    "chains of nodes {first_id} and {id} differ in their common prefix"
+                );
+            }
+        }
+        let longest = chains.values().map(Vec::len).max().unwrap_or(0) as u64;
+        for a in &self.acked {
+            assert!(
+                a.index < longest,
+                "acknowledged write {:?} at {} is missing from every chain",
+                a.text,
+                a.index
+            );
+            for (id, c) in &chains {
+                if let Some((_, h)) = c.get(a.index as usize) {
+                    assert_eq!(
+                        h, &a.hash,
+                        "node {id} has a different entry at acknowledged index {} ({:?})",
+                        a.index, a.text
+                    );
+                }
+            }
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
+}

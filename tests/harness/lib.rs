@@ -1,0 +1,22 @@
+//! Test harness: an in-process router that can cut single directed links between nodes, and a
+//! cluster of real [`Node`]s (real stores on disk, real openraft) wired through it.
+//!
+//! The router calls the target node's [`RaftHandler`] directly. A blocked link `(a, b)` drops
+//! requests from `a` to `b` and responses from `b` to `a`, so one-way faults are possible.
+
+pub mod cluster;
+pub mod router;
+
+pub use cluster::TestCluster;
+pub use router::Router;
+
+/// Installs a test log subscriber once (`RUST_LOG` selects what is printed).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error")),
+        )
+        .with_test_writer()
+        .try_init();
+}
