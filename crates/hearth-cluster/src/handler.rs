@@ -79,7 +79,7 @@ impl RaftHandler {
         let candidate = req.vote.leader_id.node_id;
         let c = Campaigner {
             at: Instant::now(),
-            last_log: req.last_log_id.clone(),
+            last_log: req.last_log_id,
         };
         self.with_seen(|s| s.campaigners.insert(candidate, c));
     }

@@ -179,7 +179,7 @@ impl LogStore {
             last,
             meta,
         };
-        if let Some(p) = store.meta.last_purged.clone() {
+        if let Some(p) = store.meta.last_purged {
             store.drop_through(p.index);
             if store.frames.is_empty() {
                 store.last = Some(p);
@@ -211,7 +211,7 @@ impl LogStore {
     }
 
     pub fn last_log_id(&self) -> io::Result<Option<LogIdT>> {
-        Ok(self.lock()?.last.clone())
+        Ok(self.lock()?.last)
     }
 }
 
@@ -283,7 +283,7 @@ impl Inner {
                 let r = Record::decode(&body).map_err(other)?;
                 Some(log_id(r.term, r.leader, r.index))
             }
-            None => self.meta.last_purged.clone(),
+            None => self.meta.last_purged,
         };
         Ok(())
     }
@@ -324,7 +324,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        Ok(self.lock()?.meta.vote.clone())
+        Ok(self.lock()?.meta.vote)
     }
 }
 
@@ -334,8 +334,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let g = self.lock()?;
         Ok(LogState {
-            last_purged_log_id: g.meta.last_purged.clone(),
-            last_log_id: g.last.clone().or_else(|| g.meta.last_purged.clone()),
+            last_purged_log_id: g.meta.last_purged,
+            last_log_id: g.last.or_else(|| g.meta.last_purged),
         })
     }
 
@@ -345,7 +345,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let inner = self.inner.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         tokio::task::spawn_blocking(move || {
             let mut g = inner.lock().map_err(|_| other("log store lock poisoned"))?;
             g.meta.vote = Some(vote);
@@ -396,7 +396,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
                 buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
                 new_frames.push((rec.index, start as u64, len));
-                last = Some(entry.log_id.clone());
+                last = Some(entry.log_id);
             }
             if new_frames.is_empty() {
                 callback.io_completed(Ok(()));
@@ -438,7 +438,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut g = inner.lock().map_err(|_| other("log store lock poisoned"))?;
-            g.meta.last_purged = Some(log_id.clone());
+            g.meta.last_purged = Some(log_id);
             g.write_meta()?;
             g.drop_through(log_id.index);
             if g.frames.is_empty() && g.last.as_ref().is_none_or(|l| l.index <= log_id.index) {

@@ -151,7 +151,7 @@ impl StateMachine {
     }
 
     pub fn applied(&self) -> io::Result<Option<LogIdT>> {
-        Ok(self.cached()?.applied.clone())
+        Ok(self.cached()?.applied)
     }
 
     pub fn membership(&self) -> io::Result<StoredMembershipOf<TypeConfig>> {
@@ -193,7 +193,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, data) = {
             let c = self.cached()?;
             let meta = SnapshotMetaOf::<TypeConfig> {
-                last_log_id: c.applied.clone(),
+                last_log_id: c.applied,
                 last_membership: c.membership.clone(),
             };
             let data = serde_json::to_vec(&SnapshotData { head: c.head }).map_err(other)?;
@@ -221,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogIdT>, StoredMembershipOf<TypeConfig>), io::Error> {
         let c = self.cached()?;
-        Ok((c.applied.clone(), c.membership.clone()))
+        Ok((c.applied, c.membership.clone()))
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
@@ -328,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree.apply_batch(batch).map_err(other)?;
         self.flush().await?;
         *self.cached()? = Cached {
-            applied: meta.last_log_id.clone(),
+            applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             head: data.head,
             anchor: data.head,

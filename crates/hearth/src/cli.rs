@@ -172,7 +172,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         members.push((first.node_id, addr.to_string(), first.role.clone()));
     }
     println!(
-        "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
+        "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} ADDRESS",
         "NODE",
         "ROLE",
         "STATE",
@@ -181,8 +181,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         "APPLIED",
         "CHAIN-HEAD",
         "LEADER",
-        "REACHABLE",
-        "ADDRESS"
+        "REACHABLE"
     );
     let mut reachable = 0;
     let mut leaders = std::collections::BTreeSet::new();
@@ -253,8 +252,8 @@ async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
     println!(
-        "{:>8} {:>5} {:>6}  {:<13} {}",
-        "INDEX", "TERM", "LEADER", "HASH", "ENTRY"
+        "{:>8} {:>5} {:>6}  {:<13} ENTRY",
+        "INDEX", "TERM", "LEADER", "HASH"
     );
     for e in r.entries {
         println!(
