@@ -302,3 +302,58 @@ async fn a_data_dir_of_another_node_is_refused() {
     }
     c.shutdown().await;
 }
+
+/// The documented way back for a wiped node: a new id, added through the leader, and the old
+/// id removed. Ids are never reused; a removal that would leave no quorum is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_witness_is_replaced_under_a_new_id() {
+    let mut c = TestCluster::three().await;
+    c.write("history", LONG).await;
+    c.wait_converged(LONG).await;
+    c.stop(3).await;
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+
+    let leader = c.wait_for_leader(&c.hubs(), LONG).await;
+    // Reusing the wiped node's id is refused.
+    let err = c
+        .node(leader)
+        .add_member(3, "127.0.0.1:17003", hearth_node::Role::Witness)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+
+    c.declare(4, hearth_node::Role::Witness);
+    c.start(4).await.unwrap();
+    c.node(4)
+        .check_not_wiped(&c.router.probe(4))
+        .await
+        .expect("a new id is not a wiped node");
+    let (_, voters) = c
+        .node(leader)
+        .add_member(4, "127.0.0.1:17004", hearth_node::Role::Witness)
+        .await
+        .unwrap();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    let (_, voters) = c.node(leader).remove_member(3).await.unwrap();
+    assert_eq!(voters, vec![1, 2, 4]);
+    c.roles.remove(&3);
+
+    // With the other hub down, removing the new witness would leave no quorum: refused.
+    let other = c.hubs().into_iter().find(|h| *h != leader).unwrap();
+    c.stop(other).await;
+    let deadline = Instant::now() + LONG;
+    while c.node(leader).reachable_peers().0.contains(&other) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never noticed node {other} is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = c.node(leader).remove_member(4).await.unwrap_err();
+    assert!(err.to_string().contains("no quorum"), "{err}");
+    c.start(other).await.unwrap();
+    c.write("after the replacement", LONG).await;
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    c.shutdown().await;
+}

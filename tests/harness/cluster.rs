@@ -109,6 +109,11 @@ impl TestCluster {
         }
     }
 
+    /// Declares a new member (it is not part of the cluster until added through the leader).
+    pub fn declare(&mut self, id: u64, role: Role) {
+        self.roles.insert(id, role);
+    }
+
     /// Starts node `id` from its data directory.
     pub async fn start(&mut self, id: u64) -> Result<(), NodeError> {
         let cfg = self.config(id);

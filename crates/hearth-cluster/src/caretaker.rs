@@ -13,11 +13,11 @@ use crate::RaftHandler;
 /// How often the caretaker looks.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Runs on a witness until `shutdown` turns true. `hubs` are the hub node ids.
+/// Runs on a witness until `shutdown` turns true. The hubs are the non-witness voters of the
+/// current membership.
 pub async fn run(
     handler: RaftHandler,
     log: hearth_store::LogStore,
-    hubs: Vec<u64>,
     cfg: CaretakerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -43,6 +43,11 @@ pub async fn run(
         };
         let campaigners = handler.campaigners();
         let replication = m.replication.clone().unwrap_or_default();
+        let membership = m.membership_config.membership();
+        let hubs: Vec<u64> = membership
+            .voter_ids()
+            .filter(|id| membership.get_node(id).is_some_and(|n| !n.witness))
+            .collect();
         let hub_views: Vec<HubView> = hubs
             .iter()
             .map(|id| {

@@ -122,18 +122,36 @@ impl Api {
     }
 }
 
-async fn forward_append(addr: &str, text: String) -> Result<pb::AppendTestRecordResponse, Status> {
+/// A client to the leader for a forwarded call, and the request marked as forwarded (a node
+/// never forwards a forwarded call again, so a leadership change cannot make it loop).
+fn to_leader<T>(
+    addr: &str,
+    msg: T,
+) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
     let channel = hearth_cluster::grpc::lazy_channel(addr)
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
-    let mut client = ClusterClient::new(channel);
-    let mut req = Request::new(pb::AppendTestRecordRequest { text });
+    let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req.set_timeout(Duration::from_secs(10));
-    client
-        .append_test_record(req)
-        .await
-        .map(Response::into_inner)
+    req.set_timeout(Duration::from_secs(120));
+    Ok((ClusterClient::new(channel), req))
+}
+
+fn parse_role(role: &str) -> Result<Role, Status> {
+    match role {
+        "hub" => Ok(Role::Hub),
+        "witness" => Ok(Role::Witness),
+        other => Err(Status::invalid_argument(format!(
+            "field `role`: {other:?} is neither \"hub\" nor \"witness\""
+        ))),
+    }
+}
+
+fn membership_reply(r: (u64, Vec<u64>)) -> Response<pb::MembershipResponse> {
+    Response::new(pb::MembershipResponse {
+        index: r.0,
+        voters: r.1,
+    })
 }
 
 #[tonic::async_trait]
@@ -167,7 +185,41 @@ impl Cluster for Api {
                     leader,
                     "forwarding a write to the leader"
                 );
-                forward_append(&addr, text).await.map(Response::new)
+                let (mut c, req) = to_leader(&addr, pb::AppendTestRecordRequest { text })?;
+                c.append_test_record(req).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        let role = parse_role(&r.role)?;
+        match self.node.add_member(r.id, &r.addr, role).await {
+            Ok(x) => Ok(membership_reply(x)),
+            Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
+                let (mut c, req) = to_leader(&addr, r)?;
+                c.add_member(req).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        match self.node.remove_member(r.id).await {
+            Ok(x) => Ok(membership_reply(x)),
+            Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
+                let (mut c, req) = to_leader(&addr, r)?;
+                c.remove_member(req).await
             }
             Err(e) => Err(to_status(e)),
         }

@@ -151,7 +151,7 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError 
     }
 }
 
-fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
     let Some((host, port)) = addr.rsplit_once(':') else {
         return Err(invalid(
             field,

@@ -234,18 +234,12 @@ impl Node {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if witness {
-            let hubs: Vec<u64> = config
-                .members()
-                .filter(|(_, _, r)| *r == Role::Hub)
-                .map(|(id, _, _)| id)
-                .collect();
             let cfg = CaretakerConfig {
                 patience_ms: config.timing.caretaker_patience_ms,
             };
             tasks.push(tokio::spawn(hearth_cluster::caretaker::run(
                 handler.clone(),
                 log.clone(),
-                hubs,
                 cfg,
                 rx,
             )));
@@ -397,8 +391,9 @@ impl Node {
         }
     }
 
-    /// Which peers the leader heard from within the election timeout (leader only).
-    fn reachable_peers(&self) -> (Vec<u64>, Vec<u64>) {
+    /// Which peers the leader heard from within the election timeout (leader only):
+    /// (answering, not answering).
+    pub fn reachable_peers(&self) -> (Vec<u64>, Vec<u64>) {
         let m = self.raft.metrics().borrow_watched().clone();
         let limit = Duration::from_millis(self.config.timing.election_max_ms);
         let mut ok = Vec::new();
@@ -471,6 +466,168 @@ impl Node {
             }
             Ok(Err(RaftError::APIError(e))) => Err(NodeError::Fatal(e.to_string())),
         }
+    }
+
+    /// Routes a management call: only the leader performs it.
+    fn require_leader(&self) -> Result<(), NodeError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            if self.role == Role::Witness {
+                return Err(NodeError::WitnessCaretaker);
+            }
+            return Ok(());
+        }
+        match m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| (l, n.addr.clone()))
+        }) {
+            Some((leader, addr)) if leader != self.id => Err(NodeError::NotLeader {
+                self_id: self.id,
+                leader,
+                addr,
+            }),
+            _ => Err(self.no_quorum("knows no leader")),
+        }
+    }
+
+    fn membership_result(
+        &self,
+        r: Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    ) -> Result<(u64, Vec<u64>), NodeError> {
+        match r {
+            Ok(resp) => {
+                let voters = resp
+                    .membership
+                    .as_ref()
+                    .map(|m| m.voter_ids().collect())
+                    .unwrap_or_default();
+                Ok((resp.log_id.index, voters))
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.no_quorum("lost leadership during the change"))
+            }
+            Err(RaftError::APIError(e)) => Err(NodeError::Invalid {
+                field: "membership",
+                problem: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs a membership change with the write timeout: without a quorum it would wait forever.
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, NodeError> {
+        let timeout = Duration::from_millis(self.config.timing.write_timeout_ms);
+        tokio::time::timeout(timeout, f).await.map_err(|_| {
+            self.no_quorum(&format!(
+                "could not commit the membership change within {} ms",
+                timeout.as_millis()
+            ))
+        })
+    }
+
+    /// Adds node `id` (never used before) as a learner, waits until it has caught up, then
+    /// makes it a voter. Both steps are membership entries in the chain.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        role: Role,
+    ) -> Result<(u64, Vec<u64>), NodeError> {
+        self.require_leader()?;
+        if id == 0 {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: "0 is reserved".into(),
+            });
+        }
+        if audit::ids_ever_used(&self.log)?.contains(&id) {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: format!(
+                    "node id {id} was already used in this cluster; ids are never reused (a reused id can vote twice). Pick a new id"
+                ),
+            });
+        }
+        crate::config::check_addr("addr", addr).map_err(|e| NodeError::Invalid {
+            field: "addr",
+            problem: e.to_string(),
+        })?;
+        let member = Member {
+            addr: addr.to_string(),
+            witness: role == Role::Witness,
+        };
+        let catch_up = Duration::from_millis(self.config.timing.write_timeout_ms * 12);
+        match tokio::time::timeout(catch_up, self.raft.add_learner(id, member, true)).await {
+            Err(_) => {
+                return Err(NodeError::NoQuorum(format!(
+                    "node {id} was added as a learner but did not catch up within {} ms; is it running at {addr}?",
+                    catch_up.as_millis()
+                )));
+            }
+            Ok(r) => {
+                self.membership_result(r)?;
+            }
+        }
+        let change = self
+            .raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false);
+        self.membership_result(self.bounded(change).await?)
+    }
+
+    /// Removes voter `id`. Refused for the leader itself and when the remaining voters that
+    /// answer now would not form a quorum.
+    pub async fn remove_member(&self, id: u64) -> Result<(u64, Vec<u64>), NodeError> {
+        self.require_leader()?;
+        if id == self.id {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: format!(
+                    "node {id} is the leader; stop it (another hub takes over) or remove it from another leader"
+                ),
+            });
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        if !voters.contains(&id) {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: format!("node {id} is not a voter (voters: {voters:?})"),
+            });
+        }
+        let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        if !rest
+            .iter()
+            .any(|v| membership.get_node(v).is_some_and(|n| !n.witness))
+        {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: "the remaining voters would include no hub".into(),
+            });
+        }
+        let (answering, _) = self.reachable_peers();
+        let alive = rest
+            .iter()
+            .filter(|v| **v == self.id || answering.contains(v))
+            .count();
+        if alive * 2 <= rest.len() {
+            return Err(NodeError::Invalid {
+                field: "id",
+                problem: format!(
+                    "after removing node {id}, only {alive} of the remaining {} voters answer: that is no quorum",
+                    rest.len()
+                ),
+            });
+        }
+        let change = self
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false);
+        self.membership_result(self.bounded(change).await?)
     }
 
     /// Verifies this node's chain.

@@ -115,3 +115,27 @@ pub fn verify(log: &LogStore, sm: &StateMachine) -> io::Result<NodeVerify> {
     report.checked = v.checked();
     Ok(report)
 }
+
+/// Every node id that ever appeared in a membership entry of the log. Node ids are never
+/// reused (a reused id with an empty log can vote twice), so additions are checked against it.
+pub fn ids_ever_used(log: &LogStore) -> io::Result<std::collections::BTreeSet<u64>> {
+    let mut ids = std::collections::BTreeSet::new();
+    let Some((first, last)) = log.bounds()? else {
+        return Ok(ids);
+    };
+    for i in first..=last {
+        let Some(bytes) = log.record_bytes(i)? else {
+            continue;
+        };
+        let rec = Record::decode(&bytes).map_err(io::Error::other)?;
+        if rec.kind != hearth_core::EntryKind::Membership {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&rec.payload).map_err(io::Error::other)?;
+        if let Some(nodes) = v.get("nodes").and_then(|n| n.as_object()) {
+            ids.extend(nodes.keys().filter_map(|k| k.parse::<u64>().ok()));
+        }
+    }
+    Ok(ids)
+}

@@ -70,6 +70,26 @@ pub enum ClusterCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Add a node under a new, never-used id (learner first, voter once caught up).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+        /// The new node's advertised gRPC address.
+        #[arg(long = "node-addr")]
+        node_addr: String,
+        /// hub or witness
+        #[arg(long, default_value = "hub")]
+        role: String,
+    },
+    /// Remove a voter (refused for the leader itself and when the rest would have no quorum).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,9 +138,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             crate::dev::run(dir, base_port).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cluster {
-            command: ClusterCmd::Status { target },
-        } => cluster_status(&target.addr).await,
+        Command::Cluster { command } => match command {
+            ClusterCmd::Status { target } => cluster_status(&target.addr).await,
+            ClusterCmd::Add {
+                target,
+                id,
+                node_addr,
+                role,
+            } => {
+                let mut c = ClusterClient::new(channel(&target.addr)?);
+                let r = c
+                    .add_member(pb::AddMemberRequest {
+                        id,
+                        addr: node_addr,
+                        role,
+                    })
+                    .await
+                    .map_err(|s| rpc_err(&target.addr, s))?
+                    .into_inner();
+                println!(
+                    "node {id} is a voter; membership entry at index {}; voters {:?}",
+                    r.index, r.voters
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ClusterCmd::Remove { target, id } => {
+                let mut c = ClusterClient::new(channel(&target.addr)?);
+                let r = c
+                    .remove_member(pb::RemoveMemberRequest { id })
+                    .await
+                    .map_err(|s| rpc_err(&target.addr, s))?
+                    .into_inner();
+                println!(
+                    "node {id} removed; membership entry at index {}; voters {:?}",
+                    r.index, r.voters
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Audit { command } => match command {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,
