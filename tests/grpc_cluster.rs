@@ -22,6 +22,7 @@ fn free_port() -> u16 {
 }
 
 struct Cluster {
+    metrics: BTreeMap<u64, u16>,
     addrs: BTreeMap<u64, String>,
     stops: BTreeMap<u64, oneshot::Sender<()>>,
     tasks: BTreeMap<u64, tokio::task::JoinHandle<()>>,
@@ -37,6 +38,7 @@ impl Cluster {
             .iter()
             .map(|(id, _)| (*id, format!("127.0.0.1:{}", free_port())))
             .collect();
+        let metrics: BTreeMap<u64, u16> = roles.iter().map(|(id, _)| (*id, free_port())).collect();
         let configs = roles
             .iter()
             .map(|(id, role)| {
@@ -45,6 +47,7 @@ impl Cluster {
                     role: *role,
                     listen: addrs[id].clone(),
                     advertise: None,
+                    metrics_listen: Some(format!("127.0.0.1:{}", metrics[id])),
                     data_dir: dir.path().join(format!("node{id}")),
                     bootstrap: *id == 1,
                     peers: roles
@@ -63,6 +66,7 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            metrics,
             addrs,
             stops: BTreeMap::new(),
             tasks: BTreeMap::new(),
@@ -219,6 +223,25 @@ async fn three_nodes_over_grpc_serve_forward_export_and_fail_over() {
     }
     c.wait_applied(last.index, Duration::from_secs(10)).await;
 
+    // The metrics endpoint reports the leader and the committed writes.
+    let page = http_get(c.metrics[&leader], "/metrics").await;
+    assert!(
+        page.contains(&format!("hearth_is_leader{{node=\"{leader}\"}} 1")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "hearth_applied_index{{node=\"{leader}\"}} {}",
+            last.index
+        )),
+        "{page}"
+    );
+    assert!(
+        http_get(c.metrics[&leader], "/other")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+
     // Bad input: an oversized record is refused with INVALID_ARGUMENT.
     let err = c
         .client(leader)
@@ -305,4 +328,17 @@ async fn tonic_health_client(addr: &str) -> i32 {
     .unwrap()
     .into_inner()
     .status
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

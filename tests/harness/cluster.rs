@@ -93,6 +93,7 @@ impl TestCluster {
             role: self.roles[&id],
             listen: format!("127.0.0.1:{}", 17000 + id),
             advertise: None,
+            metrics_listen: None,
             data_dir: self.data_dir(id),
             bootstrap: id == first,
             peers: self

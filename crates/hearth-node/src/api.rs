@@ -14,6 +14,7 @@ use hearth_store::Member;
 use tonic::{Request, Response, Status};
 
 use crate::config::Role;
+use crate::metrics::Counters;
 use crate::node::{Node, NodeError, PeerProbe, StatusView, describe};
 
 const FORWARDED: &str = "x-hearth-forwarded";
@@ -114,11 +115,23 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
 #[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
+    counters: Arc<Counters>,
 }
 
 impl Api {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, counters: Arc<Counters>) -> Self {
+        Self { node, counters }
+    }
+
+    fn count(&self, r: &Result<hearth_store::Applied, NodeError>) {
+        let c = &self.counters;
+        match r {
+            Ok(_) => Counters::inc(&c.writes_ok),
+            Err(NodeError::NoQuorum(_)) => Counters::inc(&c.writes_no_quorum),
+            Err(NodeError::Invalid { .. }) => Counters::inc(&c.writes_rejected),
+            Err(NodeError::NotLeader { .. }) => Counters::inc(&c.writes_forwarded),
+            Err(_) => {}
+        }
     }
 }
 
@@ -169,7 +182,9 @@ impl Cluster for Api {
     ) -> Result<Response<pb::AppendTestRecordResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let text = req.into_inner().text;
-        match self.node.append_test_record(&text).await {
+        let res = self.node.append_test_record(&text).await;
+        self.count(&res);
+        match res {
             Ok(a) => {
                 let st = self.node.status().await;
                 Ok(Response::new(pb::AppendTestRecordResponse {

@@ -5,6 +5,7 @@
 //! role = "hub"              # hub | witness
 //! listen = "0.0.0.0:7101"   # gRPC: Raft transport and public API
 //! advertise = "pi.local:7101"  # optional: the address peers use (default: listen)
+//! metrics_listen = "0.0.0.0:9101"  # optional: Prometheus GET /metrics
 //! data_dir = "/var/lib/hearth"
 //! bootstrap = true          # exactly one hub: forms the cluster once
 //!
@@ -120,6 +121,9 @@ pub struct NodeConfig {
     pub listen: String,
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Optional `IP:port` for the Prometheus `GET /metrics` endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     pub data_dir: PathBuf,
     #[serde(default)]
     pub bootstrap: bool,
@@ -217,6 +221,14 @@ impl NodeConfig {
         })?;
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
+        }
+        if let Some(m) = &self.metrics_listen {
+            m.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{m:?} is not an IP:port to bind (for example \"0.0.0.0:9101\")"),
+                )
+            })?;
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory"));

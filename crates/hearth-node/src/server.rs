@@ -55,7 +55,24 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
-    let api = Api::new(node.clone());
+    let counters = Arc::new(crate::metrics::Counters::default());
+    let api = Api::new(node.clone(), counters.clone());
+    let metrics = match &node.config().metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                node.clone(),
+                counters,
+            )))
+        }
+        None => None,
+    };
 
     // Startup checks that need peers run once the server answers, so peers can ask us too.
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<NodeError>(1);
@@ -97,6 +114,10 @@ pub async fn serve(
         Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
     };
     checker.abort();
+    if let Some(m) = metrics {
+        m.abort();
+        let _ = m.await;
+    }
     let _ = stop_tx.send(());
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),

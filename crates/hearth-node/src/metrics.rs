@@ -1,0 +1,126 @@
+//! A Prometheus text endpoint (`GET /metrics` on `metrics_listen`): the node's Raft state, log
+//! and chain positions, and write counters. Plain HTTP/1.1, one response per connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// Counters the API layer updates.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub writes_ok: AtomicU64,
+    pub writes_no_quorum: AtomicU64,
+    pub writes_rejected: AtomicU64,
+    pub writes_forwarded: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Renders the metrics page.
+pub async fn render(node: &Node, c: &Counters) -> String {
+    let s = node.status().await;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {v}\n",
+            s.node_id
+        ));
+    };
+    gauge("hearth_term", "Current Raft term.", s.term);
+    gauge(
+        "hearth_is_leader",
+        "1 while this node leads.",
+        u64::from(s.state == "Leader"),
+    );
+    gauge(
+        "hearth_last_log_index",
+        "Last index in the durable Raft log.",
+        s.last_log.map_or(0, |(_, i)| i),
+    );
+    gauge(
+        "hearth_applied_index",
+        "Last applied index (the chain head).",
+        s.applied.unwrap_or(0),
+    );
+    gauge(
+        "hearth_members",
+        "Members in the current configuration.",
+        s.members.len() as u64,
+    );
+    gauge(
+        "hearth_millis_since_quorum_ack",
+        "Leader only: milliseconds since a quorum last acknowledged it.",
+        s.millis_since_quorum_ack.unwrap_or(0),
+    );
+    for (name, help, v) in [
+        (
+            "hearth_writes_committed_total",
+            "Writes committed through this node.",
+            &c.writes_ok,
+        ),
+        (
+            "hearth_writes_no_quorum_total",
+            "Writes refused with NO_QUORUM.",
+            &c.writes_no_quorum,
+        ),
+        (
+            "hearth_writes_rejected_total",
+            "Writes refused as invalid.",
+            &c.writes_rejected,
+        ),
+        (
+            "hearth_writes_forwarded_total",
+            "Writes forwarded to the leader.",
+            &c.writes_forwarded,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {}\n",
+            s.node_id,
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    out
+}
+
+/// Serves `/metrics` until the task is aborted.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, counters: Arc<Counters>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (node, counters) = (node.clone(), counters.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics ") {
+                ("200 OK", render(&node, &counters).await)
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
