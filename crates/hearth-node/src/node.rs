@@ -196,9 +196,10 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
     }
 }
 
-/// Verifies the chain of a node's data directory without starting anything.
+/// Verifies the chain of a stopped node's data directory without starting or changing
+/// anything in the log.
 pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
-    let log = LogStore::open(&dir.join("raft"))?;
+    let log = LogStore::open_read_only(&dir.join("raft"))?;
     let sm = StateMachine::open(&dir.join("state"))?;
     Ok(audit::verify(&log, &sm)?)
 }

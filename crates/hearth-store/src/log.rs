@@ -76,9 +76,20 @@ fn other(e: impl ToString) -> io::Error {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, checking every frame.
+    /// Opens (or creates) the log in `dir`, checking every frame; cuts a torn last frame.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        Self::open_mode(dir, true)
+    }
+
+    /// Opens an existing log for inspection only: nothing is created, cut or written.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_mode(dir, false)
+    }
+
+    fn open_mode(dir: &Path, writable: bool) -> Result<Self, StoreError> {
+        if writable {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
         let path = dir.join(LOG_FILE);
         let meta_path = dir.join(META_FILE);
         let meta: Meta = match std::fs::read(&meta_path) {
@@ -91,8 +102,8 @@ impl LogStore {
         };
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
-            .create(true)
+            .append(writable)
+            .create(writable)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
         let mut data = Vec::new();
@@ -165,7 +176,7 @@ impl LogStore {
             last = Some(log_id(rec.term, rec.leader, rec.index));
             pos = body_end;
         }
-        if pos < data.len() {
+        if pos < data.len() && writable {
             file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
             file.sync_all().map_err(|e| io_err(&path, e))?;
         }

@@ -109,12 +109,15 @@ pub enum AuditCmd {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Verify the chain of a live node, or of an export file with --file.
+    /// Verify the chain of a live node, of an export file (--file), or of a stopped node's
+    /// data directory (--data-dir; e.g. a node that refuses to start).
     Verify {
         #[command(flatten)]
         target: Target,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "data_dir")]
         file: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Append an operator's test record (until intents exist).
     Append {
@@ -180,7 +183,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,
             AuditCmd::Verify { file: Some(f), .. } => verify_file(&f),
-            AuditCmd::Verify { target, file: None } => verify_live(&target.addr).await,
+            AuditCmd::Verify {
+                data_dir: Some(d), ..
+            } => verify_data_dir(&d),
+            AuditCmd::Verify { target, .. } => verify_live(&target.addr).await,
             AuditCmd::Append { target, text } => append(&target.addr, text).await,
         },
     }
@@ -381,6 +387,39 @@ fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match hearth_node::node::verify_data_dir(dir) {
+        Ok(r) => match r.failure {
+            None => {
+                println!(
+                    "OK: {} entries verify; head {}",
+                    r.checked,
+                    r.head
+                        .map(|(i, h)| format!("{i} {}", hex::encode(h)))
+                        .unwrap_or_else(|| "-".into())
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(f) => {
+                println!("FAILED at index {}: {f}", f.index());
+                Ok(ExitCode::from(1))
+            }
+        },
+        Err(hearth_node::NodeError::Store(hearth_store::StoreError::CorruptLog {
+            index,
+            reason,
+            path,
+        })) => {
+            println!(
+                "FAILED at index {index}: the Raft log {} is corrupt ({reason})",
+                path.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -256,4 +256,40 @@ async fn kill_nine_loop_loses_no_acknowledged_write() {
         "kill9: {} acknowledged writes, 7 kill cycles, chains of {shortest} entries agree",
         acked.len()
     );
+
+    // Offline verification of a stopped node's data directory, before and after corruption.
+    p.kill9(2);
+    let data = dir.path().join("node2");
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = data.join("raft").join("raft-log.bin");
+    let mut bytes = std::fs::read(&log).unwrap();
+    // Flip a payload byte of the first command entry after index 2 (its frame's CRC breaks).
+    let mut off = 0usize;
+    let mut index = 0u64;
+    loop {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        if index >= 2 && len > 25 + 5 {
+            break;
+        }
+        off += 8 + len;
+        index += 1;
+    }
+    bytes[off + 8 + 25 + 2] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("FAILED at index {index}")), "{text}");
 }
