@@ -282,6 +282,7 @@ impl Node {
     /// Forms the cluster, exactly once, on the configured bootstrap hub. Waits until every
     /// configured peer answers and none has a log yet; refuses if any already has a cluster
     /// (this node's data was then wiped, or it is misconfigured).
+    #[tracing::instrument(skip_all, fields(node = self.id))]
     pub async fn bootstrap(&self, probe: &dyn PeerProbe, retry: Duration) -> Result<(), NodeError> {
         if !self.config.bootstrap
             || self
@@ -422,6 +423,7 @@ impl Node {
 
     /// Appends an operator's test record through Raft and waits for it to be committed and
     /// applied. Only the leader can; others return [`NodeError::NotLeader`] for forwarding.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, term = tracing::field::Empty, index = tracing::field::Empty))]
     pub async fn append_test_record(&self, text: &str) -> Result<Applied, NodeError> {
         if text.len() > MAX_TEST_RECORD {
             return Err(NodeError::Invalid {
@@ -448,7 +450,13 @@ impl Node {
                 "could not commit within {} ms",
                 timeout.as_millis()
             ))),
-            Ok(Ok(r)) => Ok(r.data),
+            Ok(Ok(r)) => {
+                let span = tracing::Span::current();
+                span.record("term", r.log_id.leader_id.term);
+                span.record("index", r.data.index);
+                tracing::debug!("committed");
+                Ok(r.data)
+            }
             Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 match (f.leader_id, f.leader_node) {
@@ -533,6 +541,7 @@ impl Node {
 
     /// Adds node `id` (never used before) as a learner, waits until it has caught up, then
     /// makes it a voter. Both steps are membership entries in the chain.
+    #[tracing::instrument(skip(self), fields(node = self.id))]
     pub async fn add_member(
         &self,
         id: u64,
@@ -582,6 +591,7 @@ impl Node {
 
     /// Removes voter `id`. Refused for the leader itself and when the remaining voters that
     /// answer now would not form a quorum.
+    #[tracing::instrument(skip(self), fields(node = self.id))]
     pub async fn remove_member(&self, id: u64) -> Result<(u64, Vec<u64>), NodeError> {
         self.require_leader()?;
         if id == self.id {
