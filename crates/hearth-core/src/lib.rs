@@ -5,5 +5,8 @@
 pub mod caretaker;
 pub mod chain;
 pub mod export;
+pub mod intent;
+pub mod policy;
+pub mod resolver;
 
 pub use chain::{ChainError, EntryKind, Hash, Record, ZERO_HASH};

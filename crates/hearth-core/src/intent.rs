@@ -1,0 +1,423 @@
+//! Intents, device manifests and intent classes: the data the resolver plans from.
+//! Validation here is the single place that decides what a well-formed request is; every edge
+//! (gRPC, CLI) calls it and reports its field-named errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest total size of an intent's context (keys + values), in bytes.
+pub const MAX_CONTEXT_BYTES: usize = 4096;
+/// Largest single identifier or name.
+pub const MAX_NAME: usize = 128;
+/// Deepest location path.
+pub const MAX_LOCATION_DEPTH: usize = 8;
+
+/// How urgent an intent is. Emergency overrides every policy that is not absolute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Urgency {
+    Info,
+    Warning,
+    Alert,
+    Emergency,
+}
+
+impl Urgency {
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        match s {
+            "info" => Ok(Self::Info),
+            "warning" => Ok(Self::Warning),
+            "alert" => Ok(Self::Alert),
+            "emergency" => Ok(Self::Emergency),
+            other => Err(FieldError::new(
+                "urgency",
+                format!("{other:?} is not one of emergency, alert, warning, info"),
+            )),
+        }
+    }
+}
+
+/// A request problem, naming the field and what would fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// An identifier: 1–128 characters of `a-z 0-9 _ - .`, not starting with `.` (so ids can never
+/// be paths).
+pub fn check_id(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > MAX_NAME {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_NAME} characters"),
+        ));
+    }
+    if s.starts_with('.')
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+    {
+        return Err(FieldError::new(
+            field,
+            format!("{s:?} may contain only a-z, 0-9, '_', '-', '.' and must not start with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A location such as `home/kitchen`: segments that are ids, joined by `/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Location(Vec<String>);
+
+impl Location {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        let segs: Vec<String> = s.split('/').map(str::to_string).collect();
+        if segs.len() > MAX_LOCATION_DEPTH {
+            return Err(FieldError::new(
+                field,
+                format!("at most {MAX_LOCATION_DEPTH} levels"),
+            ));
+        }
+        for seg in &segs {
+            check_id(field, seg).map_err(|_| {
+                FieldError::new(
+                    field,
+                    format!(
+                        "{s:?} is not a path like home/kitchen (segments of a-z, 0-9, '_', '-')"
+                    ),
+                )
+            })?;
+        }
+        Ok(Self(segs))
+    }
+
+    /// `home` contains `home/kitchen` and itself; `home/kitchen` does not contain `home`.
+    pub fn contains(&self, other: &Location) -> bool {
+        other.0.len() >= self.0.len() && other.0[..self.0.len()] == self.0[..]
+    }
+}
+
+impl TryFrom<String> for Location {
+    type Error = FieldError;
+    fn try_from(s: String) -> Result<Self, FieldError> {
+        Self::parse("location", &s)
+    }
+}
+
+impl From<Location> for String {
+    fn from(l: Location) -> String {
+        l.0.join("/")
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub class: String,
+    pub urgency: Urgency,
+    /// What the intent is about, free text for people ("smoke in the kitchen").
+    pub subject: String,
+    pub location: Location,
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+    /// Who asked (an agent, a person, an automation); rate limits are per source.
+    pub source: String,
+    pub idempotency_key: String,
+}
+
+impl Intent {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_id("class", &self.class)?;
+        check_id("source", &self.source)?;
+        if self.idempotency_key.is_empty() || self.idempotency_key.len() > MAX_NAME {
+            return Err(FieldError::new(
+                "idempotency_key",
+                format!("must be 1 to {MAX_NAME} characters; send the same key when you retry"),
+            ));
+        }
+        if self.subject.len() > 512 {
+            return Err(FieldError::new("subject", "at most 512 bytes"));
+        }
+        let size: usize = self.context.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_CONTEXT_BYTES {
+            return Err(FieldError::new(
+                "context",
+                format!("{size} bytes; at most {MAX_CONTEXT_BYTES}"),
+            ));
+        }
+        for k in self.context.keys() {
+            check_id("context", k)?;
+        }
+        Ok(())
+    }
+}
+
+/// How Hearth reaches a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Adapter {
+    /// The built-in simulated device (or `hearth device-sim` at `address`).
+    Sim {
+        address: String,
+    },
+    Mqtt {
+        topic: String,
+    },
+    Http {
+        url: String,
+    },
+}
+
+/// A device's capability manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub name: String,
+    pub location: Location,
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+    /// Readable values ("smoke", "temperature").
+    #[serde(default)]
+    pub sensors: BTreeSet<String>,
+    /// Capability → the absolute states it can be put in ("lock" → ["locked", "unlocked"]).
+    #[serde(default)]
+    pub actuators: BTreeMap<String, BTreeSet<String>>,
+    /// May act in an emergency even when a non-absolute policy would exclude it.
+    #[serde(default)]
+    pub emergency_capable: bool,
+    pub adapter: Adapter,
+}
+
+impl Device {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_id("id", &self.id)?;
+        if self.name.len() > MAX_NAME {
+            return Err(FieldError::new("name", format!("at most {MAX_NAME} bytes")));
+        }
+        for t in &self.tags {
+            check_id("tags", t)?;
+        }
+        for s in &self.sensors {
+            check_id("sensors", s)?;
+        }
+        for (cap, states) in &self.actuators {
+            check_id("actuators", cap)?;
+            if states.is_empty() {
+                return Err(FieldError::new(
+                    "actuators",
+                    format!(
+                        "{cap:?} lists no states; list the absolute states it accepts (e.g. locked, unlocked)"
+                    ),
+                ));
+            }
+            for s in states {
+                check_id("actuators", s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a step's target state comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Always this state.
+    State(String),
+    /// The intent's `context[key]`, which must be one of `allowed`; `default` if absent.
+    FromContext {
+        key: String,
+        allowed: BTreeSet<String>,
+        default: Option<String>,
+    },
+}
+
+/// One kind of action a class takes: every device in scope with `capability` (and all of
+/// `tags`) is put in the target state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub capability: String,
+    pub target: Target,
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+}
+
+/// What an intent class means in device actions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentClass {
+    pub name: String,
+    pub description: String,
+    pub steps: Vec<Step>,
+    /// A new leader may re-send an action of this class that has no recorded outcome. When
+    /// false, it records `OUTCOME_UNKNOWN` for a human instead.
+    pub repeat_safe: bool,
+}
+
+fn state(s: &str) -> Target {
+    Target::State(s.to_string())
+}
+
+/// The five universal intent classes of the DoSync protocol.
+pub fn default_classes() -> Vec<IntentClass> {
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    vec![
+        IntentClass {
+            name: "ensure_safety".into(),
+            description: "Make people safe now: sirens and lights on, escape routes unlocked."
+                .into(),
+            steps: vec![
+                Step {
+                    capability: "siren".into(),
+                    target: state("on"),
+                    tags: BTreeSet::new(),
+                },
+                Step {
+                    capability: "light".into(),
+                    target: state("on"),
+                    tags: BTreeSet::new(),
+                },
+                Step {
+                    capability: "lock".into(),
+                    target: state("unlocked"),
+                    tags: set(&["escape_route"]),
+                },
+            ],
+            repeat_safe: true,
+        },
+        IntentClass {
+            name: "alert_anomaly".into(),
+            description: "Draw attention to something unusual: lights flash, notifiers alert."
+                .into(),
+            steps: vec![
+                Step {
+                    capability: "light".into(),
+                    target: state("flash"),
+                    tags: BTreeSet::new(),
+                },
+                Step {
+                    capability: "notifier".into(),
+                    target: state("alert"),
+                    tags: BTreeSet::new(),
+                },
+            ],
+            repeat_safe: true,
+        },
+        IntentClass {
+            name: "control_access".into(),
+            description:
+                "Lock or unlock doors (context state = locked | unlocked, default locked).".into(),
+            steps: vec![Step {
+                capability: "lock".into(),
+                target: Target::FromContext {
+                    key: "state".into(),
+                    allowed: set(&["locked", "unlocked"]),
+                    default: Some("locked".into()),
+                },
+                tags: BTreeSet::new(),
+            }],
+            repeat_safe: true,
+        },
+        IntentClass {
+            name: "report_status".into(),
+            description: "Read every sensor in scope; actuates nothing.".into(),
+            steps: vec![],
+            repeat_safe: true,
+        },
+        IntentClass {
+            name: "notify".into(),
+            description: "Tell the people in scope (notifiers show a message).".into(),
+            steps: vec![Step {
+                capability: "notifier".into(),
+                target: state("message"),
+                tags: BTreeSet::new(),
+            }],
+            repeat_safe: false,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_refuse_paths_and_odd_characters() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "A",
+            "x y",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert!(check_id("id", bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "front-door", "lock_1", "v1.2"] {
+            check_id("id", good).unwrap();
+        }
+    }
+
+    #[test]
+    fn locations_nest_by_segment() {
+        let home = Location::parse("l", "home").unwrap();
+        let kitchen = Location::parse("l", "home/kitchen").unwrap();
+        let homer = Location::parse("l", "homer").unwrap();
+        assert!(home.contains(&kitchen) && home.contains(&home));
+        assert!(!kitchen.contains(&home) && !home.contains(&homer));
+        assert!(Location::parse("l", "home//x").is_err());
+        assert!(Location::parse("l", "home/../x").is_err());
+        assert!(Location::parse("l", &["a"; 9].join("/")).is_err());
+    }
+
+    #[test]
+    fn urgency_orders_and_parses() {
+        assert!(
+            Urgency::Emergency > Urgency::Alert
+                && Urgency::Alert > Urgency::Warning
+                && Urgency::Warning > Urgency::Info
+        );
+        assert_eq!(Urgency::parse("alert").unwrap(), Urgency::Alert);
+        assert_eq!(Urgency::parse("panic").unwrap_err().field, "urgency");
+    }
+
+    #[test]
+    fn defaults_are_the_five_dosync_classes() {
+        let names: Vec<String> = default_classes().into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "ensure_safety",
+                "alert_anomaly",
+                "control_access",
+                "report_status",
+                "notify"
+            ]
+        );
+    }
+}

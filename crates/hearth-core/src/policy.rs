@@ -1,0 +1,212 @@
+//! Household policies and the replicated rate-limit windows they read.
+//!
+//! Every policy but `Block` is *non-absolute*: an emergency intent overrides it for devices
+//! that are `emergency_capable`. `Block` is absolute: even an emergency respects it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::{FieldError, check_id};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rule {
+    /// Never use this device (for `class`, or for every class).
+    ExcludeDevice {
+        device: String,
+        #[serde(default)]
+        class: Option<String>,
+    },
+    /// Intents of this class wait for a person's approval before anything is dispatched.
+    RequireConfirmation { class: String },
+    /// Between `start_minute` and `end_minute` (minutes after local midnight; the window may
+    /// wrap past midnight) devices with any of `tags` (all devices if empty) are not actuated by
+    /// `classes` (all classes if empty).
+    QuietHours {
+        start_minute: u16,
+        end_minute: u16,
+        #[serde(default)]
+        classes: BTreeSet<String>,
+        #[serde(default)]
+        tags: BTreeSet<String>,
+    },
+    /// At most `max` intents per source within `window_secs`.
+    RateLimitSource { max: u32, window_secs: u32 },
+    /// At most `max` actions per device within `window_secs`.
+    RateLimitDevice { max: u32, window_secs: u32 },
+    /// Absolute: never actuate this device (for `class`, or for every class), emergencies included.
+    Block {
+        device: String,
+        #[serde(default)]
+        class: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub id: String,
+    pub rule: Rule,
+}
+
+impl Policy {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_id("id", &self.id)?;
+        match &self.rule {
+            Rule::ExcludeDevice { device, class } | Rule::Block { device, class } => {
+                check_id("device", device)?;
+                if let Some(c) = class {
+                    check_id("class", c)?;
+                }
+            }
+            Rule::RequireConfirmation { class } => check_id("class", class)?,
+            Rule::QuietHours {
+                start_minute,
+                end_minute,
+                ..
+            } => {
+                if *start_minute >= 1440 || *end_minute >= 1440 {
+                    return Err(FieldError::new(
+                        "start_minute",
+                        "minutes after midnight must be below 1440",
+                    ));
+                }
+            }
+            Rule::RateLimitSource { max, window_secs }
+            | Rule::RateLimitDevice { max, window_secs } => {
+                if *max == 0 || *window_secs == 0 {
+                    return Err(FieldError::new(
+                        "max",
+                        "max and window_secs must both be above zero",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_absolute(&self) -> bool {
+        matches!(self.rule, Rule::Block { .. })
+    }
+}
+
+/// Whether `minute` falls in `[start, end)`, wrapping past midnight.
+pub fn in_window(start: u16, end: u16, minute: u16) -> bool {
+    if start <= end {
+        (start..end).contains(&minute)
+    } else {
+        minute >= start || minute < end
+    }
+}
+
+/// Timestamps (ms, from the entry that accepted them) of recent intents per source and
+/// actions per device. Part of the replicated state; changed only by applying entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateWindows {
+    pub by_source: BTreeMap<String, Vec<u64>>,
+    pub by_device: BTreeMap<String, Vec<u64>>,
+}
+
+impl RateWindows {
+    pub fn count_source(&self, source: &str, now_ms: u64, window_secs: u32) -> usize {
+        count(self.by_source.get(source), now_ms, window_secs)
+    }
+
+    pub fn count_device(&self, device: &str, now_ms: u64, window_secs: u32) -> usize {
+        count(self.by_device.get(device), now_ms, window_secs)
+    }
+
+    /// Records an accepted intent and its actions; forgets what is older than `keep_secs`.
+    pub fn record<'a>(
+        &mut self,
+        source: &str,
+        devices: impl IntoIterator<Item = &'a str>,
+        now_ms: u64,
+        keep_secs: u32,
+    ) {
+        self.by_source
+            .entry(source.to_string())
+            .or_default()
+            .push(now_ms);
+        for d in devices {
+            self.by_device
+                .entry(d.to_string())
+                .or_default()
+                .push(now_ms);
+        }
+        let horizon = now_ms.saturating_sub(u64::from(keep_secs) * 1000);
+        for m in [&mut self.by_source, &mut self.by_device] {
+            m.values_mut().for_each(|v| v.retain(|t| *t >= horizon));
+            m.retain(|_, v| !v.is_empty());
+        }
+    }
+}
+
+fn count(v: Option<&Vec<u64>>, now_ms: u64, window_secs: u32) -> usize {
+    let from = now_ms.saturating_sub(u64::from(window_secs) * 1000);
+    v.map_or(0, |v| {
+        v.iter().filter(|t| **t >= from && **t <= now_ms).count()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_wrap_midnight() {
+        assert!(in_window(1320, 420, 1400) && in_window(1320, 420, 0) && in_window(1320, 420, 419));
+        assert!(!in_window(1320, 420, 420) && !in_window(1320, 420, 720));
+        assert!(in_window(600, 720, 600) && !in_window(600, 720, 720));
+        for m in 0..1440 {
+            assert!(!in_window(300, 300, m), "an empty window is never active");
+        }
+    }
+
+    #[test]
+    fn rate_windows_count_and_forget() {
+        let mut r = RateWindows::default();
+        for t in [1_000, 2_000, 3_000] {
+            r.record("agent", ["siren"], t, 60);
+        }
+        assert_eq!(r.count_source("agent", 3_000, 60), 3);
+        assert_eq!(r.count_source("agent", 3_000, 1), 2);
+        assert_eq!(r.count_device("siren", 3_000, 60), 3);
+        r.record("other", [], 200_000, 60);
+        assert_eq!(
+            r.count_source("agent", 200_000, 3600),
+            0,
+            "old entries are forgotten"
+        );
+        assert!(!r.by_device.contains_key("siren"));
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let bad = Policy {
+            id: "q".into(),
+            rule: Rule::QuietHours {
+                start_minute: 1500,
+                end_minute: 0,
+                classes: BTreeSet::new(),
+                tags: BTreeSet::new(),
+            },
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "start_minute");
+        let bad = Policy {
+            id: "r".into(),
+            rule: Rule::RateLimitSource {
+                max: 0,
+                window_secs: 10,
+            },
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "max");
+        let bad = Policy {
+            id: "../x".into(),
+            rule: Rule::RequireConfirmation {
+                class: "notify".into(),
+            },
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "id");
+    }
+}
