@@ -541,7 +541,7 @@ mod tests {
             minute_of_day: 23 * 60,
         };
         let p = plan_with(
-            &[quiet.clone()],
+            std::slice::from_ref(&quiet),
             &RateWindows::default(),
             &intent("ensure_safety", Urgency::Alert, "home/kitchen"),
             night,
@@ -549,7 +549,7 @@ mod tests {
         .unwrap();
         assert_eq!(acted(&p), [("kitchen-light".into(), "on".into())]);
         let p = plan_with(
-            &[quiet.clone()],
+            std::slice::from_ref(&quiet),
             &RateWindows::default(),
             &intent("ensure_safety", Urgency::Alert, "home/kitchen"),
             NOON,
@@ -565,7 +565,7 @@ mod tests {
         };
         assert!(
             plan_with(
-                &[confirm.clone()],
+                std::slice::from_ref(&confirm),
                 &RateWindows::default(),
                 &intent("control_access", Urgency::Alert, "home"),
                 NOON
@@ -595,7 +595,7 @@ mod tests {
         rates.record("agent", [], NOON.now_ms - 1000, 3600);
         rates.record("agent", [], NOON.now_ms - 500, 3600);
         let e = plan_with(
-            &[limit.clone()],
+            std::slice::from_ref(&limit),
             &rates,
             &intent("notify", Urgency::Info, "home"),
             NOON,
