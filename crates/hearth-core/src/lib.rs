@@ -4,9 +4,11 @@
 
 pub mod caretaker;
 pub mod chain;
+pub mod domain;
 pub mod export;
 pub mod intent;
 pub mod policy;
 pub mod resolver;
+pub mod sim;
 
 pub use chain::{ChainError, EntryKind, Hash, Record, ZERO_HASH};

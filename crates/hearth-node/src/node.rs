@@ -13,6 +13,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hearth_cluster::{HearthRaft, RaftHandler, settings};
 use hearth_core::caretaker::CaretakerConfig;
+use hearth_core::domain::{Command as DomainCommand, IntentRecord, Outcome};
+use hearth_core::intent::{Device, Intent, IntentClass};
+use hearth_core::policy::Policy;
+use hearth_core::resolver::{Clock, Plan};
 use hearth_core::{Hash, Record};
 use hearth_store::audit::{self, Link, NodeVerify};
 use hearth_store::{Applied, Command, LogStore, Member, StateMachine, StoreError, TypeConfig};
@@ -74,6 +78,16 @@ pub enum NodeError {
         "the entry was discarded by a leader change; it may or may not commit: check `hearth audit tail` before retrying"
     )]
     Discarded,
+    #[error(transparent)]
+    Field(#[from] hearth_core::intent::FieldError),
+    #[error(transparent)]
+    Plan(#[from] hearth_core::resolver::PlanError),
+    #[error(
+        "idempotency key already used for intent {0} with a different body; use a new key for a new intent"
+    )]
+    KeyConflict(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("field `{field}`: {problem}")]
     Invalid {
         field: &'static str,
@@ -129,13 +143,6 @@ pub trait PeerProbe: Send + Sync {
 struct Identity {
     node_id: u64,
     format: u32,
-}
-
-/// The payload of an operator's test record (the only command until intents exist).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum AppCommand {
-    TestRecord { text: String },
 }
 
 /// A running node.
@@ -423,7 +430,6 @@ impl Node {
 
     /// Appends an operator's test record through Raft and waits for it to be committed and
     /// applied. Only the leader can; others return [`NodeError::NotLeader`] for forwarding.
-    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, term = tracing::field::Empty, index = tracing::field::Empty))]
     pub async fn append_test_record(&self, text: &str) -> Result<Applied, NodeError> {
         if text.len() > MAX_TEST_RECORD {
             return Err(NodeError::Invalid {
@@ -434,17 +440,25 @@ impl Node {
                 ),
             });
         }
+        self.propose(&DomainCommand::TestRecord {
+            text: text.to_string(),
+        })
+        .await
+    }
+
+    /// Proposes a command and waits until it is committed and applied here (the leader).
+    /// Returns [`NodeError::NotLeader`] on a follower, `NO_QUORUM` when no quorum commits it
+    /// within the write timeout. The witness never proposes.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, term = tracing::field::Empty, index = tracing::field::Empty))]
+    pub async fn propose(&self, cmd: &DomainCommand) -> Result<Applied, NodeError> {
         if self.role == Role::Witness
             && self.raft.metrics().borrow_watched().state == ServerState::Leader
         {
             return Err(NodeError::WitnessCaretaker);
         }
-        let bytes = serde_json::to_vec(&AppCommand::TestRecord {
-            text: text.to_string(),
-        })
-        .map_err(std::io::Error::other)?;
         let timeout = Duration::from_millis(self.config.timing.write_timeout_ms);
-        let res = tokio::time::timeout(timeout, self.raft.client_write(Command(bytes))).await;
+        let res =
+            tokio::time::timeout(timeout, self.raft.client_write(Command(cmd.encode()))).await;
         match res {
             Err(_) => Err(self.no_quorum(&format!(
                 "could not commit within {} ms",
@@ -475,6 +489,124 @@ impl Node {
             }
             Ok(Err(RaftError::APIError(e))) => Err(NodeError::Fatal(e.to_string())),
         }
+    }
+
+    /// Proposes a command whose refusal is a client error.
+    async fn propose_checked(&self, cmd: &DomainCommand) -> Result<Applied, NodeError> {
+        let a = self.propose(cmd).await?;
+        if let Some(Outcome::Refused { reason }) = &a.outcome {
+            return Err(NodeError::Refused(reason.clone()));
+        }
+        Ok(a)
+    }
+
+    /// The time the leader fixes for planning: now, and the minute of the day (UTC until
+    /// Hearth has a time-zone setting).
+    fn clock() -> Clock {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            now_ms,
+            minute_of_day: ((now_ms / 60_000) % 1440) as u16,
+        }
+    }
+
+    pub async fn register_device(&self, device: Device) -> Result<Applied, NodeError> {
+        device.validate().map_err(NodeError::from)?;
+        self.propose_checked(&DomainCommand::RegisterDevice { device })
+            .await
+    }
+
+    pub async fn apply_class(&self, class: IntentClass) -> Result<Applied, NodeError> {
+        hearth_core::intent::check_id("name", &class.name).map_err(NodeError::from)?;
+        self.propose_checked(&DomainCommand::ApplyClass { class })
+            .await
+    }
+
+    pub async fn apply_policies(&self, policies: Vec<Policy>) -> Result<Applied, NodeError> {
+        for p in &policies {
+            p.validate().map_err(NodeError::from)?;
+        }
+        self.propose_checked(&DomainCommand::ApplyPolicies { policies })
+            .await
+    }
+
+    /// The plan an intent would get now, executing nothing and appending nothing.
+    pub fn explain(&self, intent: &Intent) -> Result<Plan, NodeError> {
+        self.sm
+            .with_domain(|d| d.plan(intent, Self::clock()))?
+            .map_err(NodeError::from)
+    }
+
+    /// Submits an intent. A retry with the same key and body returns the original intent and
+    /// runs nothing again; the same key with another body is refused. Bad requests (unknown
+    /// class, malformed fields, oversized context) are refused before anything is appended.
+    #[tracing::instrument(skip_all, fields(node = self.id, intent = tracing::field::Empty))]
+    pub async fn submit_intent(&self, intent: Intent) -> Result<IntentRecord, NodeError> {
+        intent.validate().map_err(NodeError::from)?;
+        let id = hearth_core::domain::intent_id(&intent.idempotency_key);
+        tracing::Span::current().record("intent", id.as_str());
+        let hash = hearth_core::domain::body_hash(&intent);
+        let known = self.sm.with_domain(|d| d.intents.get(&id).cloned())?;
+        match known {
+            Some(r) if r.body_hash == hash => return Ok(r),
+            Some(_) => return Err(NodeError::KeyConflict(id)),
+            None => {}
+        }
+        let clock = Self::clock();
+        self.sm
+            .with_domain(|d| d.plan(&intent, clock))?
+            .map_err(NodeError::from)?;
+        let a = self
+            .propose(&DomainCommand::SubmitIntent {
+                intent,
+                at_ms: clock.now_ms,
+                minute_of_day: clock.minute_of_day,
+            })
+            .await?;
+        match a.outcome {
+            Some(Outcome::Accepted { .. }) | Some(Outcome::Duplicate { .. }) => {}
+            Some(Outcome::KeyConflict { intent_id }) => {
+                return Err(NodeError::KeyConflict(intent_id));
+            }
+            Some(Outcome::Refused { reason }) => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Fatal(format!("unexpected outcome {other:?}"))),
+        }
+        self.get_intent(&id)?
+            .ok_or_else(|| NodeError::Fatal(format!("intent {id} vanished after commit")))
+    }
+
+    pub fn get_intent(&self, id: &str) -> Result<Option<IntentRecord>, NodeError> {
+        Ok(self.sm.with_domain(|d| d.intents.get(id).cloned())?)
+    }
+
+    pub async fn approve(&self, intent_id: &str, by: &str) -> Result<IntentRecord, NodeError> {
+        hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
+        self.propose_checked(&DomainCommand::Approve {
+            intent_id: intent_id.to_string(),
+            by: by.to_string(),
+        })
+        .await?;
+        self.get_intent(intent_id)?
+            .ok_or_else(|| NodeError::Fatal(format!("intent {intent_id} vanished after commit")))
+    }
+
+    pub fn devices(&self) -> Result<Vec<Device>, NodeError> {
+        Ok(self
+            .sm
+            .with_domain(|d| d.devices.values().cloned().collect())?)
+    }
+
+    pub fn classes(&self) -> Result<Vec<IntentClass>, NodeError> {
+        Ok(self
+            .sm
+            .with_domain(|d| d.classes.values().cloned().collect())?)
+    }
+
+    pub fn policies(&self) -> Result<Vec<Policy>, NodeError> {
+        Ok(self.sm.with_domain(|d| d.policies.clone())?)
     }
 
     /// Routes a management call: only the leader performs it.
@@ -705,9 +837,37 @@ pub fn describe(rec: &Record) -> String {
         hearth_core::EntryKind::Membership => {
             format!("membership {}", String::from_utf8_lossy(&rec.payload))
         }
-        hearth_core::EntryKind::Command => match serde_json::from_slice::<AppCommand>(&rec.payload)
-        {
-            Ok(AppCommand::TestRecord { text }) => format!("test record {text:?}"),
+        hearth_core::EntryKind::Command => match DomainCommand::decode(&rec.payload) {
+            Ok(DomainCommand::TestRecord { text }) => format!("test record {text:?}"),
+            Ok(DomainCommand::RegisterDevice { device }) => {
+                format!("device {} registered", device.id)
+            }
+            Ok(DomainCommand::ApplyClass { class }) => {
+                format!("intent class {} applied", class.name)
+            }
+            Ok(DomainCommand::ApplyPolicies { policies }) => {
+                format!("{} policies applied", policies.len())
+            }
+            Ok(DomainCommand::SubmitIntent { intent, .. }) => format!(
+                "intent {} {} {:?} at {} from {}",
+                hearth_core::domain::intent_id(&intent.idempotency_key),
+                intent.class,
+                intent.urgency,
+                intent.location,
+                intent.source
+            ),
+            Ok(DomainCommand::Approve { intent_id, by }) => {
+                format!("intent {intent_id} approved by {by}")
+            }
+            Ok(DomainCommand::RecordOutcome {
+                action_id,
+                outcome,
+                token,
+                ..
+            }) => format!(
+                "action {action_id}: {outcome:?} (token term {} leader {} index {})",
+                token.term, token.leader, token.index
+            ),
             Err(_) => format!("command ({} bytes)", rec.payload.len()),
         },
     }

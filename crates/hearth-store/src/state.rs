@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 use crate::types::{Applied, LogIdT, TypeConfig, entry_to_record};
+use hearth_core::domain::{Command, DomainState, EntryPos, Outcome};
 
 const K_APPLIED: &[u8] = b"m/applied";
 const K_MEMBERSHIP: &[u8] = b"m/membership";
@@ -31,6 +32,12 @@ const K_HEAD: &[u8] = b"m/head";
 const K_ANCHOR: &[u8] = b"m/anchor";
 const K_SNAPSHOT: &[u8] = b"m/snapshot";
 const CHAIN_PREFIX: &[u8] = b"c/";
+const DEVICE_PREFIX: &str = "d/device/";
+const CLASS_PREFIX: &str = "d/class/";
+const INTENT_PREFIX: &str = "d/intent/";
+const K_POLICIES: &[u8] = b"d/policies";
+const K_RATES: &[u8] = b"d/rates";
+const DOMAIN_PREFIX: &[u8] = b"d/";
 
 fn chain_key(index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
@@ -67,12 +74,15 @@ struct Cached {
     head: Option<(u64, Hash)>,
     /// Where the chain held here starts: the entry before the first hash stored here.
     anchor: Option<(u64, Hash)>,
+    /// Devices, classes, policies, intents and their outbox, rate windows.
+    domain: DomainState,
 }
 
 /// What a snapshot carries: the small state plus the chain head. Entries are never in it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotData {
     head: Option<(u64, Hash)>,
+    domain: DomainState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,12 +132,14 @@ impl StateMachine {
         };
         let head = pos(K_HEAD, "m/head")?;
         let anchor = pos(K_ANCHOR, "m/anchor")?;
+        let domain = load_domain(&tree)?;
         Ok(Self {
             cached: Arc::new(Mutex::new(Cached {
                 applied,
                 membership,
                 head,
                 anchor,
+                domain,
             })),
             db,
             tree,
@@ -156,6 +168,11 @@ impl StateMachine {
 
     pub fn membership(&self) -> io::Result<StoredMembershipOf<TypeConfig>> {
         Ok(self.cached()?.membership.clone())
+    }
+
+    /// Reads the domain state (devices, classes, policies, intents).
+    pub fn with_domain<R>(&self, f: impl FnOnce(&DomainState) -> R) -> io::Result<R> {
+        Ok(f(&self.cached()?.domain))
     }
 
     /// The stored chain hash of `index`.
@@ -196,7 +213,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id: c.applied,
                 last_membership: c.membership.clone(),
             };
-            let data = serde_json::to_vec(&SnapshotData { head: c.head }).map_err(other)?;
+            let data = serde_json::to_vec(&SnapshotData {
+                head: c.head,
+                domain: c.domain.clone(),
+            })
+            .map_err(other)?;
             (meta, data)
         };
         let stored = serde_json::to_vec(&StoredSnapshot {
@@ -259,12 +280,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let EntryPayload::Membership(m) = &entry.payload {
                 next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
             }
+            let outcome = match &entry.payload {
+                EntryPayload::Normal(c) => {
+                    let pos = EntryPos {
+                        index: rec.index,
+                        term: rec.term,
+                        leader: rec.leader,
+                    };
+                    Some(apply_command(&mut next.domain, &c.0, pos, &mut batch)?)
+                }
+                _ => None,
+            };
             if let Some(r) = responder {
                 responses.push((
                     r,
                     Applied {
                         index: rec.index,
                         hash,
+                        outcome,
                     },
                 ));
             }
@@ -298,9 +331,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let data: SnapshotData = serde_json::from_slice(&bytes).map_err(other)?;
         let mut batch = sled::Batch::default();
-        for k in self.tree.scan_prefix(CHAIN_PREFIX).keys() {
-            batch.remove(k.map_err(other)?);
+        for prefix in [CHAIN_PREFIX, DOMAIN_PREFIX] {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(k.map_err(other)?);
+            }
         }
+        write_domain(&data.domain, &mut batch)?;
         match data.head {
             Some((i, h)) => {
                 batch.insert(K_HEAD, pos_bytes(i, &h));
@@ -332,6 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
             head: data.head,
             anchor: data.head,
+            domain: data.domain,
         };
         Ok(())
     }
@@ -348,4 +385,102 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Cursor::new(s.data),
         }))
     }
+}
+
+fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(other)
+}
+
+/// Applies one command's bytes to the domain state and stages exactly the keys it changed.
+/// Undecodable bytes are refused (an answer, not an error: an `Err` would stop the node).
+fn apply_command(
+    domain: &mut DomainState,
+    bytes: &[u8],
+    pos: EntryPos,
+    batch: &mut sled::Batch,
+) -> io::Result<Outcome> {
+    let cmd = match Command::decode(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Outcome::Refused {
+                reason: format!("undecodable command: {e}"),
+            });
+        }
+    };
+    let outcome = domain.apply(&cmd, pos);
+    if matches!(
+        outcome,
+        Outcome::Refused { .. } | Outcome::Duplicate { .. } | Outcome::KeyConflict { .. }
+    ) {
+        return Ok(outcome);
+    }
+    match &cmd {
+        Command::TestRecord { .. } => {}
+        Command::RegisterDevice { device } => batch.insert(
+            format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
+            json(device)?,
+        ),
+        Command::ApplyClass { class } => batch.insert(
+            format!("{CLASS_PREFIX}{}", class.name).as_bytes(),
+            json(class)?,
+        ),
+        Command::ApplyPolicies { policies } => batch.insert(K_POLICIES, json(policies)?),
+        Command::SubmitIntent { intent, .. } => {
+            let id = hearth_core::domain::intent_id(&intent.idempotency_key);
+            if let Some(r) = domain.intents.get(&id) {
+                batch.insert(format!("{INTENT_PREFIX}{id}").as_bytes(), json(r)?);
+            }
+            batch.insert(K_RATES, json(&domain.rates)?);
+        }
+        Command::Approve { intent_id, .. } | Command::RecordOutcome { intent_id, .. } => {
+            if let Some(r) = domain.intents.get(intent_id) {
+                batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Stages the whole domain state (snapshot install).
+fn write_domain(d: &DomainState, batch: &mut sled::Batch) -> io::Result<()> {
+    for (id, dev) in &d.devices {
+        batch.insert(format!("{DEVICE_PREFIX}{id}").as_bytes(), json(dev)?);
+    }
+    for (name, c) in &d.classes {
+        batch.insert(format!("{CLASS_PREFIX}{name}").as_bytes(), json(c)?);
+    }
+    for (id, r) in &d.intents {
+        batch.insert(format!("{INTENT_PREFIX}{id}").as_bytes(), json(r)?);
+    }
+    batch.insert(K_POLICIES, json(&d.policies)?);
+    batch.insert(K_RATES, json(&d.rates)?);
+    Ok(())
+}
+
+/// Loads the domain state; classes start from the defaults, stored ones override them.
+fn load_domain(tree: &sled::Tree) -> Result<DomainState, StoreError> {
+    let mut d = DomainState::default();
+    for item in tree.scan_prefix(DOMAIN_PREFIX) {
+        let (k, v) = item?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        let bad = |e: serde_json::Error| StoreError::CorruptState {
+            key: key.clone(),
+            reason: e.to_string(),
+        };
+        if let Some(id) = key.strip_prefix(DEVICE_PREFIX) {
+            d.devices
+                .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+        } else if let Some(name) = key.strip_prefix(CLASS_PREFIX) {
+            d.classes
+                .insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+        } else if let Some(id) = key.strip_prefix(INTENT_PREFIX) {
+            d.intents
+                .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+        } else if k.as_ref() == K_POLICIES {
+            d.policies = serde_json::from_slice(&v).map_err(bad)?;
+        } else if k.as_ref() == K_RATES {
+            d.rates = serde_json::from_slice(&v).map_err(bad)?;
+        }
+    }
+    Ok(d)
 }

@@ -46,11 +46,13 @@ impl fmt::Display for Command {
     }
 }
 
-/// What applying an entry returns to the proposer: where it landed in the chain.
+/// What applying an entry returns to the proposer: where it landed in the chain, and what
+/// the command did (for commands; `None` for Raft's own entries).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub index: u64,
     pub hash: [u8; 32],
+    pub outcome: Option<hearth_core::domain::Outcome>,
 }
 
 pub type Entry = EntryOf<TypeConfig>;

@@ -1,0 +1,152 @@
+//! A simulated device's logic: what a careful device does with a command. Pure; the adapters
+//! and `hearth device-sim` wrap it in I/O.
+//!
+//! Per device id it keeps the highest `(term, leader)` of any token it accepted and refuses
+//! older ones (a stale leader cannot drive it), applies each action id at most once (a re-send
+//! after a failover is acknowledged, not repeated), and journals every command with its reply.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::FencingToken;
+
+/// A command as a device receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCommand {
+    pub action_id: String,
+    pub device: String,
+    pub capability: String,
+    /// An absolute state ("locked"), never a toggle.
+    pub state: String,
+    pub token: FencingToken,
+    /// Node id of the hub that sent it.
+    pub sender: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Applied,
+    /// This action id was applied before; nothing changed.
+    AlreadyApplied,
+    /// The token's leadership is older than one this device has accepted.
+    StaleToken {
+        highest_term: u64,
+        highest_leader: u64,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub command: DeviceCommand,
+    pub reply: Reply,
+}
+
+/// One simulator: any number of device ids, each with its own fence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimDevices {
+    highest: BTreeMap<String, (u64, u64)>,
+    applied: BTreeSet<String>,
+    states: BTreeMap<(String, String), String>,
+    journal: Vec<JournalEntry>,
+}
+
+impl SimDevices {
+    pub fn receive(&mut self, cmd: DeviceCommand) -> Reply {
+        let lead = cmd.token.leadership();
+        let reply = match self.highest.get(&cmd.device) {
+            Some(h) if lead < *h => Reply::StaleToken {
+                highest_term: h.0,
+                highest_leader: h.1,
+            },
+            _ if cmd.state.is_empty() || cmd.capability.is_empty() => Reply::Refused {
+                reason: "empty capability or state".into(),
+            },
+            _ if self.applied.contains(&cmd.action_id) => {
+                self.highest.insert(
+                    cmd.device.clone(),
+                    lead.max(self.highest.get(&cmd.device).copied().unwrap_or(lead)),
+                );
+                Reply::AlreadyApplied
+            }
+            _ => {
+                self.highest.insert(cmd.device.clone(), lead);
+                self.applied.insert(cmd.action_id.clone());
+                self.states.insert(
+                    (cmd.device.clone(), cmd.capability.clone()),
+                    cmd.state.clone(),
+                );
+                Reply::Applied
+            }
+        };
+        let seq = self.journal.len() as u64;
+        self.journal.push(JournalEntry {
+            seq,
+            command: cmd,
+            reply: reply.clone(),
+        });
+        reply
+    }
+
+    pub fn journal(&self) -> &[JournalEntry] {
+        &self.journal
+    }
+
+    pub fn state(&self, device: &str, capability: &str) -> Option<&str> {
+        self.states
+            .get(&(device.to_string(), capability.to_string()))
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(id: &str, term: u64, leader: u64, state: &str) -> DeviceCommand {
+        DeviceCommand {
+            action_id: id.into(),
+            device: "door".into(),
+            capability: "lock".into(),
+            state: state.into(),
+            token: FencingToken {
+                term,
+                leader,
+                index: 7,
+            },
+            sender: leader,
+        }
+    }
+
+    #[test]
+    fn fences_stale_leaders_and_applies_each_action_once() {
+        let mut d = SimDevices::default();
+        assert_eq!(d.receive(cmd("a/0", 2, 1, "locked")), Reply::Applied);
+        assert_eq!(
+            d.receive(cmd("a/0", 3, 2, "locked")),
+            Reply::AlreadyApplied,
+            "re-send by a new leader"
+        );
+        assert_eq!(
+            d.receive(cmd("b/0", 2, 1, "unlocked")),
+            Reply::StaleToken {
+                highest_term: 3,
+                highest_leader: 2
+            }
+        );
+        assert_eq!(d.state("door", "lock"), Some("locked"));
+        assert_eq!(d.receive(cmd("c/0", 3, 2, "unlocked")), Reply::Applied);
+        assert_eq!(d.journal().len(), 4);
+        let applied = d
+            .journal()
+            .iter()
+            .filter(|j| j.reply == Reply::Applied)
+            .count();
+        assert_eq!(applied, 2);
+    }
+}
