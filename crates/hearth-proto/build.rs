@@ -5,7 +5,11 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let files = ["hearth/v1/hearth.proto", "hearth/raft/v1/raft.proto"];
+    let files = [
+        "hearth/v1/hearth.proto",
+        "hearth/raft/v1/raft.proto",
+        "hearth/device/v1/device.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(

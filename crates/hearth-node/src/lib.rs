@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatcher;
 pub mod metrics;
 pub mod node;
 pub mod server;

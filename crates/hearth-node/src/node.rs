@@ -212,8 +212,28 @@ pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
 }
 
 impl Node {
-    /// Opens the data directory, verifies the chain and starts Raft. Does not form a cluster.
+    /// Opens the data directory, verifies the chain and starts Raft, with the default device
+    /// gateway. Does not form a cluster.
     pub async fn start<N>(config: NodeConfig, network: N) -> Result<Node, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network:
+            openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        Self::start_with(
+            config,
+            network,
+            Arc::new(hearth_devices::Devices::default()),
+        )
+        .await
+    }
+
+    /// [`Node::start`] with a given device gateway.
+    pub async fn start_with<N>(
+        config: NodeConfig,
+        network: N,
+        gateway: Arc<dyn hearth_devices::Gateway>,
+    ) -> Result<Node, NodeError>
     where
         N: RaftNetworkFactory<TypeConfig>,
         N::Network:
@@ -242,6 +262,7 @@ impl Node {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if witness {
+            // A witness never dispatches: it has no dispatcher at all.
             let cfg = CaretakerConfig {
                 patience_ms: config.timing.caretaker_patience_ms,
             };
@@ -251,6 +272,14 @@ impl Node {
                 cfg,
                 rx,
             )));
+        } else {
+            let d = crate::dispatcher::Dispatcher {
+                id,
+                raft: raft.clone(),
+                sm: sm.clone(),
+                gateway,
+            };
+            tasks.push(tokio::spawn(d.run(rx)));
         }
         Ok(Node {
             id,

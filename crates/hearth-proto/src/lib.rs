@@ -15,3 +15,8 @@ pub mod raft {
 /// Encoded file descriptor set of every Hearth proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/hearth_descriptor.bin"));
+
+/// The device simulator's API, `hearth.device.v1`.
+pub mod device {
+    tonic::include_proto!("hearth.device.v1");
+}

@@ -1,0 +1,219 @@
+//! Device adapters: how the dispatcher's commands reach devices, and how a simulated device
+//! answers. Thin I/O around `hearth_core::sim` (the device's logic).
+//!
+//! - `sim` with address `local:<name>`: a simulator inside this process, shared by every node
+//!   of the process ([`SimBus`]; the dev cluster and in-process tests use it);
+//! - `sim` with address `host:port`: a `hearth device-sim` over gRPC;
+//! - `http` with a URL: a webhook receiving the command as JSON (`POST`), answering a reply.
+//!
+//! This crate never decides *whether* to send: the dispatcher on the leading hub does.
+
+pub mod http;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hearth_core::intent::Adapter;
+use hearth_core::sim::{DeviceCommand, JournalEntry, Reply, SimDevices};
+use hearth_proto::device as pb;
+
+/// Why a command could not be delivered (the device's answer is a [`Reply`], not an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    #[error("device {0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("device {0} answered something unreadable: {1}")]
+    BadReply(String, String),
+    #[error("adapter {0} is not available in this build: {1}")]
+    Unsupported(&'static str, String),
+}
+
+/// Sends device commands.
+pub trait Gateway: Send + Sync {
+    fn send<'a>(
+        &'a self,
+        adapter: &'a Adapter,
+        cmd: DeviceCommand,
+    ) -> BoxFuture<'a, Result<Reply, AdapterError>>;
+}
+
+/// Simulated devices living in this process, by name.
+#[derive(Clone, Default)]
+pub struct SimBus {
+    devices: Arc<Mutex<HashMap<String, Arc<Mutex<SimState>>>>>,
+}
+
+#[derive(Default)]
+struct SimState {
+    devices: SimDevices,
+    offline: bool,
+}
+
+impl SimBus {
+    /// The process-wide bus.
+    pub fn global() -> SimBus {
+        static BUS: OnceLock<SimBus> = OnceLock::new();
+        BUS.get_or_init(SimBus::default).clone()
+    }
+
+    fn get(&self, name: &str) -> Arc<Mutex<SimState>> {
+        let mut g = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Takes a simulator off the network (commands fail as unreachable) or back on.
+    pub fn set_offline(&self, name: &str, offline: bool) {
+        self.get(name)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .offline = offline;
+    }
+
+    pub fn journal(&self, name: &str) -> Vec<JournalEntry> {
+        self.get(name)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .devices
+            .journal()
+            .to_vec()
+    }
+
+    /// Delivers a command to a simulator directly (tests use it to play a stale leader).
+    pub fn deliver(&self, name: &str, cmd: DeviceCommand) -> Result<Reply, AdapterError> {
+        let s = self.get(name);
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        if g.offline {
+            return Err(AdapterError::Unreachable(
+                cmd.device,
+                format!("simulator {name} is offline"),
+            ));
+        }
+        Ok(g.devices.receive(cmd))
+    }
+}
+
+/// The gateway every hub uses: routes by adapter kind.
+pub struct Devices {
+    pub bus: SimBus,
+    pub timeout: Duration,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Self {
+            bus: SimBus::global(),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+pub fn reply_from_pb(device: &str, r: pb::DeviceReply) -> Result<Reply, AdapterError> {
+    Ok(match r.reply.as_str() {
+        "applied" => Reply::Applied,
+        "already_applied" => Reply::AlreadyApplied,
+        "stale_token" => Reply::StaleToken {
+            highest_term: r.highest_term,
+            highest_leader: r.highest_leader,
+        },
+        "refused" => Reply::Refused { reason: r.reason },
+        other => {
+            return Err(AdapterError::BadReply(
+                device.to_string(),
+                format!("unknown reply {other:?}"),
+            ));
+        }
+    })
+}
+
+pub fn reply_to_pb(r: &Reply) -> pb::DeviceReply {
+    let (reply, ht, hl, reason) = match r {
+        Reply::Applied => ("applied", 0, 0, String::new()),
+        Reply::AlreadyApplied => ("already_applied", 0, 0, String::new()),
+        Reply::StaleToken {
+            highest_term,
+            highest_leader,
+        } => ("stale_token", *highest_term, *highest_leader, String::new()),
+        Reply::Refused { reason } => ("refused", 0, 0, reason.clone()),
+    };
+    pb::DeviceReply {
+        reply: reply.into(),
+        highest_term: ht,
+        highest_leader: hl,
+        reason,
+    }
+}
+
+pub fn command_to_pb(c: &DeviceCommand) -> pb::DeviceCommand {
+    pb::DeviceCommand {
+        action_id: c.action_id.clone(),
+        device: c.device.clone(),
+        capability: c.capability.clone(),
+        state: c.state.clone(),
+        term: c.token.term,
+        leader: c.token.leader,
+        index: c.token.index,
+        sender: c.sender,
+    }
+}
+
+pub fn command_from_pb(c: pb::DeviceCommand) -> DeviceCommand {
+    DeviceCommand {
+        action_id: c.action_id,
+        device: c.device,
+        capability: c.capability,
+        state: c.state,
+        token: hearth_core::domain::FencingToken {
+            term: c.term,
+            leader: c.leader,
+            index: c.index,
+        },
+        sender: c.sender,
+    }
+}
+
+impl Gateway for Devices {
+    fn send<'a>(
+        &'a self,
+        adapter: &'a Adapter,
+        cmd: DeviceCommand,
+    ) -> BoxFuture<'a, Result<Reply, AdapterError>> {
+        Box::pin(async move {
+            let device = cmd.device.clone();
+            let fut = async {
+                match adapter {
+                    Adapter::Sim { address } => match address.strip_prefix("local:") {
+                        Some(name) => self.bus.deliver(name, cmd),
+                        None => {
+                            let ch = tonic::transport::Endpoint::from_shared(format!(
+                                "http://{address}"
+                            ))
+                            .map_err(|e| AdapterError::Unreachable(device.clone(), e.to_string()))?
+                            .connect_timeout(Duration::from_millis(500))
+                            .connect_lazy();
+                            let mut c = pb::device_sim_client::DeviceSimClient::new(ch);
+                            let r = c.command(command_to_pb(&cmd)).await.map_err(|s| {
+                                AdapterError::Unreachable(device.clone(), s.message().to_string())
+                            })?;
+                            reply_from_pb(&device, r.into_inner())
+                        }
+                    },
+                    Adapter::Http { url } => http::post_command(url, &cmd).await,
+                    Adapter::Mqtt { topic } => {
+                        Err(AdapterError::Unsupported("mqtt", format!("topic {topic}")))
+                    }
+                }
+            };
+            tokio::time::timeout(self.timeout, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AdapterError::Unreachable(
+                        device.clone(),
+                        format!("no answer within {:?}", self.timeout),
+                    ))
+                })
+        })
+    }
+}

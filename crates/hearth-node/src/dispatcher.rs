@@ -1,0 +1,200 @@
+//! The dispatcher: runs on every hub, acts only while that hub leads. Never on a witness,
+//! never inside `apply`.
+//!
+//! Each round, if the replicated outbox holds committed actions without an outcome:
+//! 1. confirm leadership with a fresh quorum round (ReadIndex); a stale or isolated leader
+//!    fails here and sends nothing;
+//! 2. send each action with its fencing token `(term, leader, index of the deciding entry)` and
+//!    its action id;
+//! 3. record the device's answer with a conditional write that commits only while the same
+//!    leadership leads.
+//!
+//! A new leader finds the actions its predecessor left without an outcome and sends them again
+//! under its own (higher) token: devices apply each action id once. For classes that must not
+//! repeat an action, an action accepted under an earlier leadership is not re-sent; it is
+//! recorded as `OUTCOME_UNKNOWN` for a human.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_cluster::HearthRaft;
+use hearth_core::domain::ActionRecord;
+use hearth_core::domain::{ActionOutcome, Command as DomainCommand, FencingToken, IntentRecord};
+use hearth_core::sim::{DeviceCommand, Reply};
+use hearth_devices::Gateway;
+use hearth_store::{Command, StateMachine, TypeConfig};
+use openraft::ServerState;
+use openraft::impls::ProgressResponder;
+use openraft::raft::ReadPolicy;
+use openraft::raft::linearizable_read::LinearizerOption;
+use openraft::type_config::async_runtime::WatchReceiver;
+use tokio::sync::watch;
+
+/// How often the dispatcher looks at the outbox while leading.
+const TICK: Duration = Duration::from_millis(25);
+/// How long an unreachable device is retried before its action is recorded as failed.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait between two attempts at an unreachable device.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Retry bookkeeping for one action whose device did not answer.
+struct Retry {
+    first_failure: Instant,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+pub struct Dispatcher {
+    pub id: u64,
+    pub raft: HearthRaft,
+    pub sm: StateMachine,
+    pub gateway: Arc<dyn Gateway>,
+}
+
+fn outcome_of(reply: Reply) -> ActionOutcome {
+    match reply {
+        Reply::Applied => ActionOutcome::Applied,
+        Reply::AlreadyApplied => ActionOutcome::AlreadyApplied,
+        Reply::StaleToken { .. } => ActionOutcome::StaleToken,
+        Reply::Refused { reason } => ActionOutcome::Failed { reason },
+    }
+}
+
+impl Dispatcher {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            if self.raft.metrics().borrow_watched().state != ServerState::Leader {
+                retries.clear();
+                continue;
+            }
+            let pending: Vec<(IntentRecord, ActionRecord, bool)> = match self.sm.with_domain(|d| {
+                d.outbox()
+                    .into_iter()
+                    .map(|(r, a)| {
+                        let repeat_safe =
+                            d.classes.get(&r.intent.class).is_none_or(|c| c.repeat_safe);
+                        (r.clone(), a.clone(), repeat_safe)
+                    })
+                    .collect()
+            }) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(node = self.id, error = %e, "dispatcher cannot read the outbox");
+                    continue;
+                }
+            };
+            if pending.is_empty() {
+                continue;
+            }
+            // 1. Fence: a quorum must confirm this leadership now.
+            let opt = LinearizerOption::from(ReadPolicy::ReadIndex)
+                .with_wait_timeout(Duration::from_millis(500));
+            let read = match tokio::time::timeout(
+                Duration::from_secs(1),
+                self.raft.ensure_linearizable(opt),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                _ => {
+                    tracing::debug!(
+                        node = self.id,
+                        "dispatcher: leadership not confirmed by a quorum; sending nothing"
+                    );
+                    continue;
+                }
+            };
+            let leader = *read.committed_leader_id();
+            if leader.node_id != self.id {
+                continue;
+            }
+            for (intent, action, repeat_safe) in pending {
+                if retries
+                    .get(&action.id)
+                    .is_some_and(|r| r.next_try > Instant::now())
+                {
+                    continue;
+                }
+                let token = FencingToken {
+                    term: leader.term,
+                    leader: leader.node_id,
+                    index: intent.index,
+                };
+                let outcome = if !repeat_safe && intent.term < leader.term {
+                    ActionOutcome::OutcomeUnknown {
+                        reason: format!(
+                            "accepted under the leadership of term {} and left without an outcome; class {} must not repeat actions: check device {}",
+                            intent.term, intent.intent.class, action.action.device
+                        ),
+                    }
+                } else {
+                    let cmd = DeviceCommand {
+                        action_id: action.id.clone(),
+                        device: action.action.device.clone(),
+                        capability: action.action.capability.clone(),
+                        state: action.action.state.clone(),
+                        token,
+                        sender: self.id,
+                    };
+                    let span = tracing::info_span!("dispatch", node = self.id, term = token.term, intent = %intent.id, action = %action.id);
+                    let _g = span.enter();
+                    match self.gateway.send(&action.action.adapter, cmd).await {
+                        Ok(reply) => outcome_of(reply),
+                        Err(e) => {
+                            let now = Instant::now();
+                            let r = retries.entry(action.id.clone()).or_insert(Retry {
+                                first_failure: now,
+                                next_try: now,
+                                backoff: TICK,
+                            });
+                            if now.duration_since(r.first_failure) < GIVE_UP_AFTER {
+                                r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
+                                r.next_try = now + r.backoff;
+                                tracing::warn!(error = %e, retry_in = ?r.backoff, "device not reached; will retry");
+                                continue;
+                            }
+                            ActionOutcome::Failed {
+                                reason: format!("{e} (retried for {GIVE_UP_AFTER:?})"),
+                            }
+                        }
+                    }
+                };
+                retries.remove(&action.id);
+                // 3. Conditional write: commits only while this leadership leads.
+                let cmd = DomainCommand::RecordOutcome {
+                    intent_id: intent.id.clone(),
+                    action_id: action.id.clone(),
+                    outcome,
+                    token,
+                };
+                let (responder, rx) = ProgressResponder::<TypeConfig, _>::complete_only();
+                let sent = self
+                    .raft
+                    .write(Command(cmd.encode()))
+                    .with_leader(leader)
+                    .responder(responder)
+                    .await;
+                let committed = match sent {
+                    Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Raft stopped while recording an outcome");
+                        return;
+                    }
+                };
+                if !matches!(committed, Ok(Ok(Ok(_)))) {
+                    tracing::warn!(node = self.id, action = %action.id, "outcome not recorded (leadership changed?); the next leader re-drives");
+                    break;
+                }
+            }
+        }
+    }
+}
