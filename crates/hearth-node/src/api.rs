@@ -28,7 +28,13 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::NoQuorum(_) | NodeError::WitnessCaretaker | NodeError::NotLeader { .. } => {
             Status::unavailable(msg)
         }
-        NodeError::Invalid { .. } => Status::invalid_argument(msg),
+        NodeError::Invalid { .. } | NodeError::Field(_) => Status::invalid_argument(msg),
+        NodeError::Plan(hearth_core::resolver::PlanError::RateLimited { .. }) => {
+            Status::resource_exhausted(msg)
+        }
+        NodeError::Plan(_) => Status::invalid_argument(msg),
+        NodeError::KeyConflict(_) => Status::already_exists(msg),
+        NodeError::Refused(_) => Status::failed_precondition(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
         _ => Status::internal(msg),

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod dispatcher;
+pub mod domain_api;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -9,6 +9,9 @@ use hearth_cluster::grpc::{GrpcNetworkFactory, RaftGrpc};
 use hearth_proto::raft::raft_server::RaftServer;
 use hearth_proto::v1::audit_server::AuditServer;
 use hearth_proto::v1::cluster_server::ClusterServer;
+use hearth_proto::v1::devices_server::DevicesServer;
+use hearth_proto::v1::intents_server::IntentsServer;
+use hearth_proto::v1::policies_server::PoliciesServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -55,6 +58,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
+    let domain = crate::domain_api::DomainApi::new(node.clone());
+    health
+        .set_serving::<IntentsServer<crate::domain_api::DomainApi>>()
+        .await;
     let counters = Arc::new(crate::metrics::Counters::default());
     let api = Api::new(node.clone(), counters.clone());
     let metrics = match &node.config().metrics_listen {
@@ -101,6 +108,9 @@ pub async fn serve(
         )
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(AuditServer::new(api).max_decoding_message_size(MAX_REQUEST))
+        .add_service(IntentsServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(DevicesServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(PoliciesServer::new(domain).max_decoding_message_size(MAX_REQUEST))
         .add_service(health_svc)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {

@@ -48,11 +48,39 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// Submit, explain, follow and approve intents.
+    Intent {
+        #[command(subcommand)]
+        command: crate::domain_cli::IntentCmd,
+    },
+    /// Register and list devices.
+    Device {
+        #[command(subcommand)]
+        command: crate::domain_cli::DeviceCmd,
+    },
+    /// Apply and show policies and intent classes.
+    Policy {
+        #[command(subcommand)]
+        command: crate::domain_cli::PolicyCmd,
+    },
+    /// Run a standalone simulated device (gRPC, and HTTP with --http) that journals every command.
+    DeviceSim {
+        #[arg(long, default_value = "127.0.0.1:7301")]
+        listen: String,
+        #[arg(long)]
+        http: Option<String>,
+        /// Append every command and reply to this JSON-lines file.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
-        matches!(self, Command::Serve { .. } | Command::Dev { .. })
+        matches!(
+            self,
+            Command::Serve { .. } | Command::Dev { .. } | Command::DeviceSim { .. }
+        )
     }
 }
 
@@ -179,6 +207,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Intent { command } => crate::domain_cli::intent(command).await,
+        Command::Device { command } => crate::domain_cli::device(command).await,
+        Command::Policy { command } => crate::domain_cli::policy(command).await,
+        Command::DeviceSim {
+            listen,
+            http,
+            journal,
+        } => crate::domain_cli::device_sim(listen, http, journal).await,
         Command::Audit { command } => match command {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,
@@ -192,12 +228,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
+pub fn channel(addr: &str) -> anyhow::Result<Channel> {
     hearth_cluster::grpc::lazy_channel(addr)
         .with_context(|| format!("{addr:?} is not a valid node address"))
 }
 
-fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+pub fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("node {addr}: {} ({:?})", s.message(), s.code())
 }
 

@@ -58,13 +58,21 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
             (id, res)
         }));
     }
+    let seed_addr = format!("127.0.0.1:{base_port}");
+    let seeding = tokio::spawn(async move {
+        if let Err(e) = seed_devices(&seed_addr).await {
+            eprintln!("could not register the simulated devices: {e:#}");
+        }
+    });
     let a = base_port;
     println!(
         "Hearth dev cluster: hub 1 on 127.0.0.1:{a}, hub 2 on 127.0.0.1:{}, witness 3 on 127.0.0.1:{}\n\
          data and configs in {}{}\n\
          In another terminal:\n  \
          cargo run -p hearth -- cluster status\n  \
-         cargo run -p hearth -- audit append \"hello from the dev cluster\"\n  \
+         cargo run -p hearth -- device list\n  \
+         cargo run -p hearth -- intent send ensure_safety --urgency emergency --location home/kitchen --watch\n  \
+         cargo run -p hearth -- intent explain control_access --location home --context state=unlocked\n  \
          cargo run -p hearth -- audit tail\n  \
          cargo run -p hearth -- audit verify\n\
          Ctrl-C stops all three nodes.",
@@ -86,6 +94,7 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
             }
         }
     }
+    seeding.abort();
     let _ = stop_tx.send(());
     for n in nodes {
         if let Ok((id, Err(e))) = n.await {
@@ -96,4 +105,115 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The simulated household of the dev cluster: devices on the in-process simulator bus
+/// (`local:dev`), shared by the three nodes like a real device reachable from every hub.
+fn demo_devices() -> Vec<hearth_core::intent::Device> {
+    use hearth_core::intent::{Adapter, Device, Location};
+    let dev = |id: &str,
+               name: &str,
+               loc: &str,
+               caps: &[(&str, &[&str])],
+               sensors: &[&str],
+               tags: &[&str],
+               emergency: bool| Device {
+        id: id.into(),
+        name: name.into(),
+        location: Location::parse("location", loc)
+            .unwrap_or_else(|e| panic!("demo device location: {e}")),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        sensors: sensors.iter().map(|s| s.to_string()).collect(),
+        actuators: caps
+            .iter()
+            .map(|(c, st)| (c.to_string(), st.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+        emergency_capable: emergency,
+        adapter: Adapter::Sim {
+            address: "local:dev".into(),
+        },
+    };
+    vec![
+        dev(
+            "kitchen-siren",
+            "Kitchen siren",
+            "home/kitchen",
+            &[("siren", &["on", "off"])],
+            &[],
+            &["noisy"],
+            true,
+        ),
+        dev(
+            "kitchen-light",
+            "Kitchen light",
+            "home/kitchen",
+            &[("light", &["on", "off", "flash"])],
+            &[],
+            &[],
+            false,
+        ),
+        dev(
+            "smoke-sensor",
+            "Kitchen smoke sensor",
+            "home/kitchen",
+            &[],
+            &["smoke"],
+            &[],
+            false,
+        ),
+        dev(
+            "front-door",
+            "Front door lock",
+            "home/hall",
+            &[("lock", &["locked", "unlocked"])],
+            &[],
+            &["escape_route"],
+            true,
+        ),
+        dev(
+            "hall-screen",
+            "Hall screen",
+            "home/hall",
+            &[("notifier", &["message", "alert"])],
+            &[],
+            &[],
+            false,
+        ),
+        dev(
+            "garden-light",
+            "Garden light",
+            "garden",
+            &[("light", &["on", "off", "flash"])],
+            &[],
+            &[],
+            false,
+        ),
+    ]
+}
+
+/// Registers the demo devices once a leader serves (retrying until then).
+async fn seed_devices(addr: &str) -> anyhow::Result<()> {
+    let mut client =
+        hearth_proto::v1::devices_client::DevicesClient::new(crate::cli::channel(addr)?);
+    for d in demo_devices() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match client
+                .register(hearth_node::domain_api::device_to_pb(&d))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "waiting for a leader to register demo devices");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => anyhow::bail!("registering {}: {}", d.id, e.message()),
+            }
+        }
+    }
+    println!(
+        "registered {} simulated devices (hearth device list)",
+        demo_devices().len()
+    );
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dev;
+mod domain_cli;
 
 use clap::Parser;
 

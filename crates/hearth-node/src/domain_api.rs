@@ -1,0 +1,593 @@
+//! Public gRPC services for intents, devices and policies: protobuf ↔ core types, and
+//! forwarding of writes to the leader. Validation lives in `hearth-core`; this file only maps.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_core::domain::{ActionOutcome, ActionRecord, IntentRecord, IntentStatus};
+use hearth_core::intent::{Adapter, Device, FieldError, Intent, IntentClass, Location, Urgency};
+use hearth_core::policy::Policy;
+use hearth_core::resolver::{Plan, PlannedAction};
+use hearth_proto::v1 as pb;
+use hearth_proto::v1::devices_client::DevicesClient;
+use hearth_proto::v1::intents_client::IntentsClient;
+use hearth_proto::v1::policies_client::PoliciesClient;
+use serde::Deserialize;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::api::to_status;
+use crate::node::{Node, NodeError};
+
+const FORWARDED: &str = "x-hearth-forwarded";
+
+fn invalid(e: FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn leader_channel(addr: &str) -> Result<Channel, Status> {
+    hearth_cluster::grpc::lazy_channel(addr)
+        .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))
+}
+
+fn forward<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req.set_timeout(Duration::from_secs(30));
+    req
+}
+
+pub fn intent_from_pb(r: &pb::SubmitIntentRequest) -> Result<Intent, FieldError> {
+    let urgency = if r.urgency.is_empty() {
+        Urgency::Info
+    } else {
+        Urgency::parse(&r.urgency)?
+    };
+    let location = Location::parse("location", &r.location)?;
+    let i = Intent {
+        class: r.class.clone(),
+        urgency,
+        subject: r.subject.clone(),
+        location,
+        context: r
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        source: if r.source.is_empty() {
+            "client".into()
+        } else {
+            r.source.clone()
+        },
+        idempotency_key: r.idempotency_key.clone(),
+    };
+    Ok(i)
+}
+
+fn urgency_name(u: Urgency) -> &'static str {
+    match u {
+        Urgency::Info => "info",
+        Urgency::Warning => "warning",
+        Urgency::Alert => "alert",
+        Urgency::Emergency => "emergency",
+    }
+}
+
+fn outcome_view(o: &Option<ActionOutcome>) -> (String, String) {
+    match o {
+        None => (String::new(), String::new()),
+        Some(ActionOutcome::Applied) => ("APPLIED".into(), String::new()),
+        Some(ActionOutcome::AlreadyApplied) => (
+            "ALREADY_APPLIED".into(),
+            "the device had applied this action id before".into(),
+        ),
+        Some(ActionOutcome::StaleToken) => (
+            "STALE_TOKEN".into(),
+            "the device refused an outdated leadership".into(),
+        ),
+        Some(ActionOutcome::Failed { reason }) => ("FAILED".into(), reason.clone()),
+        Some(ActionOutcome::OutcomeUnknown { reason }) => {
+            ("OUTCOME_UNKNOWN".into(), reason.clone())
+        }
+    }
+}
+
+fn planned_view(id: String, a: &PlannedAction) -> pb::ActionView {
+    pb::ActionView {
+        id,
+        device: a.device.clone(),
+        capability: a.capability.clone(),
+        state: a.state.clone(),
+        ..Default::default()
+    }
+}
+
+fn action_view(a: &ActionRecord) -> pb::ActionView {
+    let (outcome, detail) = outcome_view(&a.outcome);
+    pb::ActionView {
+        outcome,
+        detail,
+        token_term: a.token.map_or(0, |t| t.term),
+        token_leader: a.token.map_or(0, |t| t.leader),
+        token_index: a.token.map_or(0, |t| t.index),
+        ..planned_view(a.id.clone(), &a.action)
+    }
+}
+
+fn verdicts(p: &Plan) -> Vec<pb::Verdict> {
+    p.verdicts
+        .iter()
+        .map(|v| pb::Verdict {
+            device: v.device.clone(),
+            included: v.included,
+            reason: v.reason.clone(),
+        })
+        .collect()
+}
+
+pub fn record_view(r: &IntentRecord) -> pb::IntentView {
+    pb::IntentView {
+        id: r.id.clone(),
+        status: match r.status {
+            IntentStatus::AwaitingApproval => "awaiting_approval",
+            IntentStatus::Accepted => "accepted",
+            IntentStatus::Done => "done",
+        }
+        .into(),
+        index: r.index,
+        class: r.intent.class.clone(),
+        urgency: urgency_name(r.intent.urgency).into(),
+        actions: r.actions.iter().map(action_view).collect(),
+        verdicts: verdicts(&r.plan),
+        needs_confirmation: r.plan.needs_confirmation,
+        approved_by: r.approved_by.clone().unwrap_or_default(),
+        reads: r.plan.reads.clone(),
+    }
+}
+
+pub fn plan_view(p: &Plan) -> pb::IntentView {
+    pb::IntentView {
+        status: "dry_run".into(),
+        class: p.class.clone(),
+        urgency: urgency_name(p.urgency).into(),
+        actions: p
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(n, a)| planned_view(format!("(plan)/{n}"), a))
+            .collect(),
+        verdicts: verdicts(p),
+        needs_confirmation: p.needs_confirmation,
+        reads: p.reads.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn device_from_pb(d: &pb::DeviceManifest) -> Result<Device, FieldError> {
+    let adapter = match d.adapter_kind.as_str() {
+        "sim" => Adapter::Sim {
+            address: d.adapter_target.clone(),
+        },
+        "http" => Adapter::Http {
+            url: d.adapter_target.clone(),
+        },
+        "mqtt" => Adapter::Mqtt {
+            topic: d.adapter_target.clone(),
+        },
+        other => {
+            return Err(FieldError::new(
+                "adapter_kind",
+                format!("{other:?} is not sim, http or mqtt"),
+            ));
+        }
+    };
+    if d.adapter_target.is_empty() {
+        return Err(FieldError::new(
+            "adapter_target",
+            "required (sim: local:<name> or host:port; http: URL; mqtt: topic)",
+        ));
+    }
+    let dev = Device {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        location: Location::parse("location", &d.location)?,
+        tags: d.tags.iter().cloned().collect(),
+        sensors: d.sensors.iter().cloned().collect(),
+        actuators: d
+            .actuators
+            .iter()
+            .map(|(k, v)| (k.clone(), v.states.iter().cloned().collect::<BTreeSet<_>>()))
+            .collect(),
+        emergency_capable: d.emergency_capable,
+        adapter,
+    };
+    dev.validate()?;
+    Ok(dev)
+}
+
+pub fn device_to_pb(d: &Device) -> pb::DeviceManifest {
+    let (kind, target) = match &d.adapter {
+        Adapter::Sim { address } => ("sim", address.clone()),
+        Adapter::Http { url } => ("http", url.clone()),
+        Adapter::Mqtt { topic } => ("mqtt", topic.clone()),
+    };
+    pb::DeviceManifest {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        location: d.location.to_string(),
+        tags: d.tags.iter().cloned().collect(),
+        sensors: d.sensors.iter().cloned().collect(),
+        actuators: d
+            .actuators
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    pb::StateList {
+                        states: v.iter().cloned().collect(),
+                    },
+                )
+            })
+            .collect(),
+        emergency_capable: d.emergency_capable,
+        adapter_kind: kind.into(),
+        adapter_target: target,
+    }
+}
+
+#[derive(Clone)]
+pub struct DomainApi {
+    node: Arc<Node>,
+}
+
+impl DomainApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// Runs `local`; on a follower, forwards once to the leader with `remote`.
+macro_rules! or_forward {
+    ($req:expr, $local:expr, |$addr:ident, $msg:ident| $remote:expr) => {{
+        let forwarded = $req.metadata().contains_key(FORWARDED);
+        let $msg = $req.into_inner();
+        match $local(&$msg).await {
+            Ok(v) => Ok(Response::new(v)),
+            Err(NodeError::NotLeader { addr: $addr, .. }) if !forwarded => $remote.await,
+            Err(e) => Err(to_status(e)),
+        }
+    }};
+}
+
+type WatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::IntentEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::intents_server::Intents for DomainApi {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitIntentRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::SubmitIntentRequest| {
+                let node = node.clone();
+                let m = m.clone();
+                async move {
+                    let i = intent_from_pb(&m)?;
+                    if m.dry_run {
+                        return node.explain(&i).map(|p| plan_view(&p));
+                    }
+                    node.submit_intent(i).await.map(|r| record_view(&r))
+                }
+            },
+            |addr, msg| async move {
+                IntentsClient::new(leader_channel(&addr)?)
+                    .submit(forward(msg))
+                    .await
+            }
+        )
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetIntentRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let id = req.into_inner().id;
+        match self.node.get_intent(&id).map_err(to_status)? {
+            Some(r) => Ok(Response::new(record_view(&r))),
+            None => Err(Status::not_found(format!(
+                "no intent {id:?} on this node (yet)"
+            ))),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::GetIntentRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let id = req.into_inner().id;
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut sent_outcomes = BTreeSet::new();
+            let mut announced = false;
+            let mut dispatched = false;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+            loop {
+                let rec = match node.get_intent(&id) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                };
+                if let Some(r) = rec {
+                    let view = record_view(&r);
+                    let mut events = Vec::new();
+                    if !announced {
+                        announced = true;
+                        let stage = if r.status == IntentStatus::AwaitingApproval {
+                            "awaiting_approval"
+                        } else {
+                            "accepted"
+                        };
+                        events.push((stage.to_string(), String::new()));
+                    }
+                    for a in &r.actions {
+                        if let Some(o) = &a.outcome
+                            && sent_outcomes.insert(a.id.clone())
+                        {
+                            if !dispatched {
+                                dispatched = true;
+                                events.push((
+                                    "dispatched".into(),
+                                    format!(
+                                        "token term {} leader {}",
+                                        a.token.map_or(0, |t| t.term),
+                                        a.token.map_or(0, |t| t.leader)
+                                    ),
+                                ));
+                            }
+                            let (name, detail) = outcome_view(&Some(o.clone()));
+                            events.push((
+                                "outcome".into(),
+                                format!(
+                                    "{} {} -> {}: {name} {detail}",
+                                    a.id, a.action.device, a.action.state
+                                ),
+                            ));
+                        }
+                    }
+                    let finished = r.status == IntentStatus::Done;
+                    if finished {
+                        let ok = r
+                            .actions
+                            .iter()
+                            .filter(|a| {
+                                matches!(
+                                    a.outcome,
+                                    Some(ActionOutcome::Applied | ActionOutcome::AlreadyApplied)
+                                )
+                            })
+                            .count();
+                        let stage = if ok == r.actions.len() {
+                            "done"
+                        } else if ok == 0 {
+                            "failed"
+                        } else {
+                            "partial"
+                        };
+                        events.push((
+                            stage.into(),
+                            format!("{ok} of {} actions applied", r.actions.len()),
+                        ));
+                    }
+                    for (stage, detail) in events {
+                        let ev = pb::IntentEvent {
+                            stage,
+                            intent: Some(view.clone()),
+                            detail,
+                        };
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if finished {
+                        return;
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    let _ = tx
+                        .send(Err(Status::deadline_exceeded(
+                            "intent still running after 10 minutes; use Get",
+                        )))
+                        .await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::SubmitIntentRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let mut m = req.into_inner();
+        if m.idempotency_key.is_empty() {
+            m.idempotency_key = "explain".into();
+        }
+        let i = intent_from_pb(&m).map_err(invalid)?;
+        let p = self.node.explain(&i).map_err(to_status)?;
+        Ok(Response::new(plan_view(&p)))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::ApproveRequest| {
+                let node = node.clone();
+                let m = m.clone();
+                async move {
+                    let by = if m.by.is_empty() {
+                        "operator".to_string()
+                    } else {
+                        m.by.clone()
+                    };
+                    node.approve(&m.id, &by).await.map(|r| record_view(&r))
+                }
+            },
+            |addr, msg| async move {
+                IntentsClient::new(leader_channel(&addr)?)
+                    .approve(forward(msg))
+                    .await
+            }
+        )
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tonic::async_trait]
+impl pb::devices_server::Devices for DomainApi {
+    async fn register(
+        &self,
+        req: Request<pb::DeviceManifest>,
+    ) -> Result<Response<pb::DeviceManifest>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::DeviceManifest| {
+                let node = node.clone();
+                let m = m.clone();
+                async move {
+                    let d = device_from_pb(&m)?;
+                    node.register_device(d.clone())
+                        .await
+                        .map(|_| device_to_pb(&d))
+                }
+            },
+            |addr, msg| async move {
+                DevicesClient::new(leader_channel(&addr)?)
+                    .register(forward(msg))
+                    .await
+            }
+        )
+    }
+
+    async fn list(
+        &self,
+        _req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let devices = self.node.devices().map_err(to_status)?;
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: devices.iter().map(device_to_pb).collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::DeviceManifest>, Status> {
+        let id = req.into_inner().id;
+        let devices = self.node.devices().map_err(to_status)?;
+        devices
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| Response::new(device_to_pb(d)))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no device {id:?}; `hearth device list` shows the registered ones"
+                ))
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDocument {
+    policies: Vec<Policy>,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, NodeError> {
+    serde_json::from_str(s)
+        .map_err(|e| NodeError::Refused(format!("{what} document is not valid: {e}")))
+}
+
+#[tonic::async_trait]
+impl pb::policies_server::Policies for DomainApi {
+    async fn apply_class(
+        &self,
+        req: Request<pb::ApplyDocument>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::ApplyDocument| {
+                let node = node.clone();
+                let json = m.json.clone();
+                async move {
+                    let class: IntentClass = parse_json("intent class", &json)?;
+                    node.apply_class(class)
+                        .await
+                        .map(|a| pb::ApplyResult { index: a.index })
+                }
+            },
+            |addr, msg| async move {
+                PoliciesClient::new(leader_channel(&addr)?)
+                    .apply_class(forward(msg))
+                    .await
+            }
+        )
+    }
+
+    async fn apply_policies(
+        &self,
+        req: Request<pb::ApplyDocument>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::ApplyDocument| {
+                let node = node.clone();
+                let json = m.json.clone();
+                async move {
+                    let doc: PolicyDocument = parse_json("policy", &json)?;
+                    node.apply_policies(doc.policies)
+                        .await
+                        .map(|a| pb::ApplyResult { index: a.index })
+                }
+            },
+            |addr, msg| async move {
+                PoliciesClient::new(leader_channel(&addr)?)
+                    .apply_policies(forward(msg))
+                    .await
+            }
+        )
+    }
+
+    async fn show(
+        &self,
+        _req: Request<pb::ShowPoliciesRequest>,
+    ) -> Result<Response<pb::ApplyDocument>, Status> {
+        let policies = self.node.policies().map_err(to_status)?;
+        let classes = self.node.classes().map_err(to_status)?;
+        let json = serde_json::json!({ "policies": policies, "classes": classes }).to_string();
+        Ok(Response::new(pb::ApplyDocument { json }))
+    }
+}

@@ -1,0 +1,396 @@
+//! `hearth intent …`, `hearth device …`, `hearth policy …`, `hearth device-sim`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use futures::StreamExt;
+use hearth_proto::v1 as pb;
+use hearth_proto::v1::devices_client::DevicesClient;
+use hearth_proto::v1::intents_client::IntentsClient;
+use hearth_proto::v1::policies_client::PoliciesClient;
+
+use crate::cli::{Target, channel, rpc_err};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IntentArgs {
+    /// Intent class: ensure_safety, alert_anomaly, control_access, report_status, notify, or your own.
+    pub class: String,
+    /// emergency | alert | warning | info
+    #[arg(long, default_value = "info")]
+    pub urgency: String,
+    /// Where, as a path: home, home/kitchen, …
+    #[arg(long)]
+    pub location: String,
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    /// Extra context, repeatable: --context state=unlocked
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+    /// Idempotency key: send the same key when you retry (default: a new one).
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long, default_value = "cli")]
+    pub source: String,
+}
+
+impl IntentArgs {
+    fn request(&self, dry_run: bool) -> anyhow::Result<pb::SubmitIntentRequest> {
+        let mut context = std::collections::HashMap::new();
+        for kv in &self.context {
+            let (k, v) = kv.split_once('=').with_context(|| {
+                format!("--context {kv:?}: write KEY=VALUE, e.g. --context state=unlocked")
+            })?;
+            context.insert(k.to_string(), v.to_string());
+        }
+        let key = self.key.clone().unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("cli-{}-{nanos}", std::process::id())
+        });
+        Ok(pb::SubmitIntentRequest {
+            class: self.class.clone(),
+            urgency: self.urgency.clone(),
+            subject: self.subject.clone(),
+            location: self.location.clone(),
+            context,
+            idempotency_key: key,
+            source: self.source.clone(),
+            dry_run,
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IntentCmd {
+    /// Submit an intent; --watch follows it until every action has an outcome.
+    Send {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        intent: IntentArgs,
+        #[arg(long)]
+        watch: bool,
+        /// Plan only: execute nothing, append nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The plan and why each device is in or out, executing nothing.
+    Explain {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        intent: IntentArgs,
+    },
+    /// Show an intent and its actions.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+    },
+    /// Follow an intent's progress.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+    },
+    /// Approve an intent that waits for confirmation.
+    Approve {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCmd {
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Register (or replace) a device from a TOML or JSON manifest (docs/INTENTS.md).
+    Register {
+        #[command(flatten)]
+        target: Target,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Replace the policy set with the `policies` of a TOML or JSON file (docs/INTENTS.md).
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        file: PathBuf,
+    },
+    /// Add or replace an intent class from a TOML or JSON file.
+    ApplyClass {
+        #[command(flatten)]
+        target: Target,
+        file: PathBuf,
+    },
+    /// Print the current policies and classes as JSON.
+    Show {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Reads a TOML or JSON document into JSON text.
+fn document_json(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        return Ok(v.to_string());
+    }
+    let v: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    Ok(serde_json::to_string(&v)?)
+}
+
+fn print_view(v: &pb::IntentView) {
+    println!(
+        "intent {} [{}] class {} urgency {} (entry {})",
+        if v.id.is_empty() { "-" } else { &v.id },
+        v.status,
+        v.class,
+        v.urgency,
+        v.index
+    );
+    if v.needs_confirmation && v.status == "awaiting_approval" {
+        println!("  waits for approval: hearth intent approve {}", v.id);
+    }
+    for a in &v.actions {
+        let outcome = if a.outcome.is_empty() {
+            "pending".to_string()
+        } else {
+            a.outcome.clone()
+        };
+        println!(
+            "  {:<22} {:<16} {:<10} -> {:<10} {} {}",
+            a.id, a.device, a.capability, a.state, outcome, a.detail
+        );
+    }
+    for r in &v.reads {
+        println!("  read sensors of {r}");
+    }
+}
+
+async fn watch(addr: &str, id: &str) -> anyhow::Result<ExitCode> {
+    let mut c = IntentsClient::new(channel(addr)?);
+    let mut s = c
+        .watch(pb::GetIntentRequest { id: id.to_string() })
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    let mut last = String::new();
+    while let Some(ev) = s.next().await {
+        let ev = ev.map_err(|s| rpc_err(addr, s))?;
+        println!("{:<18} {}", ev.stage, ev.detail);
+        last = ev.stage;
+    }
+    Ok(if last == "done" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub async fn intent(cmd: IntentCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        IntentCmd::Send {
+            target,
+            intent,
+            watch: w,
+            dry_run,
+        } => {
+            let mut c = IntentsClient::new(channel(&target.addr)?);
+            let v = c
+                .submit(intent.request(dry_run)?)
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            print_view(&v);
+            if w && !dry_run {
+                return watch(&target.addr, &v.id).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IntentCmd::Explain { target, intent } => {
+            let mut c = IntentsClient::new(channel(&target.addr)?);
+            let v = c
+                .explain(intent.request(true)?)
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            print_view(&v);
+            println!("why:");
+            for d in &v.verdicts {
+                println!(
+                    "  {:<16} {:<4} {}",
+                    d.device,
+                    if d.included { "in" } else { "out" },
+                    d.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IntentCmd::Get { target, id } => {
+            let mut c = IntentsClient::new(channel(&target.addr)?);
+            let v = c
+                .get(pb::GetIntentRequest { id })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            print_view(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        IntentCmd::Watch { target, id } => watch(&target.addr, &id).await,
+        IntentCmd::Approve { target, id, by } => {
+            let mut c = IntentsClient::new(channel(&target.addr)?);
+            let v = c
+                .approve(pb::ApproveRequest { id, by })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            print_view(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DeviceCmd::List { target } => {
+            let mut c = DevicesClient::new(channel(&target.addr)?);
+            let r = c
+                .list(pb::ListDevicesRequest {})
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!(
+                "{:<16} {:<16} {:<9} {:<30} ADAPTER",
+                "ID", "LOCATION", "EMERG", "ACTUATORS / SENSORS"
+            );
+            for d in r.devices {
+                let mut caps: Vec<String> = d
+                    .actuators
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", v.states.join("|")))
+                    .collect();
+                caps.sort();
+                caps.extend(d.sensors.iter().map(|s| format!("({s})")));
+                println!(
+                    "{:<16} {:<16} {:<9} {:<30} {}:{}",
+                    d.id,
+                    d.location,
+                    if d.emergency_capable { "yes" } else { "no" },
+                    caps.join(" "),
+                    d.adapter_kind,
+                    d.adapter_target
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::Register { target, file } => {
+            let json = document_json(&file)?;
+            let dev: hearth_core::intent::Device =
+                serde_json::from_str(&json).with_context(|| {
+                    format!(
+                        "{} is not a device manifest (docs/INTENTS.md)",
+                        file.display()
+                    )
+                })?;
+            let mut c = DevicesClient::new(channel(&target.addr)?);
+            let r = c
+                .register(hearth_node::domain_api::device_to_pb(&dev))
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!("device {} registered at {}", r.id, r.location);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Apply { target, file } => {
+            let json = document_json(&file)?;
+            let mut c = PoliciesClient::new(channel(&target.addr)?);
+            let r = c
+                .apply_policies(pb::ApplyDocument { json })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!("policies applied at entry {}", r.index);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::ApplyClass { target, file } => {
+            let json = document_json(&file)?;
+            let mut c = PoliciesClient::new(channel(&target.addr)?);
+            let r = c
+                .apply_class(pb::ApplyDocument { json })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!("intent class applied at entry {}", r.index);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Show { target } => {
+            let mut c = PoliciesClient::new(channel(&target.addr)?);
+            let r = c
+                .show(pb::ShowPoliciesRequest {})
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            let v: serde_json::Value = serde_json::from_str(&r.json)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `hearth device-sim`: serve a simulated device until Ctrl-C.
+pub async fn device_sim(
+    listen: String,
+    http: Option<String>,
+    journal: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let sim = hearth_devices::server::DeviceSim::new(journal.clone())
+        .context("opening the journal file")?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    if let Some(h) = &http {
+        let l = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("listening on {h}"))?;
+        tokio::spawn(sim.clone().serve_http(l));
+        println!("device-sim HTTP on {h}: POST /command, GET /journal");
+    }
+    println!(
+        "device-sim gRPC on {listen}{}",
+        journal
+            .map(|j| format!("; journal {}", j.display()))
+            .unwrap_or_default()
+    );
+    tonic::transport::Server::builder()
+        .add_service(hearth_proto::device::device_sim_server::DeviceSimServer::new(sim))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
