@@ -48,6 +48,7 @@ impl Cluster {
                     listen: addrs[id].clone(),
                     advertise: None,
                     metrics_listen: Some(format!("127.0.0.1:{}", metrics[id])),
+                    mqtt_broker: None,
                     data_dir: dir.path().join(format!("node{id}")),
                     bootstrap: *id == 1,
                     peers: roles

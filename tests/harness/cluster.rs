@@ -40,6 +40,7 @@ pub struct TestCluster {
     nodes: BTreeMap<u64, Arc<Node>>,
     pub acked: Vec<Ack>,
     timing: TimingConfig,
+    mqtt_broker: Option<String>,
 }
 
 impl TestCluster {
@@ -49,6 +50,19 @@ impl TestCluster {
     }
 
     pub async fn with_roles(roles: &[(u64, Role)]) -> Self {
+        Self::build(roles, None).await
+    }
+
+    /// Hubs 1 and 2 and witness 3, with an MQTT broker configured on every node.
+    pub async fn three_with_mqtt(broker: &str) -> Self {
+        Self::build(
+            &[(1, Role::Hub), (2, Role::Hub), (3, Role::Witness)],
+            Some(broker.to_string()),
+        )
+        .await
+    }
+
+    async fn build(roles: &[(u64, Role)], mqtt_broker: Option<String>) -> Self {
         crate::init_tracing();
         let mut c = TestCluster {
             router: Router::default(),
@@ -57,6 +71,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             acked: Vec::new(),
             timing: test_timing(),
+            mqtt_broker,
         };
         for (id, _) in roles {
             c.start(*id).await.expect("node starts");
@@ -94,6 +109,7 @@ impl TestCluster {
             listen: format!("127.0.0.1:{}", 17000 + id),
             advertise: None,
             metrics_listen: None,
+            mqtt_broker: self.mqtt_broker.clone(),
             data_dir: self.data_dir(id),
             bootstrap: id == first,
             peers: self

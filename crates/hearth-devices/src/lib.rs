@@ -9,6 +9,7 @@
 //! This crate never decides *whether* to send: the dispatcher on the leading hub does.
 
 pub mod http;
+pub mod mqtt;
 pub mod server;
 
 use std::collections::HashMap;
@@ -99,6 +100,8 @@ impl SimBus {
 pub struct Devices {
     pub bus: SimBus,
     pub timeout: Duration,
+    /// `host:port` of the household's MQTT broker, for `mqtt` devices.
+    pub mqtt_broker: Option<String>,
 }
 
 impl Default for Devices {
@@ -106,6 +109,7 @@ impl Default for Devices {
         Self {
             bus: SimBus::global(),
             timeout: Duration::from_secs(3),
+            mqtt_broker: None,
         }
     }
 }
@@ -201,9 +205,13 @@ impl Gateway for Devices {
                         }
                     },
                     Adapter::Http { url } => http::post_command(url, &cmd).await,
-                    Adapter::Mqtt { topic } => {
-                        Err(AdapterError::Unsupported("mqtt", format!("topic {topic}")))
-                    }
+                    Adapter::Mqtt { topic } => match &self.mqtt_broker {
+                        Some(b) => mqtt::send(b, topic, &cmd).await,
+                        None => Err(AdapterError::Unsupported(
+                            "mqtt",
+                            format!("topic {topic}: set mqtt_broker in this node's config"),
+                        )),
+                    },
                 }
             };
             tokio::time::timeout(self.timeout, fut)

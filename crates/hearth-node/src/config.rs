@@ -6,6 +6,7 @@
 //! listen = "0.0.0.0:7101"   # gRPC: Raft transport and public API
 //! advertise = "pi.local:7101"  # optional: the address peers use (default: listen)
 //! metrics_listen = "0.0.0.0:9101"  # optional: Prometheus GET /metrics
+//! mqtt_broker = "127.0.0.1:1883"   # optional: for devices with the mqtt adapter
 //! data_dir = "/var/lib/hearth"
 //! bootstrap = true          # exactly one hub: forms the cluster once
 //!
@@ -121,6 +122,9 @@ pub struct NodeConfig {
     pub listen: String,
     #[serde(default)]
     pub advertise: Option<String>,
+    /// `host:port` of the household's MQTT broker, for devices with the `mqtt` adapter.
+    #[serde(default)]
+    pub mqtt_broker: Option<String>,
     /// Optional `IP:port` for the Prometheus `GET /metrics` endpoint.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -221,6 +225,9 @@ impl NodeConfig {
         })?;
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
+        }
+        if let Some(b) = &self.mqtt_broker {
+            check_addr("mqtt_broker", b)?;
         }
         if let Some(m) = &self.metrics_listen {
             m.parse::<SocketAddr>().map_err(|_| {

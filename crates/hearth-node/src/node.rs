@@ -220,12 +220,11 @@ impl Node {
         N::Network:
             openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
     {
-        Self::start_with(
-            config,
-            network,
-            Arc::new(hearth_devices::Devices::default()),
-        )
-        .await
+        let devices = hearth_devices::Devices {
+            mqtt_broker: config.mqtt_broker.clone(),
+            ..Default::default()
+        };
+        Self::start_with(config, network, Arc::new(devices)).await
     }
 
     /// [`Node::start`] with a given device gateway.

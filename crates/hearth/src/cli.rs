@@ -72,6 +72,12 @@ pub enum Command {
         /// Append every command and reply to this JSON-lines file.
         #[arg(long)]
         journal: Option<PathBuf>,
+        /// Also serve as an MQTT device through this broker (host:port) …
+        #[arg(long, requires = "topic")]
+        mqtt: Option<String>,
+        /// … on this topic (commands on TOPIC/command, acks on TOPIC/ack).
+        #[arg(long)]
+        topic: Option<String>,
     },
 }
 
@@ -214,7 +220,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             listen,
             http,
             journal,
-        } => crate::domain_cli::device_sim(listen, http, journal).await,
+            mqtt,
+            topic,
+        } => crate::domain_cli::device_sim(listen, http, journal, mqtt.zip(topic)).await,
         Command::Audit { command } => match command {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,

@@ -364,6 +364,7 @@ pub async fn device_sim(
     listen: String,
     http: Option<String>,
     journal: Option<PathBuf>,
+    mqtt: Option<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
     let sim = hearth_devices::server::DeviceSim::new(journal.clone())
         .context("opening the journal file")?;
@@ -376,6 +377,14 @@ pub async fn device_sim(
             .with_context(|| format!("listening on {h}"))?;
         tokio::spawn(sim.clone().serve_http(l));
         println!("device-sim HTTP on {h}: POST /command, GET /journal");
+    }
+    if let Some((broker, topic)) = mqtt {
+        println!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
+        tokio::spawn(hearth_devices::mqtt::serve_device(
+            broker,
+            topic,
+            sim.clone(),
+        ));
     }
     println!(
         "device-sim gRPC on {listen}{}",
