@@ -343,3 +343,124 @@ async fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Intents through the public API only: register and submit through a follower (forwarded),
+/// watch the progress stream, retry with the same key elsewhere, and get clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_over_grpc_forwarded_watched_and_idempotent() {
+    use hearth_proto::v1::devices_client::DevicesClient;
+    use hearth_proto::v1::intents_client::IntentsClient;
+    hearth_tests::init_tracing();
+    let mut c = Cluster::new();
+    for id in [1, 2, 3] {
+        c.start(id);
+    }
+    let leader = c.wait_leader(Duration::from_secs(15)).await;
+    let follower = [1, 2].into_iter().find(|i| *i != leader).unwrap();
+    let ch = |id: u64| hearth_cluster::grpc::lazy_channel(&c.addrs[&id]).unwrap();
+
+    let manifest = pb::DeviceManifest {
+        id: "front-door".into(),
+        name: "Front door".into(),
+        location: "home/hall".into(),
+        tags: vec!["escape_route".into()],
+        actuators: [(
+            "lock".to_string(),
+            pb::StateList {
+                states: vec!["locked".into(), "unlocked".into()],
+            },
+        )]
+        .into(),
+        emergency_capable: true,
+        adapter_kind: "sim".into(),
+        adapter_target: "local:grpc-intents".into(),
+        ..Default::default()
+    };
+    DevicesClient::new(ch(follower))
+        .register(manifest.clone())
+        .await
+        .unwrap();
+    let mut bad = manifest.clone();
+    bad.adapter_kind = "telepathy".into();
+    let e = DevicesClient::new(ch(follower))
+        .register(bad)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("adapter_kind"), "{e}");
+
+    let req = pb::SubmitIntentRequest {
+        class: "control_access".into(),
+        urgency: "alert".into(),
+        subject: "leaving home".into(),
+        location: "home".into(),
+        context: [("state".to_string(), "locked".to_string())].into(),
+        idempotency_key: "grpc-lock-1".into(),
+        source: "phone".into(),
+        dry_run: false,
+    };
+    let v = IntentsClient::new(ch(follower))
+        .submit(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.actions.len(), 1);
+    let mut stream = IntentsClient::new(ch(follower))
+        .watch(pb::GetIntentRequest { id: v.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stages = Vec::new();
+    while let Some(ev) = stream.next().await {
+        stages.push(ev.unwrap().stage);
+    }
+    assert_eq!(stages, ["accepted", "dispatched", "outcome", "done"]);
+
+    // The same key and body through the witness: the original intent, nothing runs again.
+    let again = IntentsClient::new(ch(3))
+        .submit(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.id.clone(), again.index), (v.id.clone(), v.index));
+    let journal = hearth_devices::SimBus::global().journal("grpc-intents");
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0].command.sender, leader);
+
+    let mut other = req.clone();
+    other.subject = "something else".into();
+    let e = IntentsClient::new(ch(leader))
+        .submit(other)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    let mut unknown = req.clone();
+    unknown.class = "teleport".into();
+    unknown.idempotency_key = "grpc-2".into();
+    let e = IntentsClient::new(ch(follower))
+        .submit(unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let mut bad_urgency = req.clone();
+    bad_urgency.urgency = "panic".into();
+    let e = IntentsClient::new(ch(follower))
+        .explain(bad_urgency)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("urgency"), "{e}");
+    let plan = IntentsClient::new(ch(3))
+        .explain(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.status, "dry_run");
+    assert!(
+        plan.verdicts
+            .iter()
+            .any(|v| v.device == "front-door" && v.included)
+    );
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+}
