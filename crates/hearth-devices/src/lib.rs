@@ -51,6 +51,8 @@ pub struct SimBus {
 struct SimState {
     devices: SimDevices,
     offline: bool,
+    /// When each action id was applied (for latency measurements).
+    applied_at: HashMap<String, std::time::Instant>,
 }
 
 impl SimBus {
@@ -92,7 +94,22 @@ impl SimBus {
                 format!("simulator {name} is offline"),
             ));
         }
-        Ok(g.devices.receive(cmd))
+        let id = cmd.action_id.clone();
+        let reply = g.devices.receive(cmd);
+        if reply == Reply::Applied {
+            g.applied_at.insert(id, std::time::Instant::now());
+        }
+        Ok(reply)
+    }
+
+    /// When `action_id` was applied by simulator `name`, if it was.
+    pub fn applied_at(&self, name: &str, action_id: &str) -> Option<std::time::Instant> {
+        self.get(name)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .applied_at
+            .get(action_id)
+            .copied()
     }
 }
 

@@ -31,8 +31,9 @@ use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
-/// How often the dispatcher looks at the outbox while leading.
-const TICK: Duration = Duration::from_millis(25);
+/// How often the dispatcher looks at the outbox without news (retries, leadership changes);
+/// a newly applied entry wakes it at once.
+const TICK: Duration = Duration::from_millis(100);
 /// How long an unreachable device is retried before its action is recorded as failed.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Longest wait between two attempts at an unreachable device.
@@ -64,9 +65,11 @@ fn outcome_of(reply: Reply) -> ActionOutcome {
 impl Dispatcher {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
+        let mut applied = self.sm.subscribe_applied();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
+                r = applied.changed() => if r.is_err() { return },
                 _ = shutdown.changed() => return,
             }
             if *shutdown.borrow() {
@@ -154,7 +157,7 @@ impl Dispatcher {
                             let r = retries.entry(action.id.clone()).or_insert(Retry {
                                 first_failure: now,
                                 next_try: now,
-                                backoff: TICK,
+                                backoff: Duration::from_millis(25),
                             });
                             if now.duration_since(r.first_failure) < GIVE_UP_AFTER {
                                 r.backoff = (r.backoff * 2).min(MAX_BACKOFF);

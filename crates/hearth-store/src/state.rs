@@ -97,6 +97,8 @@ pub struct StateMachine {
     db: sled::Db,
     tree: sled::Tree,
     cached: Arc<Mutex<Cached>>,
+    /// The last applied index, for tasks that react to new entries (the dispatcher).
+    applied_tx: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -141,6 +143,7 @@ impl StateMachine {
                 anchor,
                 domain,
             })),
+            applied_tx: Arc::new(tokio::sync::watch::channel(head.map_or(0, |(i, _)| i)).0),
             db,
             tree,
         })
@@ -168,6 +171,11 @@ impl StateMachine {
 
     pub fn membership(&self) -> io::Result<StoredMembershipOf<TypeConfig>> {
         Ok(self.cached()?.membership.clone())
+    }
+
+    /// Changes whenever entries are applied (its value is the last applied index).
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
     }
 
     /// Reads the domain state (devices, classes, policies, intents).
@@ -312,7 +320,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         self.tree.apply_batch(batch).map_err(other)?;
         self.flush().await?;
+        let head_index = next.head.map_or(0, |(i, _)| i);
         *self.cached()? = next;
+        self.applied_tx.send_replace(head_index);
         for (r, applied) in responses {
             r.send(applied);
         }

@@ -63,6 +63,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::domain_cli::PolicyCmd,
     },
+    /// Measure intent → actuation latency on a local three-node cluster.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
     /// Run a standalone simulated device (gRPC, and HTTP with --http) that journals every command.
     DeviceSim {
         #[arg(long, default_value = "127.0.0.1:7301")]
@@ -95,6 +100,19 @@ pub struct Target {
     /// Address of any node's gRPC port.
     #[arg(long, env = "HEARTH_ADDR", default_value = "127.0.0.1:7101")]
     pub addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Submit intents through the public API and time them until the device applies them.
+    Intents {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 7401)]
+        base_port: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +231,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Bench {
+            command:
+                BenchCmd::Intents {
+                    count,
+                    concurrency,
+                    base_port,
+                },
+        } => {
+            crate::bench::intents(count, concurrency, base_port).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Intent { command } => crate::domain_cli::intent(command).await,
         Command::Device { command } => crate::domain_cli::device(command).await,
         Command::Policy { command } => crate::domain_cli::policy(command).await,

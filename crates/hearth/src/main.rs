@@ -1,6 +1,7 @@
 //! `hearth`: one binary for serving a node, running a local dev cluster, and inspecting the
 //! cluster and its audit chain over the public gRPC API.
 
+mod bench;
 mod cli;
 mod dev;
 mod domain_cli;
