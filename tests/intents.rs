@@ -389,8 +389,6 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
 
     let e = n.approve("i-doesnotexist", "alice").await.unwrap_err();
     assert!(e.to_string().contains("no intent"), "{e}");
-    // An approval of an unknown intent is refused in apply: it is recorded, but changes nothing.
-    let after_approve = n.sm.head().unwrap();
 
     let bad_policy = Policy {
         id: "p".into(),
@@ -412,13 +410,8 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
     assert_eq!(ok.actions.len(), 1, "explain plans without executing");
     assert_eq!(
         n.sm.head().unwrap(),
-        after_approve,
+        head,
         "explain and refused requests append nothing"
-    );
-    assert_eq!(
-        head.map(|h| h.0 + 1),
-        after_approve.map(|h| h.0),
-        "only the approve attempt was appended"
     );
     c.shutdown().await;
 }

@@ -612,6 +612,20 @@ impl Node {
 
     pub async fn approve(&self, intent_id: &str, by: &str) -> Result<IntentRecord, NodeError> {
         hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
+        // On the leader, whose applied state is current, refuse what apply would refuse
+        // without appending anything. (A follower forwards; the leader checks again.)
+        if self.raft.metrics().borrow_watched().state == ServerState::Leader {
+            match self.get_intent(intent_id)? {
+                None => return Err(NodeError::Refused(format!("no intent {intent_id}"))),
+                Some(r) if r.status != hearth_core::domain::IntentStatus::AwaitingApproval => {
+                    return Err(NodeError::Refused(format!(
+                        "intent {intent_id} does not wait for approval (it is {:?})",
+                        r.status
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         self.propose_checked(&DomainCommand::Approve {
             intent_id: intent_id.to_string(),
             by: by.to_string(),
