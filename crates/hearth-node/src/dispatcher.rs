@@ -30,6 +30,7 @@ use openraft::raft::ReadPolicy;
 use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// How often the dispatcher looks at the outbox without news (retries, leadership changes);
 /// a newly applied entry wakes it at once.
@@ -120,59 +121,67 @@ impl Dispatcher {
             if leader.node_id != self.id {
                 continue;
             }
-            for (intent, action, repeat_safe) in pending {
-                if retries
-                    .get(&action.id)
-                    .is_some_and(|r| r.next_try > Instant::now())
-                {
-                    continue;
-                }
+            // 2. Send every due action concurrently (a slow device does not hold up the others).
+            let now = Instant::now();
+            let due: Vec<_> = pending
+                .into_iter()
+                .filter(|(_, a, _)| retries.get(&a.id).is_none_or(|r| r.next_try <= now))
+                .collect();
+            let (gateway, me) = (&self.gateway, self.id);
+            let sends = due.into_iter().map(|(intent, action, repeat_safe)| {
                 let token = FencingToken {
                     term: leader.term,
                     leader: leader.node_id,
                     index: intent.index,
                 };
-                let outcome = if !repeat_safe && intent.term < leader.term {
-                    ActionOutcome::OutcomeUnknown {
-                        reason: format!(
+                async move {
+                    if !repeat_safe && intent.term < leader.term {
+                        let reason = format!(
                             "accepted under the leadership of term {} and left without an outcome; class {} must not repeat actions: check device {}",
                             intent.term, intent.intent.class, action.action.device
-                        ),
+                        );
+                        return (intent, action, token, Ok(ActionOutcome::OutcomeUnknown { reason }));
                     }
-                } else {
                     let cmd = DeviceCommand {
                         action_id: action.id.clone(),
                         device: action.action.device.clone(),
                         capability: action.action.capability.clone(),
                         state: action.action.state.clone(),
                         token,
-                        sender: self.id,
+                        sender: me,
                     };
-                    let span = tracing::info_span!("dispatch", node = self.id, term = token.term, intent = %intent.id, action = %action.id);
-                    let _g = span.enter();
-                    match self.gateway.send(&action.action.adapter, cmd).await {
-                        Ok(reply) => outcome_of(reply),
-                        Err(e) => {
-                            let now = Instant::now();
-                            let r = retries.entry(action.id.clone()).or_insert(Retry {
-                                first_failure: now,
-                                next_try: now,
-                                backoff: Duration::from_millis(25),
-                            });
-                            if now.duration_since(r.first_failure) < GIVE_UP_AFTER {
-                                r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
-                                r.next_try = now + r.backoff;
-                                tracing::warn!(error = %e, retry_in = ?r.backoff, "device not reached; will retry");
-                                continue;
-                            }
-                            ActionOutcome::Failed {
-                                reason: format!("{e} (retried for {GIVE_UP_AFTER:?})"),
-                            }
+                    let span = tracing::info_span!("dispatch", node = me, term = token.term, intent = %intent.id, action = %action.id);
+                    let res = gateway.send(&action.action.adapter, cmd).instrument(span).await;
+                    (intent, action, token, res.map(outcome_of))
+                }
+            });
+            let results = futures::future::join_all(sends).await;
+
+            // 3. Record outcomes with conditional writes (commit only while this leadership
+            //    leads), all proposed at once, then awaited.
+            let mut waiting = Vec::new();
+            for (intent, action, token, res) in results {
+                let outcome = match res {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let now = Instant::now();
+                        let r = retries.entry(action.id.clone()).or_insert(Retry {
+                            first_failure: now,
+                            next_try: now,
+                            backoff: Duration::from_millis(25),
+                        });
+                        if now.duration_since(r.first_failure) < GIVE_UP_AFTER {
+                            r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
+                            r.next_try = now + r.backoff;
+                            tracing::warn!(node = self.id, action = %action.id, error = %e, retry_in = ?r.backoff, "device not reached; will retry");
+                            continue;
+                        }
+                        ActionOutcome::Failed {
+                            reason: format!("{e} (retried for {GIVE_UP_AFTER:?})"),
                         }
                     }
                 };
                 retries.remove(&action.id);
-                // 3. Conditional write: commits only while this leadership leads.
                 let cmd = DomainCommand::RecordOutcome {
                     intent_id: intent.id.clone(),
                     action_id: action.id.clone(),
@@ -180,22 +189,22 @@ impl Dispatcher {
                     token,
                 };
                 let (responder, rx) = ProgressResponder::<TypeConfig, _>::complete_only();
-                let sent = self
+                if let Err(e) = self
                     .raft
                     .write(Command(cmd.encode()))
                     .with_leader(leader)
                     .responder(responder)
-                    .await;
-                let committed = match sent {
-                    Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "Raft stopped while recording an outcome");
-                        return;
-                    }
-                };
+                    .await
+                {
+                    tracing::error!(error = %e, "Raft stopped while recording an outcome");
+                    return;
+                }
+                waiting.push((action.id, rx));
+            }
+            for (action_id, rx) in waiting {
+                let committed = tokio::time::timeout(Duration::from_secs(5), rx).await;
                 if !matches!(committed, Ok(Ok(Ok(_)))) {
-                    tracing::warn!(node = self.id, action = %action.id, "outcome not recorded (leadership changed?); the next leader re-drives");
-                    break;
+                    tracing::warn!(node = self.id, action = %action_id, "outcome not recorded (leadership changed?); the next leader re-drives");
                 }
             }
         }
