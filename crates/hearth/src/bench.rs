@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hearth_node::NodeConfig;
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use hearth_proto::v1::intents_client::IntentsClient;
@@ -27,18 +26,7 @@ fn ms(d: Duration) -> String {
 pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("hearth-bench-").tempdir()?;
     let paths = crate::dev::write_configs(dir.path(), base_port)?;
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut nodes = Vec::new();
-    for p in &paths {
-        let cfg = NodeConfig::load(p)?;
-        let mut rx = stop_tx.subscribe();
-        nodes.push(tokio::spawn(async move {
-            hearth_node::server::serve(cfg, async move {
-                let _ = rx.recv().await;
-            })
-            .await
-        }));
-    }
+    let (stop_tx, nodes) = crate::dev::spawn_nodes(&paths)?;
     let addrs: Vec<String> = (0..3)
         .map(|i| format!("127.0.0.1:{}", base_port + i))
         .collect();

@@ -31,6 +31,30 @@ pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>>
     Ok(paths)
 }
 
+/// A running node of a local cluster: its id and how `serve` ended.
+pub type NodeTask = tokio::task::JoinHandle<(u64, Result<(), hearth_node::server::ServeError>)>;
+
+/// Starts one `serve` per config file in this process; sending on the returned channel stops them.
+pub fn spawn_nodes(
+    paths: &[PathBuf],
+) -> anyhow::Result<(tokio::sync::broadcast::Sender<()>, Vec<NodeTask>)> {
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut nodes = Vec::new();
+    for p in paths {
+        let cfg = NodeConfig::load(p)?;
+        let mut rx = stop_tx.subscribe();
+        nodes.push(tokio::spawn(async move {
+            let id = cfg.node_id;
+            let res = hearth_node::server::serve(cfg, async move {
+                let _ = rx.recv().await;
+            })
+            .await;
+            (id, res)
+        }));
+    }
+    Ok((stop_tx, nodes))
+}
+
 pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
     let (_guard, dir) = match dir {
         Some(d) => {
@@ -44,20 +68,7 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
         }
     };
     let paths = write_configs(&dir, base_port)?;
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut nodes = Vec::new();
-    for p in &paths {
-        let cfg = NodeConfig::load(p)?;
-        let mut rx = stop_tx.subscribe();
-        nodes.push(tokio::spawn(async move {
-            let id = cfg.node_id;
-            let res = hearth_node::server::serve(cfg, async move {
-                let _ = rx.recv().await;
-            })
-            .await;
-            (id, res)
-        }));
-    }
+    let (stop_tx, mut nodes) = spawn_nodes(&paths)?;
     let seed_addr = format!("127.0.0.1:{base_port}");
     let seeding = tokio::spawn(async move {
         if let Err(e) = seed_devices(&seed_addr).await {
