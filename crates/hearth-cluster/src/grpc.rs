@@ -59,6 +59,24 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
+/// A lazily connected channel to `addr`, shared by the whole process: forwarding a client
+/// request to the leader or probing a peer reuses one HTTP/2 connection instead of opening a
+/// new one per call.
+pub fn shared_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, Channel>>> =
+        std::sync::OnceLock::new();
+    let mut g = CHANNELS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = g.get(addr) {
+        return Ok(c.clone());
+    }
+    let c = lazy_channel(addr)?;
+    g.insert(addr.to_string(), c.clone());
+    Ok(c)
+}
+
 /// Creates Raft clients for one node; caches one channel per peer address.
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {

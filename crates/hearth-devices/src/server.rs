@@ -75,15 +75,10 @@ impl DeviceSim {
                 let mut chunk = [0u8; 4096];
                 // Read the head, then as much body as Content-Length says (bounded).
                 let (head_end, len) = loop {
-                    let Ok(Ok(n)) = tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        sock.read(&mut chunk),
-                    )
-                    .await
-                    else {
+                    let Some(n) = read_some(&mut sock, &mut chunk).await else {
                         return;
                     };
-                    if n == 0 || buf.len() > 1 << 20 {
+                    if buf.len() > 1 << 20 {
                         return;
                     }
                     buf.extend_from_slice(&chunk[..n]);
@@ -100,17 +95,9 @@ impl DeviceSim {
                     }
                 };
                 while buf.len() < head_end + len {
-                    let Ok(Ok(n)) = tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        sock.read(&mut chunk),
-                    )
-                    .await
-                    else {
+                    let Some(n) = read_some(&mut sock, &mut chunk).await else {
                         return;
                     };
-                    if n == 0 {
-                        return;
-                    }
                     buf.extend_from_slice(&chunk[..n]);
                 }
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -141,6 +128,14 @@ impl DeviceSim {
                 let _ = sock.write_all(resp.as_bytes()).await;
             });
         }
+    }
+}
+
+/// Reads what is there within 5 s; `None` on timeout, error or end of stream.
+async fn read_some(sock: &mut tokio::net::TcpStream, chunk: &mut [u8]) -> Option<usize> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(chunk)).await {
+        Ok(Ok(n)) if n > 0 => Some(n),
+        _ => None,
     }
 }
 

@@ -147,7 +147,7 @@ fn to_leader<T>(
     addr: &str,
     msg: T,
 ) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
-    let channel = hearth_cluster::grpc::lazy_channel(addr)
+    let channel = hearth_cluster::grpc::shared_channel(addr)
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
     let mut req = Request::new(msg);
     req.metadata_mut()
@@ -315,7 +315,7 @@ pub struct GrpcProbe {
 impl PeerProbe for GrpcProbe {
     fn status<'a>(&'a self, _id: u64, addr: &'a str) -> BoxFuture<'a, Option<StatusView>> {
         Box::pin(async move {
-            let channel = hearth_cluster::grpc::lazy_channel(addr).ok()?;
+            let channel = hearth_cluster::grpc::shared_channel(addr).ok()?;
             let mut client = ClusterClient::new(channel);
             let mut req = Request::new(pb::StatusRequest {});
             req.set_timeout(self.timeout);

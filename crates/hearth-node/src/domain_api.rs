@@ -27,7 +27,7 @@ fn invalid(e: FieldError) -> Status {
 }
 
 fn leader_channel(addr: &str) -> Result<Channel, Status> {
-    hearth_cluster::grpc::lazy_channel(addr)
+    hearth_cluster::grpc::shared_channel(addr)
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))
 }
 
