@@ -19,11 +19,12 @@ pub async fn run(
     handler: RaftHandler,
     log: hearth_store::LogStore,
     cfg: CaretakerConfig,
+    retry_after: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let raft = handler.raft.clone();
     let mut last_action: Option<Instant> = None;
-    let recent = Duration::from_millis(cfg.patience_ms.saturating_mul(2).max(1000));
+    let recent = retry_after.saturating_mul(2).max(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -71,7 +72,7 @@ pub async fn run(
             .collect();
         let obs = Observation {
             i_lead,
-            leader_known: !i_lead && leaderless_ms < cfg.patience_ms,
+            leader_known: !i_lead && leaderless_ms < cfg.lease_ms,
             leaderless_ms,
             my_last: log.last_log_id().ok().flatten().map(|l| LogPos {
                 term: l.leader_id.term,
@@ -79,10 +80,8 @@ pub async fn run(
             }),
             hubs: hub_views,
         };
-        // Act at most once per patience period, so a campaign or hand-over can take effect.
-        if last_action
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(cfg.patience_ms))
-        {
+        // Act at most once per `retry_after`, so a campaign or hand-over can take effect.
+        if last_action.is_some_and(|t| now.duration_since(t) < retry_after) {
             continue;
         }
         match decide(cfg, &obs) {

@@ -42,7 +42,9 @@ pub struct Observation {
 /// How long to wait without a leader before acting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaretakerConfig {
-    pub patience_ms: u64,
+    /// The leader must have been silent at least this long (the election timeout: any voter
+    /// would grant a vote by then).
+    pub lease_ms: u64,
 }
 
 /// What the witness should do now.
@@ -78,7 +80,10 @@ pub fn decide(cfg: CaretakerConfig, obs: &Observation) -> Decision {
             None => Decision::KeepReplicating,
         };
     }
-    if obs.leader_known || obs.leaderless_ms < cfg.patience_ms {
+    // No patience beyond the lease: a live hub is only known here because it asked for our
+    // vote (so it lost the leader too), and if every such hub is behind us none can win
+    // without us; waiting longer only makes the household wait.
+    if obs.leader_known || obs.leaderless_ms < cfg.lease_ms {
         return Decision::Wait;
     }
     let live: Vec<&HubView> = obs.hubs.iter().filter(|h| h.reachable).collect();
@@ -99,7 +104,7 @@ pub fn decide(cfg: CaretakerConfig, obs: &Observation) -> Decision {
 mod tests {
     use super::*;
 
-    const CFG: CaretakerConfig = CaretakerConfig { patience_ms: 3000 };
+    const CFG: CaretakerConfig = CaretakerConfig { lease_ms: 1000 };
 
     fn pos(term: u64, index: u64) -> Option<LogPos> {
         Some(LogPos { term, index })
@@ -125,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn campaigns_only_when_ahead_of_every_live_hub_after_patience() {
+    fn campaigns_only_when_ahead_of_every_live_hub_after_the_lease() {
         let ahead = obs(
             5000,
             pos(2, 10),

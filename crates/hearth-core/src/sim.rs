@@ -43,6 +43,10 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub seq: u64,
+    /// Wall-clock time the command was received (ms since the Unix epoch), as the caller
+    /// gave it; evidence for fault tests that compare it with leadership changes.
+    #[serde(default)]
+    pub at_ms: u64,
     pub command: DeviceCommand,
     pub reply: Reply,
 }
@@ -57,7 +61,8 @@ pub struct SimDevices {
 }
 
 impl SimDevices {
-    pub fn receive(&mut self, cmd: DeviceCommand) -> Reply {
+    /// Handles one command received at `at_ms` (wall clock, ms since the Unix epoch).
+    pub fn receive(&mut self, cmd: DeviceCommand, at_ms: u64) -> Reply {
         let lead = cmd.token.leadership();
         let reply = match self.highest.get(&cmd.device) {
             Some(h) if lead < *h => Reply::StaleToken {
@@ -87,6 +92,7 @@ impl SimDevices {
         let seq = self.journal.len() as u64;
         self.journal.push(JournalEntry {
             seq,
+            at_ms,
             command: cmd,
             reply: reply.clone(),
         });
@@ -126,21 +132,21 @@ mod tests {
     #[test]
     fn fences_stale_leaders_and_applies_each_action_once() {
         let mut d = SimDevices::default();
-        assert_eq!(d.receive(cmd("a/0", 2, 1, "locked")), Reply::Applied);
+        assert_eq!(d.receive(cmd("a/0", 2, 1, "locked"), 0), Reply::Applied);
         assert_eq!(
-            d.receive(cmd("a/0", 3, 2, "locked")),
+            d.receive(cmd("a/0", 3, 2, "locked"), 0),
             Reply::AlreadyApplied,
             "re-send by a new leader"
         );
         assert_eq!(
-            d.receive(cmd("b/0", 2, 1, "unlocked")),
+            d.receive(cmd("b/0", 2, 1, "unlocked"), 0),
             Reply::StaleToken {
                 highest_term: 3,
                 highest_leader: 2
             }
         );
         assert_eq!(d.state("door", "lock"), Some("locked"));
-        assert_eq!(d.receive(cmd("c/0", 3, 2, "unlocked")), Reply::Applied);
+        assert_eq!(d.receive(cmd("c/0", 3, 2, "unlocked"), 0), Reply::Applied);
         assert_eq!(d.journal().len(), 4);
         let applied = d
             .journal()

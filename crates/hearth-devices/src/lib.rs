@@ -21,6 +21,14 @@ use hearth_core::intent::Adapter;
 use hearth_core::sim::{DeviceCommand, JournalEntry, Reply, SimDevices};
 use hearth_proto::device as pb;
 
+/// Wall-clock milliseconds since the Unix epoch (the journal's receive time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Why a command could not be delivered (the device's answer is a [`Reply`], not an error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdapterError {
@@ -95,7 +103,7 @@ impl SimBus {
             ));
         }
         let id = cmd.action_id.clone();
-        let reply = g.devices.receive(cmd);
+        let reply = g.devices.receive(cmd, now_ms());
         if reply == Reply::Applied {
             g.applied_at.insert(id, std::time::Instant::now());
         }

@@ -41,7 +41,7 @@ impl DeviceSim {
 
     pub fn receive(&self, cmd: DeviceCommand) -> Reply {
         let mut g = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let reply = g.receive(cmd);
+        let reply = g.receive(cmd, crate::now_ms());
         if let (Some(f), Some(last)) = (&self.journal_file, g.journal().last()) {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
             if let Ok(line) = serde_json::to_string(last) {

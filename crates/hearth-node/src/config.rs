@@ -68,6 +68,9 @@ pub struct TimingConfig {
     pub election_min_ms: u64,
     #[serde(default = "d_emax")]
     pub election_max_ms: u64,
+    /// How long the witness caretaker waits before a second attempt (a campaign or a
+    /// hand-over that did not take). It acts first as soon as a hub that cannot win asks for
+    /// its vote after the leader was silent for `election_min_ms`.
     #[serde(default = "d_patience")]
     pub caretaker_patience_ms: u64,
     /// How long a write may wait for a quorum before the client gets `NO_QUORUM`.
@@ -299,7 +302,7 @@ impl NodeConfig {
             return Err(invalid(
                 "timing.caretaker_patience_ms",
                 format!(
-                    "must be at least election_max_ms ({}) so hubs get to elect first",
+                    "must be at least election_max_ms ({}) so a campaign or hand-over can finish before the next attempt",
                     t.election_max_ms
                 ),
             ));

@@ -20,8 +20,10 @@ use hearth_core::resolver::{Clock, Plan};
 use hearth_core::{Hash, Record};
 use hearth_store::audit::{self, Link, NodeVerify};
 use hearth_store::{Applied, Command, LogStore, Member, StateMachine, StoreError, TypeConfig};
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::network::RaftNetworkFactory;
+use openraft::raft::ReadPolicy;
+use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ServerState};
 use serde::{Deserialize, Serialize};
@@ -263,12 +265,13 @@ impl Node {
         if witness {
             // A witness never dispatches: it has no dispatcher at all.
             let cfg = CaretakerConfig {
-                patience_ms: config.timing.caretaker_patience_ms,
+                lease_ms: config.timing.election_min_ms,
             };
             tasks.push(tokio::spawn(hearth_cluster::caretaker::run(
                 handler.clone(),
                 log.clone(),
                 cfg,
+                Duration::from_millis(config.timing.caretaker_patience_ms),
                 rx,
             )));
         } else {
@@ -484,6 +487,7 @@ impl Node {
         {
             return Err(NodeError::WitnessCaretaker);
         }
+        self.require_quorum_contact().await?;
         let timeout = Duration::from_millis(self.config.timing.write_timeout_ms);
         let res =
             tokio::time::timeout(timeout, self.raft.client_write(Command(cmd.encode()))).await;
@@ -516,6 +520,82 @@ impl Node {
                 Err(NodeError::Discarded)
             }
             Ok(Err(RaftError::APIError(e))) => Err(NodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// On a leader: refuses, before anything is appended, when no quorum has answered within
+    /// the leader lease and none answers a fresh heartbeat round at once. Without this an
+    /// isolated leader would append the command, time out, and commit it later when its peers
+    /// return, long after the client was told it failed.
+    async fn require_quorum_contact(&self) -> Result<(), NodeError> {
+        if self.raft.metrics().borrow_watched().state != ServerState::Leader {
+            return Ok(()); // client_write answers ForwardToLeader
+        }
+        let wait = Duration::from_millis(self.config.timing.heartbeat_ms * 2);
+        let opt = LinearizerOption::from(ReadPolicy::LeaseRead).with_wait_timeout(wait);
+        match tokio::time::timeout(wait * 2, self.raft.ensure_linearizable(opt)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
+            // Leadership moved: let client_write report where to.
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(()),
+            Ok(Err(RaftError::APIError(_))) | Err(_) => Err(self.no_quorum(
+                "leads but no quorum has answered it within the leader lease; nothing was appended",
+            )),
+        }
+    }
+
+    /// Hands leadership to the most up-to-date other hub before this node stops, so a planned
+    /// restart costs a hand-over instead of an election timeout. Waits at most `limit`.
+    pub async fn hand_over_leadership(&self, limit: Duration) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let members = m.membership_config.membership().clone();
+        let best = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| {
+                **id != self.id
+                    && members.voter_ids().any(|v| v == **id)
+                    && members.get_node(id).is_some_and(|n| !n.witness)
+            })
+            .max_by_key(|(_, l)| l.as_ref().map(|l| l.index))
+            .map(|(id, _)| *id);
+        let Some(to) = best else {
+            tracing::info!(
+                node = self.id,
+                "stopping as leader: no other hub to hand over to"
+            );
+            return;
+        };
+        tracing::info!(node = self.id, to, "stopping: handing leadership over");
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(node = self.id, error = %e, "leadership hand-over failed");
+            return;
+        }
+        let mut rx = self.raft.metrics();
+        let gone = async {
+            loop {
+                if rx
+                    .borrow_watched()
+                    .current_leader
+                    .is_some_and(|l| l != self.id)
+                {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(limit, gone).await.is_err() {
+            tracing::warn!(
+                node = self.id,
+                to,
+                "leadership not handed over in time; stopping anyway"
+            );
         }
     }
 

@@ -124,6 +124,11 @@ pub async fn serve(
         Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
     };
     checker.abort();
+    // A planned stop: hand leadership over while the Raft service still answers.
+    node.hand_over_leadership(Duration::from_millis(
+        node.config().timing.election_max_ms * 2,
+    ))
+    .await;
     if let Some(m) = metrics {
         m.abort();
         let _ = m.await;

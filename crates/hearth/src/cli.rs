@@ -179,14 +179,30 @@ pub enum AuditCmd {
     },
 }
 
+/// Resolves on Ctrl-C or SIGTERM (`docker stop`, systemd): both stop the node gracefully.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve { config } => {
             let cfg = hearth_node::NodeConfig::load(&config)?;
-            hearth_node::server::serve(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            hearth_node::server::serve(cfg, stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { dir, base_port } => {
