@@ -23,7 +23,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let raft = handler.raft.clone();
-    let mut last_action: Option<Instant> = None;
+    let mut last_action: Option<(Instant, Decision)> = None;
     let recent = retry_after.saturating_mul(2).max(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -52,9 +52,10 @@ pub async fn run(
         let hub_views: Vec<HubView> = hubs
             .iter()
             .map(|id| {
+                // Only a request made since the leader went silent shows the hub lost it too.
                 let seen = campaigners
                     .get(id)
-                    .filter(|c| now.duration_since(c.at) < recent);
+                    .filter(|c| c.at > contact && now.duration_since(c.at) < recent);
                 HubView {
                     id: *id,
                     reachable: seen.is_some()
@@ -80,15 +81,20 @@ pub async fn run(
             }),
             hubs: hub_views,
         };
-        // Act at most once per `retry_after`, so a campaign or hand-over can take effect.
-        if last_action.is_some_and(|t| now.duration_since(t) < retry_after) {
+        // Repeat an action at most once per `retry_after`, so it can take effect; the
+        // hand-over that follows a won campaign goes at once.
+        let decision = decide(cfg, &obs);
+        if last_action.as_ref().is_some_and(|(t, d)| {
+            now.duration_since(*t) < retry_after
+                && std::mem::discriminant(d) == std::mem::discriminant(&decision)
+        }) {
             continue;
         }
-        match decide(cfg, &obs) {
+        match decision {
             Decision::Wait | Decision::KeepReplicating => {}
             Decision::Campaign => {
                 tracing::warn!(node = handler.id, ?obs.my_last, "caretaker: no leader and this witness holds entries no live hub has; campaigning once");
-                last_action = Some(now);
+                last_action = Some((now, Decision::Campaign));
                 if let Err(e) = raft.trigger().elect(false).await {
                     tracing::error!(error = %e, "caretaker campaign failed");
                 }
@@ -99,7 +105,7 @@ pub async fn run(
                     hub,
                     "caretaker: handing leadership to the caught-up hub"
                 );
-                last_action = Some(now);
+                last_action = Some((now, Decision::TransferTo(hub)));
                 if let Err(e) = raft.trigger().transfer_leader(hub).await {
                     tracing::error!(error = %e, "caretaker transfer failed");
                 }

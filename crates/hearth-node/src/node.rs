@@ -459,6 +459,20 @@ impl Node {
         ))
     }
 
+    /// The write was appended here but no quorum confirmed it in time: its fate is open until
+    /// the cluster heals (a later leader either commits it or replaces it). Say so.
+    fn not_confirmed(&self, timeout: Duration) -> NodeError {
+        let (ok, lost) = self.reachable_peers();
+        NodeError::NoQuorum(format!(
+            "node {} appended the request but no quorum confirmed it within {} ms; peers \
+             answering: {ok:?}, peers not answering: {lost:?}. Nothing has been executed yet; \
+             it runs only if the cluster commits it when a majority is back. Retry with the same \
+             idempotency key to learn its fate: a retry never runs it twice",
+            self.id,
+            timeout.as_millis()
+        ))
+    }
+
     /// Appends an operator's test record through Raft and waits for it to be committed and
     /// applied. Only the leader can; others return [`NodeError::NotLeader`] for forwarding.
     pub async fn append_test_record(&self, text: &str) -> Result<Applied, NodeError> {
@@ -492,10 +506,7 @@ impl Node {
         let res =
             tokio::time::timeout(timeout, self.raft.client_write(Command(cmd.encode()))).await;
         match res {
-            Err(_) => Err(self.no_quorum(&format!(
-                "could not commit within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(self.not_confirmed(timeout)),
             Ok(Ok(r)) => {
                 let span = tracing::Span::current();
                 span.record("term", r.log_id.leader_id.term);

@@ -131,7 +131,7 @@ async fn status(addr: &str) -> Option<pb::NodeStatus> {
         .or_insert_with(|| channel(addr))
         .clone();
     let mut c = ClusterClient::new(ch);
-    match tokio::time::timeout(Duration::from_millis(400), c.status(pb::StatusRequest {})).await {
+    match tokio::time::timeout(Duration::from_millis(200), c.status(pb::StatusRequest {})).await {
         Ok(Ok(s)) => Some(s.into_inner()),
         _ => None,
     }
@@ -396,6 +396,9 @@ impl Suite {
                 );
                 if now.is_none_or(|(_, t)| t != old_term) {
                     actuation_from = Some(t0);
+                    path = format!("moved: {now:?}");
+                } else {
+                    path = format!("node {old_leader} kept leading");
                 }
                 self.docker.heal(NODES[0].container)?;
                 self.docker.heal(NODES[1].container)?;
@@ -532,10 +535,11 @@ fn print_table(rows: &[Row]) {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     println!();
     println!(
-        "| {:<26} | {:>14} | {:>17} | {:>5} | {:>6} | {:>9} | {:<10} | {:>5} |",
+        "| {:<26} | {:<36} | {:>13} | {:>15} | {:>5} | {:>6} | {:>9} | {:<10} | {:>5} |",
         "scenario",
+        "leadership",
         "new leader ms",
-        "first actuation ms",
+        "1st actuation ms",
         "acked",
         "failed",
         "NO_QUORUM",
@@ -543,8 +547,8 @@ fn print_table(rows: &[Row]) {
         "s"
     );
     println!(
-        "|{:-<28}|{:->16}|{:->19}|{:->7}|{:->8}|{:->11}|{:-<12}|{:->7}|",
-        "", "", "", "", "", "", "", ""
+        "|{:-<28}|{:-<38}|{:->15}|{:->17}|{:->7}|{:->8}|{:->11}|{:-<12}|{:->7}|",
+        "", "", "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
