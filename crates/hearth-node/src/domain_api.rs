@@ -35,8 +35,28 @@ fn forward<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req.set_timeout(Duration::from_secs(30));
+    req.set_timeout(FORWARD_TIMEOUT);
     req
+}
+
+/// Longer than the leader's own write timeout (5 s by default), so its answer arrives.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A forward that never reached the leader, or got no answer, is this node's lack of a
+/// quorum from the client's point of view; the leader's own answers pass through unchanged.
+fn forward_failed(addr: &str, s: Status) -> Status {
+    let lost = matches!(
+        s.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) || (s.code() == tonic::Code::Unavailable && !s.message().starts_with("NO_QUORUM"));
+    if !lost {
+        return s;
+    }
+    Status::unavailable(format!(
+        "NO_QUORUM: this node could not reach the leader at {addr} ({}). If the request reached \
+         it, retrying with the same idempotency key returns it without running it twice",
+        s.message()
+    ))
 }
 
 pub fn intent_from_pb(r: &pb::SubmitIntentRequest) -> Result<Intent, FieldError> {
@@ -255,7 +275,10 @@ macro_rules! or_forward {
         let $msg = $req.into_inner();
         match $local(&$msg).await {
             Ok(v) => Ok(Response::new(v)),
-            Err(NodeError::NotLeader { addr: $addr, .. }) if !forwarded => $remote.await,
+            Err(NodeError::NotLeader { addr: $addr, .. }) if !forwarded => {
+                let to = $addr.clone();
+                $remote.await.map_err(|s| forward_failed(&to, s))
+            }
             Err(e) => Err(to_status(e)),
         }
     }};

@@ -459,6 +459,24 @@ impl Node {
         ))
     }
 
+    /// Where to forward a request: the leader, unless this follower has not heard from it for
+    /// longer than an election timeout (it is cut off, or the leader is gone and an election
+    /// is under way): then `NO_QUORUM` at once instead of a forward that would hang.
+    fn to_leader(&self, leader: u64, addr: String) -> NodeError {
+        let silent = self.handler.last_leader_contact().elapsed();
+        if silent > Duration::from_millis(self.config.timing.election_max_ms) {
+            return self.no_quorum(&format!(
+                "has not heard from its leader (node {leader}) for {} ms",
+                silent.as_millis()
+            ));
+        }
+        NodeError::NotLeader {
+            self_id: self.id,
+            leader,
+            addr,
+        }
+    }
+
     /// The write was appended here but no quorum confirmed it in time: its fate is open until
     /// the cluster heals (a later leader either commits it or replaces it). Say so.
     fn not_confirmed(&self, timeout: Duration) -> NodeError {
@@ -517,11 +535,7 @@ impl Node {
             Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 match (f.leader_id, f.leader_node) {
-                    (Some(l), Some(n)) if l != self.id => Err(NodeError::NotLeader {
-                        self_id: self.id,
-                        leader: l,
-                        addr: n.addr,
-                    }),
+                    (Some(l), Some(n)) if l != self.id => Err(self.to_leader(l, n.addr)),
                     _ => {
                         Err(self.no_quorum("has no leader it can reach (its leader lease expired)"))
                     }
@@ -757,11 +771,7 @@ impl Node {
                 .get_node(&l)
                 .map(|n| (l, n.addr.clone()))
         }) {
-            Some((leader, addr)) if leader != self.id => Err(NodeError::NotLeader {
-                self_id: self.id,
-                leader,
-                addr,
-            }),
+            Some((leader, addr)) if leader != self.id => Err(self.to_leader(leader, addr)),
             _ => Err(self.no_quorum("knows no leader")),
         }
     }

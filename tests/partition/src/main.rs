@@ -386,6 +386,39 @@ impl Suite {
                     why: "isolated from both peers".into(),
                 });
             }
+            "isolate a hub entirely" => {
+                // The follower hub loses every link (peers and devices); the cluster goes on.
+                let f = other_hub;
+                for other in [l.container, witness.container, "hearth-device-sim"] {
+                    self.docker.cut(f.container, other)?;
+                }
+                let t0 = now_ms();
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                let now = leader().await;
+                path = match now {
+                    Some((id, t)) if t == old_term => format!("node {id} kept leading"),
+                    other => {
+                        actuation_from = Some(t0);
+                        format!("moved: {other:?}")
+                    }
+                };
+                self.expect_no_quorum(f.api, &format!("{name}-probe"), &mut bad)
+                    .await;
+                for c in [
+                    f.container,
+                    l.container,
+                    witness.container,
+                    "hearth-device-sim",
+                ] {
+                    self.docker.heal(c)?;
+                }
+                self.quiet.push(Quiet {
+                    node: Some(f.id),
+                    from_ms: t0 + GRACE_MS,
+                    to_ms: now_ms(),
+                    why: "isolated entirely".into(),
+                });
+            }
             "cut hub-a <-> hub-b" => {
                 self.docker.cut(NODES[0].container, NODES[1].container)?;
                 let t0 = now_ms();
@@ -570,9 +603,10 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "kill -9 leader",
     "isolate leader",
+    "isolate a hub entirely",
     "cut hub-a <-> hub-b",
     "lose witness, then a hub",
     "pause leader",
