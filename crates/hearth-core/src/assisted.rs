@@ -1,0 +1,337 @@
+//! Assisted failover for two hubs without a witness (DoSync's design, DESIGN.md "Roles and
+//! topologies"). With two voters a survivor that loses its peer has no quorum: it commits
+//! nothing and never promotes itself. This module decides, from plain observations, what it
+//! tells the household: nothing is wrong, the peer looks unwell, the peer looks down (a
+//! proposal for a human to promote this hub), or "I am probably the one cut off" (hold).
+//!
+//! Pure: the caller measures (peer heartbeats, probes of independent targets such as the LAN
+//! gateway) and acts (status, metrics, the `promote` call's gate).
+
+use crate::caretaker::LogPos;
+
+/// Tuning, from the node's timing settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssistConfig {
+    /// Peer silent this long: suspect (typically the election timeout).
+    pub suspect_after_ms: u64,
+    /// Peer silent this long, with an independent target reachable: propose promotion.
+    pub down_after_ms: u64,
+}
+
+/// One probe of an independent target (a TCP connect to the gateway's web page, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetProbe {
+    pub target: String,
+    pub reachable: bool,
+}
+
+/// Everything the assessment looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssistObservation {
+    /// How long since the peer last answered (0 = it answers now).
+    pub peer_silent_ms: u64,
+    /// The peer led when it was last heard from.
+    pub peer_was_leader: bool,
+    /// The newest log position the peer was known to hold, if known.
+    pub peer_last: Option<LogPos>,
+    /// This hub's last log position.
+    pub my_last: Option<LogPos>,
+    /// The latest probes of the configured independent targets.
+    pub targets: Vec<TargetProbe>,
+}
+
+/// What the survivor should say and do. Never a self-promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssistState {
+    /// The peer answers.
+    Healthy,
+    /// The peer has been silent past the election timeout; too early to conclude.
+    PeerSuspect,
+    /// The peer looks down while this hub still reaches its independent targets: a human may
+    /// promote this hub.
+    PeerDown(Proposal),
+    /// This hub reaches neither its peer nor its targets (or has none to ask): it is probably
+    /// the one cut off. Hold and propose nothing.
+    Uncertain { reason: String },
+}
+
+impl AssistState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AssistState::Healthy => "HEALTHY",
+            AssistState::PeerSuspect => "PEER_SUSPECT",
+            AssistState::PeerDown(_) => "PEER_DOWN",
+            AssistState::Uncertain { .. } => "UNCERTAIN",
+        }
+    }
+}
+
+/// A promotion proposal for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Promoting may discard entries the lost peer holds and this hub lacks.
+    pub destructive: bool,
+    /// What a person should check before promoting, most important first.
+    pub checks: Vec<String>,
+    /// This hub's last entry: the promotion entry will name it.
+    pub my_last: Option<LogPos>,
+}
+
+/// The assessment. Pure: same observation, same state.
+pub fn assess(cfg: AssistConfig, obs: &AssistObservation) -> AssistState {
+    if obs.peer_silent_ms < cfg.suspect_after_ms {
+        return AssistState::Healthy;
+    }
+    if obs.peer_silent_ms < cfg.down_after_ms {
+        return AssistState::PeerSuspect;
+    }
+    if obs.targets.is_empty() {
+        return AssistState::Uncertain {
+            reason: "no independent target is configured, so this hub cannot tell whether the \
+                     peer or itself is cut off"
+                .into(),
+        };
+    }
+    let reached: Vec<&str> = obs
+        .targets
+        .iter()
+        .filter(|t| t.reachable)
+        .map(|t| t.target.as_str())
+        .collect();
+    if reached.is_empty() {
+        return AssistState::Uncertain {
+            reason: format!(
+                "neither the peer nor any independent target ({}) answers: this hub is \
+                 probably the one cut off",
+                obs.targets
+                    .iter()
+                    .map(|t| t.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
+    // Two voters commit only what both hold, so every acknowledged entry is here. The peer
+    // may still hold entries this hub lacks: ones it appended as leader but never got
+    // confirmed, or a history of its own if it was promoted on its side.
+    let destructive = obs.peer_was_leader || obs.peer_last.is_none_or(|p| Some(p) > obs.my_last);
+    let mut checks = vec![
+        format!(
+            "the peer has not answered for {} s while this hub reaches {}: check that the peer \
+             is powered off or unplugged, not merely cut off",
+            obs.peer_silent_ms / 1000,
+            reached.join(", ")
+        ),
+        "promote only one hub: if the peer is running and someone promotes it too, the \
+         household gets two histories"
+            .to_string(),
+    ];
+    if destructive {
+        checks.push(match obs.peer_last {
+            Some(p) if Some(p) > obs.my_last => format!(
+                "DESTRUCTIVE: the peer held entries up to index {} (term {}) and this hub only to \
+                 {}; promoting discards what it lacks (never anything a client saw acknowledged)",
+                p.index,
+                p.term,
+                obs.my_last
+                    .map(|m| m.index.to_string())
+                    .unwrap_or_else(|| "nothing".into())
+            ),
+            _ => "DESTRUCTIVE: the peer led and may hold entries this hub never received; \
+                  promoting discards them (never anything a client saw acknowledged)"
+                .to_string(),
+        });
+    }
+    AssistState::PeerDown(Proposal {
+        destructive,
+        checks,
+        my_last: obs.my_last,
+    })
+}
+
+/// Why a promotion is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteRefusal {
+    #[error("the peer answers: remove it with `hearth cluster remove` instead of promoting")]
+    PeerAnswers,
+    #[error("state is {0}: promotion needs PEER_DOWN, or --force after checking the peer by hand")]
+    NotDown(&'static str),
+}
+
+/// The gate in front of a forced promotion: only from `PEER_DOWN`, or with `force` from
+/// `PEER_SUSPECT`/`UNCERTAIN`; never while the peer answers.
+pub fn may_promote(state: &AssistState, force: bool) -> Result<(), PromoteRefusal> {
+    match state {
+        AssistState::Healthy => Err(PromoteRefusal::PeerAnswers),
+        AssistState::PeerDown(_) => Ok(()),
+        _ if force => Ok(()),
+        other => Err(PromoteRefusal::NotDown(other.name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: AssistConfig = AssistConfig {
+        suspect_after_ms: 2_000,
+        down_after_ms: 10_000,
+    };
+
+    fn pos(term: u64, index: u64) -> Option<LogPos> {
+        Some(LogPos { term, index })
+    }
+
+    fn probe(reachable: bool) -> TargetProbe {
+        TargetProbe {
+            target: "gateway 192.168.1.1:80".into(),
+            reachable,
+        }
+    }
+
+    fn obs(silent: u64, targets: Vec<TargetProbe>) -> AssistObservation {
+        AssistObservation {
+            peer_silent_ms: silent,
+            peer_was_leader: false,
+            peer_last: pos(2, 10),
+            my_last: pos(2, 10),
+            targets,
+        }
+    }
+
+    #[test]
+    fn the_seed_cases() {
+        // The peer answers.
+        assert_eq!(
+            assess(CFG, &obs(0, vec![probe(true)])),
+            AssistState::Healthy
+        );
+        // Silent past the election timeout: suspect, whatever the gateway says.
+        assert_eq!(
+            assess(CFG, &obs(3_000, vec![probe(false)])),
+            AssistState::PeerSuspect
+        );
+        // Primary lost, gateway reachable: propose, not destructive (same log, peer followed).
+        match assess(CFG, &obs(12_000, vec![probe(true)])) {
+            AssistState::PeerDown(p) => {
+                assert!(!p.destructive);
+                assert_eq!(p.my_last, pos(2, 10));
+                assert!(p.checks[0].contains("192.168.1.1"), "{p:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Primary and gateway lost: I am probably the one cut off.
+        assert!(matches!(
+            assess(CFG, &obs(12_000, vec![probe(false)])),
+            AssistState::Uncertain { .. }
+        ));
+        // No target configured: cannot tell.
+        assert!(matches!(
+            assess(CFG, &obs(12_000, vec![])),
+            AssistState::Uncertain { .. }
+        ));
+    }
+
+    #[test]
+    fn destructive_when_the_peer_may_hold_more() {
+        let mut o = obs(12_000, vec![probe(false), probe(true)]);
+        o.peer_last = pos(2, 12);
+        let AssistState::PeerDown(p) = assess(CFG, &o) else {
+            panic!()
+        };
+        assert!(p.destructive);
+        assert!(
+            p.checks.iter().any(|c| c.contains("up to index 12")),
+            "{p:?}"
+        );
+        o.peer_last = pos(2, 10);
+        o.peer_was_leader = true;
+        let AssistState::PeerDown(p) = assess(CFG, &o) else {
+            panic!()
+        };
+        assert!(p.destructive);
+        o.peer_was_leader = false;
+        o.peer_last = None;
+        let AssistState::PeerDown(p) = assess(CFG, &o) else {
+            panic!()
+        };
+        assert!(p.destructive, "an unknown peer log is assumed ahead");
+    }
+
+    #[test]
+    fn promotion_gate() {
+        let down = assess(CFG, &obs(12_000, vec![probe(true)]));
+        assert_eq!(may_promote(&down, false), Ok(()));
+        let healthy = AssistState::Healthy;
+        assert_eq!(
+            may_promote(&healthy, true),
+            Err(PromoteRefusal::PeerAnswers)
+        );
+        for s in [
+            AssistState::PeerSuspect,
+            AssistState::Uncertain { reason: "x".into() },
+        ] {
+            assert!(may_promote(&s, false).is_err());
+            assert_eq!(may_promote(&s, true), Ok(()));
+        }
+    }
+
+    /// Exhaustive over a grid of observations: the properties the household relies on.
+    #[test]
+    fn exhaustive_properties() {
+        let silences = [0, 1_999, 2_000, 9_999, 10_000, 60_000];
+        let positions = [None, pos(1, 5), pos(2, 10), pos(2, 12), pos(3, 1)];
+        let target_sets: Vec<Vec<TargetProbe>> = vec![
+            vec![],
+            vec![probe(false)],
+            vec![probe(true)],
+            vec![probe(false), probe(true)],
+            vec![probe(false), probe(false)],
+        ];
+        for silent in silences {
+            for was_leader in [false, true] {
+                for peer_last in positions {
+                    for my_last in positions {
+                        for targets in &target_sets {
+                            let o = AssistObservation {
+                                peer_silent_ms: silent,
+                                peer_was_leader: was_leader,
+                                peer_last,
+                                my_last,
+                                targets: targets.clone(),
+                            };
+                            let s = assess(CFG, &o);
+                            let any_target = targets.iter().any(|t| t.reachable);
+                            // Healthy exactly while the peer answers within the timeout.
+                            assert_eq!(s == AssistState::Healthy, silent < CFG.suspect_after_ms);
+                            match &s {
+                                AssistState::PeerDown(p) => {
+                                    // Never a proposal without an independent target answering,
+                                    // nor before the down threshold.
+                                    assert!(any_target && silent >= CFG.down_after_ms);
+                                    // Destructive whenever the peer might hold more.
+                                    let ahead = peer_last.is_none_or(|p| Some(p) > my_last);
+                                    assert_eq!(p.destructive, was_leader || ahead);
+                                    assert_eq!(p.my_last, my_last);
+                                }
+                                AssistState::Uncertain { .. } => {
+                                    assert!(!any_target && silent >= CFG.down_after_ms)
+                                }
+                                AssistState::PeerSuspect => assert!(
+                                    (CFG.suspect_after_ms..CFG.down_after_ms).contains(&silent)
+                                ),
+                                AssistState::Healthy => {}
+                            }
+                            // Promotion without force only from PEER_DOWN; never while healthy.
+                            assert_eq!(
+                                may_promote(&s, false).is_ok(),
+                                matches!(s, AssistState::PeerDown(_))
+                            );
+                            assert_eq!(may_promote(&s, true).is_ok(), s != AssistState::Healthy);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
