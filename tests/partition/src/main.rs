@@ -552,6 +552,17 @@ impl Suite {
     }
 }
 
+/// Evidence for a failed run: each node's last log lines.
+fn dump_logs(docker: &Docker) {
+    for n in NODES {
+        println!(
+            "--- last logs of {}:\n{}",
+            n.container,
+            docker.logs(n.container, 40)
+        );
+    }
+}
+
 fn via(id: u64, caretaker: bool) -> String {
     if caretaker {
         format!("node {id}, after the witness took care")
@@ -653,13 +664,7 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
     let rows = match res {
         Ok(rows) => rows,
         Err(e) => {
-            for n in NODES {
-                println!(
-                    "--- last logs of {}:\n{}",
-                    n.container,
-                    suite.docker.logs(n.container, 40)
-                );
-            }
+            dump_logs(&suite.docker);
             if !args.keep {
                 let _ = suite.docker.down();
             }
@@ -680,13 +685,7 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
     );
     let ok = rows.iter().all(|r| r.violations.is_empty());
     if !ok {
-        for n in NODES {
-            println!(
-                "--- last logs of {}:\n{}",
-                n.container,
-                suite.docker.logs(n.container, 40)
-            );
-        }
+        dump_logs(&suite.docker);
     }
     if !args.keep {
         suite.docker.down()?;
