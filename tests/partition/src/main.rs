@@ -33,7 +33,7 @@ use hearth_proto::v1::cluster_client::ClusterClient;
 
 use check::{Ack, Quiet};
 use docker::Docker;
-use load::{Load, LoadReport, channel};
+use load::{Load, channel};
 
 /// A hub must lead again within this long after any fault that removes the leader. With the
 /// default timing (elections after 1–2 s, caretaker retry 3 s): lease + election, or lease +
@@ -253,7 +253,7 @@ impl Suite {
         }
     }
 
-    async fn evidence(&self, report: &LoadReport) -> anyhow::Result<Vec<String>> {
+    async fn evidence(&self) -> anyhow::Result<Vec<String>> {
         let mut exports = Vec::new();
         for n in NODES {
             exports.push((n.id, export(n.api).await?));
@@ -268,7 +268,6 @@ impl Suite {
             quiet: &self.quiet,
             witnesses: &witnesses,
         });
-        let _ = report;
         bad.dedup();
         Ok(bad)
     }
@@ -530,7 +529,7 @@ impl Suite {
                 ));
             }
         }
-        bad.extend(self.evidence(&report).await?);
+        bad.extend(self.evidence().await?);
         let actuation_ms = match actuation_from {
             Some(t0) => first_actuation(&journal().await?, old_term, t0).map(|t| t - t0),
             None => None,
