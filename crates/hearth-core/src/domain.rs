@@ -47,6 +47,30 @@ pub enum Command {
         outcome: ActionOutcome,
         token: FencingToken,
     },
+    /// A person turned one hub of a two-hub cluster into a one-node cluster (assisted
+    /// failover). The first entry after the last one the hub shared with its lost peer.
+    Promote { promotion: Promotion },
+}
+
+/// The record of a forced promotion: who, why, from what, and what it removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The hub that became the only voter.
+    pub node: u64,
+    /// The voters it removed; they are refused from then on and rejoin only under new ids.
+    pub removed: Vec<u64>,
+    /// Who asked (free text until client identities exist).
+    pub operator: String,
+    pub reason: String,
+    /// The assisted-failover state when it was asked (`PEER_DOWN` unless forced).
+    pub assessed: String,
+    pub forced: bool,
+    /// The lost peer may hold entries this hub lacks.
+    pub destructive: bool,
+    /// The last entry this hub had when promoted: `(term, index)`, and its chain hash (hex).
+    pub last: Option<(u64, u64)>,
+    pub last_hash: Option<String>,
+    pub at_ms: u64,
 }
 
 /// `(term, leader node, log index of the deciding entry)`: sent with every device command.
@@ -189,6 +213,9 @@ pub struct DomainState {
     pub policies: Vec<Policy>,
     pub rates: RateWindows,
     pub intents: BTreeMap<String, IntentRecord>,
+    /// Node ids removed by a forced promotion, with the reason they are refused.
+    #[serde(default)]
+    pub retired: BTreeMap<u64, String>,
 }
 
 impl Default for DomainState {
@@ -202,6 +229,7 @@ impl Default for DomainState {
             policies: Vec::new(),
             rates: RateWindows::default(),
             intents: BTreeMap::new(),
+            retired: BTreeMap::new(),
         }
     }
 }
@@ -227,6 +255,19 @@ impl DomainState {
         let index = pos.index;
         match cmd {
             Command::TestRecord { .. } => Outcome::Done,
+            Command::Promote { promotion: p } => {
+                for id in &p.removed {
+                    self.retired.insert(
+                        *id,
+                        format!(
+                            "node {id} was removed when node {} was promoted to a one-node \
+                             cluster at entry {index} by {:?} ({:?})",
+                            p.node, p.operator, p.reason
+                        ),
+                    );
+                }
+                Outcome::Done
+            }
             Command::RegisterDevice { device } => match device.validate() {
                 Ok(()) => {
                     self.devices.insert(device.id.clone(), device.clone());
@@ -437,6 +478,35 @@ mod tests {
             term: 1,
             leader: 1,
         }
+    }
+
+    #[test]
+    fn a_promotion_retires_the_removed_peer_and_survives_encoding() {
+        let cmd = Command::Promote {
+            promotion: Promotion {
+                node: 2,
+                removed: vec![1],
+                operator: "ana".into(),
+                reason: "pi dead".into(),
+                assessed: "PEER_DOWN".into(),
+                forced: false,
+                destructive: true,
+                last: Some((3, 41)),
+                last_hash: Some("ab".repeat(32)),
+                at_ms: 7,
+            },
+        };
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        let mut d = DomainState::default();
+        assert_eq!(d.apply(&cmd, at(43)), Outcome::Done);
+        let why = d.retired.get(&1).expect("node 1 retired");
+        assert!(why.contains("entry 43") && why.contains("ana"), "{why}");
+        assert!(!d.retired.contains_key(&2));
+        // A state written before this field existed still loads.
+        let mut old = serde_json::to_value(DomainState::default()).unwrap();
+        old.as_object_mut().unwrap().remove("retired");
+        let loaded: DomainState = serde_json::from_value(old).unwrap();
+        assert!(loaded.retired.is_empty());
     }
 
     fn submit(i: Intent) -> Command {

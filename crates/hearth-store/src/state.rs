@@ -37,6 +37,7 @@ const CLASS_PREFIX: &str = "d/class/";
 const INTENT_PREFIX: &str = "d/intent/";
 const K_POLICIES: &[u8] = b"d/policies";
 const K_RATES: &[u8] = b"d/rates";
+const K_RETIRED: &[u8] = b"d/retired";
 const DOMAIN_PREFIX: &[u8] = b"d/";
 
 fn chain_key(index: u64) -> [u8; 10] {
@@ -426,6 +427,7 @@ fn apply_command(
     }
     match &cmd {
         Command::TestRecord { .. } => {}
+        Command::Promote { .. } => batch.insert(K_RETIRED, json(&domain.retired)?),
         Command::RegisterDevice { device } => batch.insert(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
@@ -464,6 +466,7 @@ fn write_domain(d: &DomainState, batch: &mut sled::Batch) -> io::Result<()> {
     }
     batch.insert(K_POLICIES, json(&d.policies)?);
     batch.insert(K_RATES, json(&d.rates)?);
+    batch.insert(K_RETIRED, json(&d.retired)?);
     Ok(())
 }
 
@@ -490,6 +493,8 @@ fn load_domain(tree: &sled::Tree) -> Result<DomainState, StoreError> {
             d.policies = serde_json::from_slice(&v).map_err(bad)?;
         } else if k.as_ref() == K_RATES {
             d.rates = serde_json::from_slice(&v).map_err(bad)?;
+        } else if k.as_ref() == K_RETIRED {
+            d.retired = serde_json::from_slice(&v).map_err(bad)?;
         }
     }
     Ok(d)
