@@ -61,6 +61,7 @@ impl Cluster {
                         })
                         .collect(),
                     timing: hearth_tests::cluster::test_timing(),
+                    assist: Default::default(),
                 };
                 cfg.validate().unwrap();
                 (*id, cfg)

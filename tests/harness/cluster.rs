@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_core::Hash;
-use hearth_node::config::{Peer, TimingConfig};
+use hearth_node::config::{AssistSettings, Peer, TimingConfig};
 use hearth_node::{Node, NodeConfig, NodeError, Role};
 use openraft::raft::ReadPolicy;
 
@@ -25,6 +25,9 @@ pub fn test_timing() -> TimingConfig {
     }
 }
 
+/// With the test timing: a peer silent this long, with a target answering, is PEER_DOWN.
+pub const ASSIST_DOWN_AFTER_MS: u64 = 1500;
+
 /// An acknowledged write: the client was told it committed at `index` with `hash`.
 #[derive(Debug, Clone)]
 pub struct Ack {
@@ -41,6 +44,7 @@ pub struct TestCluster {
     pub acked: Vec<Ack>,
     timing: TimingConfig,
     mqtt_broker: Option<String>,
+    assist: BTreeMap<u64, AssistSettings>,
 }
 
 impl TestCluster {
@@ -72,6 +76,7 @@ impl TestCluster {
             acked: Vec::new(),
             timing: test_timing(),
             mqtt_broker,
+            assist: BTreeMap::new(),
         };
         for (id, _) in roles {
             c.start(*id).await.expect("node starts");
@@ -123,7 +128,20 @@ impl TestCluster {
                 })
                 .collect(),
             timing: self.timing.clone(),
+            assist: self.assist.get(&id).cloned().unwrap_or_default(),
         }
+    }
+
+    /// Sets the assisted-failover targets of node `id` (used from its next start), with a
+    /// `down_after_ms` suited to the test timing.
+    pub fn set_assist_targets(&mut self, id: u64, targets: Vec<String>) {
+        self.assist.insert(
+            id,
+            AssistSettings {
+                targets,
+                down_after_ms: ASSIST_DOWN_AFTER_MS,
+            },
+        );
     }
 
     /// Declares a new member (it is not part of the cluster until added through the leader).

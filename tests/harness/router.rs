@@ -147,6 +147,10 @@ impl RouterPeer {
         let Some(h) = self.router.handler(self.to) else {
             return Err(unreachable(format!("node {} is down", self.to)));
         };
+        if let Some(why) = h.refusal(self.from) {
+            hearth_cluster::notices::record(self.from, self.to, &why);
+            return Err(unreachable(why));
+        }
         let res = tokio::time::timeout(option.soft_ttl(), f(h))
             .await
             .map_err(|_| unreachable(format!("rpc {} -> {} timed out", self.from, self.to)))?;

@@ -183,6 +183,18 @@ impl GrpcPeer {
                     s.message()
                 )));
             }
+            Err(s) if s.code() == Code::PermissionDenied => {
+                // The peer refuses this node for good (e.g. it was removed by a forced
+                // promotion there): keep the reason for status and errors, log it once a minute.
+                if crate::notices::record(self.from, self.target, s.message()) {
+                    tracing::error!(node = self.from, by = self.target, "{}", s.message());
+                }
+                return Err(unreachable(format!(
+                    "node {} refuses this node: {}",
+                    self.target,
+                    s.message()
+                )));
+            }
             Err(s) if s.code() == Code::FailedPrecondition => {
                 // Wrong node at that address, or the peer's Raft core is down.
                 return Err(unreachable(format!(
@@ -274,6 +286,9 @@ impl RaftGrpc {
                 "this is node {}, not node {}: the peer's membership has a stale address",
                 self.handler.id, m.to
             )));
+        }
+        if let Some(why) = self.handler.refusal(m.from) {
+            return Err(Status::permission_denied(why));
         }
         let v =
             wire::decode(m.format, &m.data).map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -4,7 +4,9 @@
 //! caretaker needs to know:
 //! - a witness never accepts leadership handed to it (`TransferLeader` naming itself);
 //! - every vote and pre-vote request is remembered (who campaigns, with which last log), and
-//!   so is the last contact from a leader.
+//!   so is the last contact from a leader and from each peer;
+//! - RPCs from node ids the node has retired (removed by a forced promotion) are refused with
+//!   a message for the sender: the transport calls [`RaftHandler::refusal`] first.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,14 @@ pub struct Campaigner {
 struct Seen {
     campaigners: BTreeMap<u64, Campaigner>,
     last_leader_contact: Option<Instant>,
+    /// Last RPC received from each node (any kind).
+    last_heard: BTreeMap<u64, Instant>,
+    /// The last node that replicated to this one as leader.
+    last_leader: Option<u64>,
 }
+
+/// Decides whether RPCs from a node id are refused, and why.
+pub type Gate = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
 
 /// Receiving side of one node.
 #[derive(Clone)]
@@ -42,6 +51,7 @@ pub struct RaftHandler {
     pub witness: bool,
     started: Instant,
     seen: Arc<Mutex<Seen>>,
+    gate: Arc<Mutex<Option<Gate>>>,
 }
 
 impl RaftHandler {
@@ -52,7 +62,34 @@ impl RaftHandler {
             witness,
             started: Instant::now(),
             seen: Arc::new(Mutex::new(Seen::default())),
+            gate: Arc::default(),
         }
+    }
+
+    /// Installs the rule that refuses RPCs from retired node ids.
+    pub fn set_gate(&self, gate: Gate) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+    }
+
+    /// Why RPCs from node `from` are refused, if they are. Transports call this before handing
+    /// a request over and answer the sender with the message.
+    pub fn refusal(&self, from: u64) -> Option<String> {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let why = gate.and_then(|g| g(from))?;
+        Some(format!(
+            "node {} refuses node {from}: {why}. It never accepts that node's entries or votes; \
+             rejoin it under a new id (docs/topologies/two-hubs.md)",
+            self.id
+        ))
+    }
+
+    fn heard(&self, from: u64) {
+        self.with_seen(|s| s.last_heard.insert(from, Instant::now()));
+    }
+
+    /// When node `id` last sent this node any Raft RPC.
+    pub fn last_heard(&self, id: u64) -> Option<Instant> {
+        self.with_seen(|s| s.last_heard.get(&id).copied())
     }
 
     fn with_seen<R>(&self, f: impl FnOnce(&mut Seen) -> R) -> R {
@@ -65,18 +102,24 @@ impl RaftHandler {
         &self,
         req: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
+        let leader = req.vote.leader_id.node_id;
+        self.heard(leader);
         let resp = self.raft.append_entries(req).await;
         if matches!(
             resp,
             Ok(AppendEntriesResponse::Success) | Ok(AppendEntriesResponse::PartialSuccess(_))
         ) {
-            self.with_seen(|s| s.last_leader_contact = Some(Instant::now()));
+            self.with_seen(|s| {
+                s.last_leader_contact = Some(Instant::now());
+                s.last_leader = Some(leader);
+            });
         }
         resp
     }
 
     fn observe(&self, req: &VoteRequest<TypeConfig>) {
         let candidate = req.vote.leader_id.node_id;
+        self.heard(candidate);
         let c = Campaigner {
             at: Instant::now(),
             last_log: req.last_log_id,
@@ -130,6 +173,16 @@ impl RaftHandler {
     /// Candidates seen asking for votes, by node id.
     pub fn campaigners(&self) -> BTreeMap<u64, Campaigner> {
         self.with_seen(|s| s.campaigners.clone())
+    }
+
+    /// When this handler (the node) started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The last node that replicated to this one as its leader.
+    pub fn last_leader(&self) -> Option<u64> {
+        self.with_seen(|s| s.last_leader)
     }
 
     /// When a leader last replicated to this node (or when the node started, if never).

@@ -8,6 +8,7 @@
 pub mod caretaker;
 pub mod grpc;
 pub mod handler;
+pub mod notices;
 pub mod settings;
 pub mod wire;
 

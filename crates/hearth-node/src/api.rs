@@ -72,6 +72,31 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             .collect(),
         initialized: s.initialized,
         millis_since_quorum_ack: s.millis_since_quorum_ack,
+        assist_state: s
+            .assist
+            .as_ref()
+            .map(|a| a.state.clone())
+            .unwrap_or_default(),
+        assist_detail: s
+            .assist
+            .as_ref()
+            .map(|a| a.detail.clone())
+            .unwrap_or_default(),
+        assist_destructive: s.assist.as_ref().is_some_and(|a| a.destructive),
+        assist_checks: s
+            .assist
+            .as_ref()
+            .map(|a| a.checks.clone())
+            .unwrap_or_default(),
+        refusals: s
+            .refused_by
+            .iter()
+            .map(|(by, m)| pb::Refusal {
+                by: *by,
+                message: m.clone(),
+            })
+            .collect(),
+        started_ms: s.started_ms,
     }
 }
 
@@ -114,6 +139,18 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .collect(),
         initialized: p.initialized,
         millis_since_quorum_ack: p.millis_since_quorum_ack,
+        assist: (!p.assist_state.is_empty()).then(|| crate::node::AssistView {
+            state: p.assist_state.clone(),
+            detail: p.assist_detail.clone(),
+            destructive: p.assist_destructive,
+            checks: p.assist_checks.clone(),
+        }),
+        refused_by: p
+            .refusals
+            .iter()
+            .map(|r| (r.by, r.message.clone()))
+            .collect(),
+        started_ms: p.started_ms,
     }
 }
 
@@ -244,6 +281,73 @@ impl Cluster for Api {
             }
             Err(e) => Err(to_status(e)),
         }
+    }
+
+    async fn replace_member(
+        &self,
+        req: Request<pb::ReplaceMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        let role = parse_role(&r.role)?;
+        match self
+            .node
+            .replace_member(r.old_id, r.new_id, &r.addr, role)
+            .await
+        {
+            Ok(x) => Ok(membership_reply(x)),
+            Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
+                let (mut c, req) = to_leader(&addr, r)?;
+                c.replace_member(req).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        match self.node.transfer_leadership(r.to).await {
+            Ok((leader, term)) => Ok(Response::new(pb::TransferLeaderResponse { leader, term })),
+            Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
+                let (mut c, req) = to_leader(&addr, r)?;
+                c.transfer_leader(req).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        let r = req.into_inner();
+        let p = self
+            .node
+            .request_promotion(&r.operator, &r.reason, r.force)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::PromoteResponse {
+            node_id: p.node,
+            removed: p.removed,
+            assessed: p.assessed,
+            destructive: p.destructive,
+            last_index: p.last.map(|(_, i)| i),
+            last_term: p.last.map(|(t, _)| t),
+            last_hash: p.last_hash.unwrap_or_default(),
+        }))
+    }
+
+    async fn restart(
+        &self,
+        _req: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::RestartResponse>, Status> {
+        self.node.request_restart();
+        Ok(Response::new(pb::RestartResponse {
+            node_id: self.node.id,
+        }))
     }
 }
 

@@ -20,6 +20,10 @@
 //! addr = "witness.local:7101"
 //! role = "witness"
 //!
+//! [assist]                  # two hubs without a witness (docs/topologies/two-hubs.md)
+//! targets = ["192.168.1.1:80"]  # independent targets a hub probes (TCP connect)
+//! down_after_ms = 10000     # peer silent this long and a target answers: PEER_DOWN
+//!
 //! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
 //! heartbeat_ms = 150
 //! election_min_ms = 1000
@@ -138,6 +142,35 @@ pub struct NodeConfig {
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub timing: TimingConfig,
+    #[serde(default)]
+    pub assist: AssistSettings,
+}
+
+/// Assisted failover of two hubs without a witness: what the survivor probes before it
+/// proposes a promotion to a person (it never promotes itself).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistSettings {
+    /// `host:port` of independent targets (the LAN gateway's web page, say), probed by a TCP
+    /// connect: reaching one while the peer is silent means the peer, not this hub, is gone.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// How long the peer must be silent, with a target answering, before `PEER_DOWN`.
+    #[serde(default = "d_down_after")]
+    pub down_after_ms: u64,
+}
+
+fn d_down_after() -> u64 {
+    10_000
+}
+
+impl Default for AssistSettings {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            down_after_ms: d_down_after(),
+        }
+    }
 }
 
 /// A configuration problem, naming the field and the fix.
@@ -276,7 +309,19 @@ impl NodeConfig {
                 "a witness alone has nothing to witness; list the hubs",
             ));
         }
+        for (i, t) in self.assist.targets.iter().enumerate() {
+            check_addr(&format!("assist.targets[{i}]"), t)?;
+        }
         let t = &self.timing;
+        if self.assist.down_after_ms <= t.election_max_ms {
+            return Err(invalid(
+                "assist.down_after_ms",
+                format!(
+                    "must exceed timing.election_max_ms ({}): a peer is suspect first",
+                    t.election_max_ms
+                ),
+            ));
+        }
         if t.heartbeat_ms == 0 {
             return Err(invalid("timing.heartbeat_ms", "must be > 0"));
         }

@@ -2,6 +2,7 @@
 //! Thin I/O around `hearth-core` (decisions) and `hearth-cluster` (Raft).
 
 pub mod api;
+pub mod assist;
 pub mod config;
 pub mod dispatcher;
 pub mod domain_api;

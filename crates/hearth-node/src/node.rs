@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hearth_cluster::{HearthRaft, RaftHandler, settings};
-use hearth_core::caretaker::CaretakerConfig;
-use hearth_core::domain::{Command as DomainCommand, IntentRecord, Outcome};
+use hearth_core::assisted::{AssistConfig, AssistObservation, AssistState, TargetProbe};
+use hearth_core::caretaker::{CaretakerConfig, LogPos};
+use hearth_core::domain::{Command as DomainCommand, IntentRecord, Outcome, Promotion};
 use hearth_core::intent::{Device, Intent, IntentClass};
 use hearth_core::policy::Policy;
 use hearth_core::resolver::{Clock, Plan};
@@ -134,6 +135,59 @@ pub struct StatusView {
     pub replication: Vec<(u64, Option<u64>)>,
     pub initialized: bool,
     pub millis_since_quorum_ack: Option<u64>,
+    /// Two hubs without a witness: the assisted-failover assessment of this hub.
+    pub assist: Option<AssistView>,
+    /// Peers that refuse this node, and why (e.g. it was removed by a forced promotion).
+    pub refused_by: Vec<(u64, String)>,
+    /// When this incarnation of the node started (Unix ms).
+    pub started_ms: u64,
+}
+
+/// The assisted-failover assessment as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssistView {
+    /// HEALTHY, PEER_SUSPECT, PEER_DOWN or UNCERTAIN.
+    pub state: String,
+    pub detail: String,
+    pub destructive: bool,
+    /// What a person should check before promoting (PEER_DOWN).
+    pub checks: Vec<String>,
+}
+
+impl AssistView {
+    pub fn of(state: &AssistState, silent_ms: u64, addr: &str) -> Self {
+        let (detail, destructive, checks) = match state {
+            AssistState::Healthy => ("the peer answers".to_string(), false, Vec::new()),
+            AssistState::PeerSuspect => (
+                format!(
+                    "the peer has not answered for {} ms; nothing is committed until it returns",
+                    silent_ms
+                ),
+                false,
+                Vec::new(),
+            ),
+            AssistState::PeerDown(p) => (
+                format!(
+                    "the peer looks down and this hub reaches its independent targets: a person may \
+                     promote this hub with `hearth cluster promote --addr {addr} --operator NAME \
+                     --reason TEXT` after the checks"
+                ),
+                p.destructive,
+                p.checks.clone(),
+            ),
+            AssistState::Uncertain { reason } => (
+                format!("{reason}; hold: promoting needs --force after checking by hand"),
+                false,
+                Vec::new(),
+            ),
+        };
+        Self {
+            state: state.name().to_string(),
+            detail,
+            destructive,
+            checks,
+        }
+    }
 }
 
 /// How a node asks a peer for its status (gRPC in production, the router in tests).
@@ -159,6 +213,13 @@ pub struct Node {
     fresh: bool,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Latest probes of the assisted-failover targets.
+    targets: Arc<std::sync::Mutex<Vec<TargetProbe>>>,
+    /// Set when the node asks whoever runs it to restart it (after a promotion, on request).
+    restart: watch::Sender<bool>,
+    /// The promotion this start wrote into the log, if any.
+    pub promoted: Option<Promotion>,
+    started_ms: u64,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -254,14 +315,36 @@ impl Node {
         }
         tracing::info!(node = id, role = config.role.name(), checked = report.checked,
             head = ?report.head.map(|(i, _)| i), fresh, "chain verified; starting Raft");
+        let promoted = crate::assist::apply_pending(&config.data_dir, id, &log).await?;
         let raft_cfg = settings::raft_config(&config.timing.raft(), witness)
             .map_err(|e| NodeError::Settings(e.to_string()))?;
         let raft = HearthRaft::new(id, Arc::new(raft_cfg), network, log.clone(), sm.clone())
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let handler = RaftHandler::new(raft.clone(), id, witness);
+        {
+            // Refuse node ids removed by a forced promotion: the replicated list, and this
+            // hub's own promotions (known before their entry is applied).
+            let local = crate::assist::removed_locally(&config.data_dir);
+            let sm = sm.clone();
+            handler.set_gate(Arc::new(move |from| {
+                sm.with_domain(|d| d.retired.get(&from).cloned())
+                    .ok()
+                    .flatten()
+                    .or_else(|| local.get(&from).cloned())
+            }));
+        }
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        if !witness && !config.assist.targets.is_empty() {
+            tasks.push(tokio::spawn(crate::assist::probe_targets(
+                config.assist.targets.clone(),
+                targets.clone(),
+                Duration::from_millis(config.timing.heartbeat_ms.max(100) * 5),
+                rx.clone(),
+            )));
+        }
         if witness {
             // A witness never dispatches: it has no dispatcher at all.
             let cfg = CaretakerConfig {
@@ -294,6 +377,10 @@ impl Node {
             fresh,
             shutdown,
             tasks,
+            targets,
+            restart: watch::channel(false).0,
+            promoted,
+            started_ms: Self::clock().now_ms,
         })
     }
 
@@ -428,7 +515,167 @@ impl Node {
                 .last_quorum_acked
                 .as_ref()
                 .map(|t| t.elapsed().as_millis() as u64),
+            assist: self.assist_observation().map(|(obs, state)| {
+                AssistView::of(&state, obs.peer_silent_ms, self.config.advertised())
+            }),
+            refused_by: hearth_cluster::notices::recent(self.id),
+            started_ms: self.started_ms,
         }
+    }
+
+    /// The assisted-failover observation and assessment, on a hub of a cluster whose voters
+    /// are exactly two hubs (this one and its peer); `None` in every other topology.
+    pub fn assist_observation(&self) -> Option<(AssistObservation, AssistState)> {
+        if self.role != Role::Hub {
+            return None;
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        if voters.len() != 2
+            || !voters.contains(&self.id)
+            || voters
+                .iter()
+                .any(|v| membership.get_node(v).is_none_or(|n| n.witness))
+        {
+            return None;
+        }
+        let peer = voters.into_iter().find(|v| *v != self.id)?;
+        let acked = m
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.get(&peer).copied().flatten())
+            .map(|t| t.elapsed());
+        let heard = self.handler.last_heard(peer).map(|t| t.elapsed());
+        let silent = match (acked, heard) {
+            (Some(a), Some(h)) => a.min(h),
+            (a, h) => a.or(h).unwrap_or_else(|| self.handler.started().elapsed()),
+        };
+        let leading = m.state == ServerState::Leader;
+        let peer_last = if leading {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&peer).copied().flatten())
+                .map(|l| LogPos {
+                    term: l.leader_id.term,
+                    index: l.index,
+                })
+        } else {
+            None
+        };
+        let obs = AssistObservation {
+            peer_silent_ms: silent.as_millis() as u64,
+            peer_was_leader: !leading
+                && (m.current_leader == Some(peer) || self.handler.last_leader() == Some(peer)),
+            peer_last,
+            my_last: self.log.last_log_id().ok().flatten().map(|l| LogPos {
+                term: l.leader_id.term,
+                index: l.index,
+            }),
+            targets: self
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        let cfg = AssistConfig {
+            suspect_after_ms: self.config.timing.election_max_ms,
+            down_after_ms: self.config.assist.down_after_ms,
+        };
+        let state = hearth_core::assisted::assess(cfg, &obs);
+        Some((obs, state))
+    }
+
+    /// Resolves when whoever runs this node should restart it (after a forced promotion was
+    /// accepted, or on request).
+    pub fn restart_requested(&self) -> watch::Receiver<bool> {
+        self.restart.subscribe()
+    }
+
+    /// Asks whoever runs this node to restart it: a leader hands over first (on stop).
+    pub fn request_restart(&self) {
+        tracing::info!(node = self.id, "restart requested");
+        self.restart.send_replace(true);
+    }
+
+    /// Accepts a forced promotion of this hub (two hubs, no witness): checks the gate, writes
+    /// the pending promotion durably and asks for a restart, which writes it into the log
+    /// (see `assist`). The caller sees the promotion entry once the hub leads alone.
+    #[tracing::instrument(skip(self, reason), fields(node = self.id))]
+    pub fn request_promotion(
+        &self,
+        operator: &str,
+        reason: &str,
+        force: bool,
+    ) -> Result<Promotion, NodeError> {
+        hearth_core::intent::check_id("operator", operator).map_err(NodeError::from)?;
+        if reason.trim().is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(NodeError::Invalid {
+                field: "reason",
+                problem: "say why in 1-500 printable characters".into(),
+            });
+        }
+        if self.role != Role::Hub {
+            return Err(NodeError::Refused("only a hub can be promoted".into()));
+        }
+        let Some((obs, state)) = self.assist_observation() else {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            return Err(NodeError::Refused(format!(
+                "promotion is for a cluster of exactly two hubs without a witness; this cluster's \
+                 voters are {voters:?}. With a witness (three voters) the cluster fails over by \
+                 itself; a single hub is already alone"
+            )));
+        };
+        hearth_core::assisted::may_promote(&state, force)
+            .map_err(|r| NodeError::Refused(r.to_string()))?;
+        let m = self.raft.metrics().borrow_watched().clone();
+        let removed: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect();
+        let last = obs.my_last.map(|l| (l.term, l.index));
+        let last_hash = match last {
+            Some((_, i)) => crate::assist::hash_through(&self.log, &self.sm, i)?.map(hex::encode),
+            None => None,
+        };
+        let destructive = match &state {
+            AssistState::PeerDown(p) => p.destructive,
+            // Forced from elsewhere: nothing is known about the peer's log.
+            _ => true,
+        };
+        let promotion = Promotion {
+            node: self.id,
+            removed,
+            operator: operator.to_string(),
+            reason: reason.to_string(),
+            assessed: state.name().to_string(),
+            forced: force,
+            destructive,
+            last,
+            last_hash,
+            at_ms: Self::clock().now_ms,
+        };
+        crate::assist::write_pending(
+            &self.config.data_dir,
+            &crate::assist::Pending {
+                promotion: promotion.clone(),
+                addr: self.config.advertised().to_string(),
+            },
+        )?;
+        tracing::warn!(
+            node = self.id,
+            operator,
+            reason,
+            assessed = state.name(),
+            force,
+            destructive,
+            "forced promotion accepted; restarting to write it"
+        );
+        self.request_restart();
+        Ok(promotion)
     }
 
     /// Which peers the leader heard from within the election timeout (leader only):
@@ -452,8 +699,12 @@ impl Node {
 
     fn no_quorum(&self, why: &str) -> NodeError {
         let (ok, lost) = self.reachable_peers();
+        let refused: String = hearth_cluster::notices::recent(self.id)
+            .into_iter()
+            .map(|(_, m)| format!(" {m}."))
+            .collect();
         NodeError::NoQuorum(format!(
-            "node {} {why}; peers answering: {ok:?}, peers not answering: {lost:?}. \
+            "node {} {why}; peers answering: {ok:?}, peers not answering: {lost:?}.{refused} \
              Nothing was executed; retry when a majority of nodes can reach each other",
             self.id
         ))
@@ -577,12 +828,14 @@ impl Node {
             return;
         }
         let members = m.membership_config.membership().clone();
+        let (answering, _) = self.reachable_peers();
         let best = m
             .replication
             .iter()
             .flatten()
             .filter(|(id, _)| {
                 **id != self.id
+                    && answering.contains(id)
                     && members.voter_ids().any(|v| v == **id)
                     && members.get_node(id).is_some_and(|n| !n.witness)
             })
@@ -916,6 +1169,110 @@ impl Node {
         self.membership_result(self.bounded(change).await?)
     }
 
+    /// Replaces voter `old` (typically dead) by a new node under a never-used id: the new
+    /// one is added (learner, then voter) before the old one is removed, so the cluster never
+    /// has fewer voters than before. Each step is a membership entry in the chain.
+    #[tracing::instrument(skip(self), fields(node = self.id))]
+    pub async fn replace_member(
+        &self,
+        old: u64,
+        new: u64,
+        addr: &str,
+        role: Role,
+    ) -> Result<(u64, Vec<u64>), NodeError> {
+        self.require_leader()?;
+        if old == self.id {
+            return Err(NodeError::Invalid {
+                field: "old_id",
+                problem: format!(
+                    "node {old} is the leader; hand leadership over first (`hearth cluster transfer`)"
+                ),
+            });
+        }
+        let voters: Vec<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.contains(&old) {
+            return Err(NodeError::Invalid {
+                field: "old_id",
+                problem: format!("node {old} is not a voter (voters: {voters:?})"),
+            });
+        }
+        self.add_member(new, addr, role).await?;
+        self.remove_member(old).await
+    }
+
+    /// Hands leadership to voter hub `to` and waits until it leads. Returns (leader, term).
+    #[tracing::instrument(skip(self), fields(node = self.id))]
+    pub async fn transfer_leadership(&self, to: u64) -> Result<(u64, u64), NodeError> {
+        self.require_leader()?;
+        let m = self.raft.metrics().borrow_watched().clone();
+        if to == self.id {
+            return Ok((self.id, m.current_term));
+        }
+        let membership = m.membership_config.membership();
+        match membership.get_node(&to) {
+            None => {
+                return Err(NodeError::Invalid {
+                    field: "to",
+                    problem: format!("node {to} is not a member"),
+                });
+            }
+            Some(n) if n.witness => {
+                return Err(NodeError::Invalid {
+                    field: "to",
+                    problem: format!(
+                        "node {to} is a witness; it never leads by hand-over, only as a caretaker"
+                    ),
+                });
+            }
+            Some(_) if !membership.voter_ids().any(|v| v == to) => {
+                return Err(NodeError::Invalid {
+                    field: "to",
+                    problem: format!("node {to} is a learner, not a voter"),
+                });
+            }
+            Some(_) => {}
+        }
+        let (answering, _) = self.reachable_peers();
+        if !answering.contains(&to) {
+            return Err(NodeError::Invalid {
+                field: "to",
+                problem: format!("node {to} has not answered the leader recently"),
+            });
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                let m = rx.borrow_watched().clone();
+                if m.current_leader == Some(to) {
+                    return m.current_term;
+                }
+                if rx.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        };
+        let limit = Duration::from_millis(self.config.timing.election_max_ms * 2);
+        match tokio::time::timeout(limit, wait).await {
+            Ok(term) if term > 0 => Ok((to, term)),
+            _ => Err(self.no_quorum(&format!(
+                "handed leadership to node {to}, which did not take it within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
     /// Verifies this node's chain.
     pub fn verify(&self) -> Result<NodeVerify, NodeError> {
         Ok(audit::verify(&self.log, &self.sm)?)
@@ -1002,6 +1359,20 @@ pub fn describe(rec: &Record) -> String {
             Ok(DomainCommand::Approve { intent_id, by }) => {
                 format!("intent {intent_id} approved by {by}")
             }
+            Ok(DomainCommand::Promote { promotion: p }) => format!(
+                "node {} promoted to a one-node cluster by {:?} ({:?}){}{}; removed {:?}; last entry it had: {}",
+                p.node,
+                p.operator,
+                p.reason,
+                if p.forced { ", forced" } else { "" },
+                if p.destructive { ", destructive" } else { "" },
+                p.removed,
+                match (p.last, &p.last_hash) {
+                    (Some((t, i)), Some(h)) => format!("{i} (term {t}, hash {h})"),
+                    (Some((t, i)), None) => format!("{i} (term {t})"),
+                    _ => "none".into(),
+                }
+            ),
             Ok(DomainCommand::RecordOutcome {
                 action_id,
                 outcome,

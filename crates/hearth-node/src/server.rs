@@ -2,6 +2,7 @@
 //! health and reflection.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,11 +37,31 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Runs a node until `shutdown` completes or a startup check fails.
+/// Runs a node until `shutdown` completes or a startup check fails. When the node asks for a
+/// restart (a forced promotion, `hearth cluster restart`), it is stopped like on a planned stop
+/// and started again from the same configuration: stores reopened, chain verified again.
 pub async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    loop {
+        match serve_once(config.clone(), &mut shutdown).await? {
+            Exit::Stopped => return Ok(()),
+            Exit::Restart => tracing::info!(node = config.node_id, "restarting the node"),
+        }
+    }
+}
+
+enum Exit {
+    Stopped,
+    Restart,
+}
+
+async fn serve_once(
+    config: NodeConfig,
+    shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Result<Exit, ServeError> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -119,9 +140,11 @@ pub async fn serve(
     let server = tokio::spawn(server);
     tracing::info!(node = id, "serving");
 
+    let mut restart = node.restart_requested();
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = shutdown.as_mut() => Ok(Exit::Stopped),
         Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
+        _ = restart.wait_for(|r| *r) => Ok(Exit::Restart),
     };
     checker.abort();
     // A planned stop: hand leadership over while the Raft service still answers.

@@ -37,6 +37,9 @@ pub enum Command {
         /// Ports base, base+1, base+2.
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// three: two hubs and a witness; two: two hubs (assisted failover); one: a single hub.
+        #[arg(long, value_enum, default_value = "three")]
+        topology: crate::dev::Topology,
     },
     /// Inspect the cluster.
     Cluster {
@@ -142,6 +145,56 @@ pub enum ClusterCmd {
         #[arg(long)]
         id: u64,
     },
+    /// Replace a (dead) voter by a new node under a new id: add it, then remove the old one.
+    Replace {
+        #[command(flatten)]
+        target: Target,
+        /// The voter to replace.
+        #[arg(long)]
+        old: u64,
+        /// The new node's id (never used before in this cluster).
+        #[arg(long)]
+        id: u64,
+        /// The new node's advertised gRPC address.
+        #[arg(long = "node-addr")]
+        node_addr: String,
+        /// hub or witness
+        #[arg(long, default_value = "hub")]
+        role: String,
+    },
+    /// Hand leadership to the named hub.
+    Transfer {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Two hubs without a witness: make the hub at --addr a one-node cluster after its peer
+    /// is lost. Only from PEER_DOWN (see `cluster status`), or with --force after checking by
+    /// hand. The act is written into the chain with the operator, reason and last entry.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// Who is doing this (recorded in the chain).
+        #[arg(long)]
+        operator: String,
+        /// Why (recorded in the chain).
+        #[arg(long)]
+        reason: String,
+        /// Promote from PEER_SUSPECT or UNCERTAIN too (never while the peer answers).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart the node at --addr in place (a leader hands over first) and wait until it is back.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart every member one at a time, followers first, each after the previous caught up.
+    RollingRestart {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,8 +258,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             hearth_node::server::serve(cfg, stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { dir, base_port } => {
-            crate::dev::run(dir, base_port).await?;
+        Command::Dev {
+            dir,
+            base_port,
+            topology,
+        } => {
+            crate::dev::run(dir, base_port, topology).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => match command {
@@ -245,6 +302,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     r.index, r.voters
                 );
                 Ok(ExitCode::SUCCESS)
+            }
+            ClusterCmd::Replace {
+                target,
+                old,
+                id,
+                node_addr,
+                role,
+            } => crate::topology_cli::replace(&target.addr, old, id, node_addr, role).await,
+            ClusterCmd::Transfer { target, to } => {
+                crate::topology_cli::transfer(&target.addr, to).await
+            }
+            ClusterCmd::Promote {
+                target,
+                operator,
+                reason,
+                force,
+            } => crate::topology_cli::promote(&target.addr, operator, reason, force).await,
+            ClusterCmd::Restart { target } => crate::topology_cli::restart(&target.addr).await,
+            ClusterCmd::RollingRestart { target } => {
+                crate::topology_cli::rolling_restart(&target.addr).await
             }
         },
         Command::Bench {
@@ -390,6 +467,25 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     );
     if n == 1 {
         println!("single node: nothing can take over if it fails");
+    }
+    if !first.assist_state.is_empty() {
+        println!(
+            "two hubs, no witness (assisted failover), as seen by node {}: {}{} — {}",
+            first.node_id,
+            first.assist_state,
+            if first.assist_destructive {
+                " (DESTRUCTIVE)"
+            } else {
+                ""
+            },
+            first.assist_detail
+        );
+        for c in &first.assist_checks {
+            println!("  check: {c}");
+        }
+    }
+    for r in &first.refusals {
+        println!("REFUSED by node {}: {}", r.by, r.message);
     }
     Ok(ExitCode::SUCCESS)
 }

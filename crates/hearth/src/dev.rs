@@ -1,17 +1,48 @@
-//! `hearth dev`: a real three-node cluster (two hubs and a witness) on loopback, with data in a
-//! temporary folder, in one process. Each node is a full `serve` with its own gRPC port.
+//! `hearth dev`: a real cluster on loopback — by default three nodes (two hubs and a witness),
+//! or one hub, or two hubs without a witness (`--topology`) — with data in a temporary folder,
+//! in one process. Each node is a full `serve` with its own gRPC port.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hearth_node::NodeConfig;
 
-/// Writes the three config files and returns their paths.
+/// The shapes of a household cluster `hearth dev` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// One hub: its own quorum; nothing takes over if it fails.
+    One,
+    /// Two hubs, no witness: assisted failover (a person promotes the survivor).
+    Two,
+    /// Two hubs and a witness: automatic failover.
+    Three,
+}
+
+impl Topology {
+    fn roles(self) -> &'static [(u64, &'static str)] {
+        match self {
+            Topology::One => &[(1, "hub")],
+            Topology::Two => &[(1, "hub"), (2, "hub")],
+            Topology::Three => &[(1, "hub"), (2, "hub"), (3, "witness")],
+        }
+    }
+}
+
+/// Writes the three config files (two hubs and a witness) and returns their paths.
 pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>> {
-    let roles = [(1u64, "hub"), (2, "hub"), (3, "witness")];
+    write_topology(dir, base_port, Topology::Three)
+}
+
+/// Writes one config file per node of `topology` and returns their paths.
+pub fn write_topology(
+    dir: &Path,
+    base_port: u16,
+    topology: Topology,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let roles = topology.roles();
     let addr = |i: u64| format!("127.0.0.1:{}", base_port + (i as u16) - 1);
     let mut paths = Vec::new();
-    for (id, role) in roles {
+    for &(id, role) in roles {
         let mut text = format!(
             "# hearth dev: node {id}\nnode_id = {id}\nrole = \"{role}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
             addr(id),
@@ -55,7 +86,7 @@ pub fn spawn_nodes(
     Ok((stop_tx, nodes))
 }
 
-pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
+pub async fn run(dir: Option<PathBuf>, base_port: u16, topology: Topology) -> anyhow::Result<()> {
     let (_guard, dir) = match dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -67,7 +98,7 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
-    let paths = write_configs(&dir, base_port)?;
+    let paths = write_topology(&dir, base_port, topology)?;
     let (stop_tx, mut nodes) = spawn_nodes(&paths)?;
     let seed_addr = format!("127.0.0.1:{base_port}");
     let seeding = tokio::spawn(async move {
@@ -76,8 +107,23 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
         }
     });
     let a = base_port;
+    let shape = match topology {
+        Topology::One => {
+            format!("one hub (node 1) on 127.0.0.1:{a}: nothing takes over if it fails")
+        }
+        Topology::Two => format!(
+            "hub 1 on 127.0.0.1:{a}, hub 2 on 127.0.0.1:{}, no witness: if one stops, the other \
+             commits nothing until a person promotes it (docs/topologies/two-hubs.md)",
+            a + 1
+        ),
+        Topology::Three => format!(
+            "hub 1 on 127.0.0.1:{a}, hub 2 on 127.0.0.1:{}, witness 3 on 127.0.0.1:{}",
+            a + 1,
+            a + 2
+        ),
+    };
     println!(
-        "Hearth dev cluster: hub 1 on 127.0.0.1:{a}, hub 2 on 127.0.0.1:{}, witness 3 on 127.0.0.1:{}\n\
+        "Hearth dev cluster: {shape}\n\
          data and configs in {}{}\n\
          In another terminal:\n  \
          cargo run -p hearth -- cluster status\n  \
@@ -86,9 +132,7 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
          cargo run -p hearth -- intent explain control_access --location home --context state=unlocked\n  \
          cargo run -p hearth -- audit tail\n  \
          cargo run -p hearth -- audit verify\n\
-         Ctrl-C stops all three nodes.",
-        a + 1,
-        a + 2,
+         Ctrl-C stops every node.",
         dir.display(),
         if _guard.is_some() {
             " (deleted on exit)"

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod dev;
 mod domain_cli;
+mod topology_cli;
 
 use clap::Parser;
 
