@@ -98,13 +98,7 @@ pub async fn promote(
         .into_inner();
     let from = last.map(|l| l + 1).unwrap_or(0);
     for e in tail.entries.iter().filter(|e| e.index >= from) {
-        println!(
-            "{:>8} term {:<4} {:<10} {}",
-            e.index,
-            e.term,
-            e.kind,
-            String::from_utf8_lossy(&e.payload)
-        );
+        println!("{:>8} term {:<4} {}", e.index, e.term, e.kind);
     }
     println!(
         "the old peer is refused from now on; to bring that machine back, wipe its data and add it \
