@@ -16,6 +16,7 @@
 mod check;
 mod docker;
 mod load;
+mod two_hubs;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -652,6 +653,18 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
                 continue;
             }
             let row = suite.run(name).await?;
+            for v in &row.violations {
+                println!("    VIOLATION: {v}");
+            }
+            rows.push(row);
+        }
+        // Last: it removes the witness and ends with a one-hub cluster.
+        if args
+            .only
+            .as_ref()
+            .is_none_or(|o| two_hubs::NAME.contains(o.as_str()))
+        {
+            let row = suite.two_hubs().await?;
             for v in &row.violations {
                 println!("    VIOLATION: {v}");
             }
