@@ -108,6 +108,12 @@ async fn two_hubs_survivor_proposes_promotion_and_a_person_promotes_it() {
         "the proposal names the target that answered: {:?}",
         down.checks
     );
+    let metrics =
+        hearth_node::metrics::render(c.node(2), &hearth_node::metrics::Counters::default()).await;
+    assert!(
+        metrics.contains("hearth_assist_state{node=\"2\",state=\"PEER_DOWN\"} 1"),
+        "{metrics}"
+    );
     // Nothing promoted by itself, and nothing commits.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(voters(&c, 2), vec![1, 2]);
@@ -180,6 +186,7 @@ async fn two_hubs_survivor_proposes_promotion_and_a_person_promotes_it() {
     }
     let err = c.node(1).append_test_record("split?").await.unwrap_err();
     assert!(matches!(err, NodeError::NoQuorum(_)), "{err}");
+    assert!(err.to_string().contains("node 2 refuses node 1"), "{err}");
     c.write("node 2 still serves", LONG).await;
     assert!(c.node(2).sm.head().unwrap() > head_before);
     assert_eq!(voters(&c, 2), vec![2]);

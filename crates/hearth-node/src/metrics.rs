@@ -60,6 +60,24 @@ pub async fn render(node: &Node, c: &Counters) -> String {
         "Leader only: milliseconds since a quorum last acknowledged it.",
         s.millis_since_quorum_ack.unwrap_or(0),
     );
+    gauge(
+        "hearth_refused_by_peers",
+        "Peers that refuse this node (e.g. it was removed by a forced promotion).",
+        s.refused_by.len() as u64,
+    );
+    if let Some(a) = &s.assist {
+        let name = "hearth_assist_state";
+        out.push_str(&format!(
+            "# HELP {name} Two hubs without a witness: 1 for the current assisted-failover state.\n# TYPE {name} gauge\n"
+        ));
+        for state in ["HEALTHY", "PEER_SUSPECT", "PEER_DOWN", "UNCERTAIN"] {
+            out.push_str(&format!(
+                "{name}{{node=\"{}\",state=\"{state}\"}} {}\n",
+                s.node_id,
+                u8::from(a.state == state)
+            ));
+        }
+    }
     for (name, help, v) in [
         (
             "hearth_writes_committed_total",

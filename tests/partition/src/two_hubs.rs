@@ -40,7 +40,9 @@ async fn wait_assist(n: NodeRef, state: &str) -> anyhow::Result<pb::NodeStatus> 
             bail!(
                 "node {} did not report {state} within {ASSIST_BOUND:?} (last: {:?})",
                 n.id,
-                status(n.api).await.map(|s| (s.assist_state, s.assist_detail))
+                status(n.api)
+                    .await
+                    .map(|s| (s.assist_state, s.assist_detail))
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,8 +231,7 @@ impl Suite {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        if mine.is_empty() || mine.len() > survivor.len() || mine[1..] != survivor[1..mine.len()]
-        {
+        if mine.is_empty() || mine.len() > survivor.len() || mine[1..] != survivor[1..mine.len()] {
             bad.push(format!(
                 "the returning hub's chain ({} lines) is not a prefix of the survivor's ({} lines): two histories",
                 mine.len(),
