@@ -10,6 +10,9 @@
 //!   while it had no quorum;
 //! - a leader existed again within [`LEADER_BOUND`].
 //!
+//! The two-hub scenario (assisted failover, `two_hubs.rs`) runs last: it removes the witness
+//! and ends with one promoted hub.
+//!
 //! Prints a table and exits non-zero with the evidence when an invariant is violated.
 //! `tests/partition/run.sh` builds the image and runs it.
 
