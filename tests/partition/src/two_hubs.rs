@@ -24,7 +24,7 @@ use crate::{
     status, wait_leader,
 };
 
-pub const NAME: &str = "two hubs: assisted failover";
+pub const NAME: &str = "two hubs: promote survivor";
 /// `assist.down_after_ms` in deploy/compose/hub-*.toml, plus probing and polling slack.
 const ASSIST_BOUND: Duration = Duration::from_secs(15);
 
