@@ -200,6 +200,26 @@ async fn two_hubs_survivor_proposes_promotion_and_a_person_promotes_it() {
     );
     c.stop(1).await;
     c.roles.remove(&1);
+
+    // The documented way back: the machine's data is moved away and it joins under a new id.
+    let err = c
+        .node(2)
+        .add_member(1, "127.0.0.1:17001", Role::Hub)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+    c.declare(3, Role::Hub);
+    c.start(3).await.unwrap();
+    let (_, v) = c
+        .node(2)
+        .add_member(3, "127.0.0.1:17003", Role::Hub)
+        .await
+        .unwrap();
+    assert_eq!(v, vec![2, 3]);
+    c.write("two hubs again", LONG).await;
+    c.wait_converged(LONG).await;
+    c.check_invariants();
+    assert_eq!(wait_assist(&c, 3, "HEALTHY").await.state, "HEALTHY");
     c.shutdown().await;
 }
 
