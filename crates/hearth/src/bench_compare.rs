@@ -72,6 +72,10 @@ pub struct CompareArgs {
     /// Skip the Hearth-only rows (intents, chain, restart).
     #[arg(long)]
     pub skip_hearth_only: bool,
+    /// Another hearth binary (say, a build of an earlier commit) run as a third cluster on
+    /// ports base+30.., alternating with the other two, for before/after figures in one run.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 struct Plan {
@@ -90,7 +94,7 @@ impl Plan {
         let (seconds, warmup, rounds, clients, failovers, chain, idle, intents) = if a.smoke {
             (1.0, 0.3, 1, vec![1, 16], 1, 10_000, 1.0, 50)
         } else {
-            (6.0, 1.0, 2, vec![1, 16, 64], 5, 1_000_000, 10.0, 1000)
+            (5.0, 1.0, 3, vec![1, 16, 64], 5, 1_000_000, 10.0, 1000)
         };
         Plan {
             seconds: a.seconds.unwrap_or(seconds),
@@ -228,6 +232,8 @@ struct View {
 /// A three-process cluster of one system.
 struct Cluster {
     system: System,
+    /// `hearth`, `etcd` or `before` (the baseline Hearth binary).
+    label: &'static str,
     procs: Vec<Proc>,
     addrs: Vec<String>,
 }
@@ -311,7 +317,7 @@ impl Cluster {
             if Instant::now() > until {
                 bail!(
                     "{} cluster not whole (every node up, one leader, same applied index) within {} s; logs in {}",
-                    self.system.name(),
+                    self.label,
                     limit.as_secs(),
                     self.procs
                         .first()
@@ -335,7 +341,12 @@ fn timing_toml() -> String {
     )
 }
 
-fn start_hearth(exe: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Cluster> {
+fn start_hearth(
+    exe: &Path,
+    dir: &Path,
+    base_port: u16,
+    label: &'static str,
+) -> anyhow::Result<Cluster> {
     let paths = crate::dev::write_configs(dir, base_port)?;
     let mut procs = Vec::new();
     for (i, p) in paths.iter().enumerate() {
@@ -344,7 +355,7 @@ fn start_hearth(exe: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Cluste
         text.push_str(&timing_toml());
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         let mut proc = Proc::new(
-            &format!("hearth node {}", i + 1),
+            &format!("{label} node {}", i + 1),
             exe,
             vec!["serve".into(), "--config".into(), p.into()],
             dir.join(format!("node{}.log", i + 1)),
@@ -354,6 +365,7 @@ fn start_hearth(exe: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Cluste
     }
     Ok(Cluster {
         system: System::Hearth,
+        label,
         procs,
         addrs: (0..3)
             .map(|i| format!("127.0.0.1:{}", base_port + i))
@@ -417,6 +429,7 @@ fn start_etcd(
     }
     Ok(Cluster {
         system: System::Etcd,
+        label: "etcd",
         procs,
         addrs,
     })
@@ -491,6 +504,7 @@ fn ms_f(d: Duration) -> f64 {
 /// the measured window count.
 async fn load(
     system: System,
+    label: &'static str,
     addr: &str,
     clients: usize,
     warmup: f64,
@@ -544,7 +558,7 @@ async fn load(
     lat.sort();
     let ops = lat.len() as u64;
     Ok(LoadRun {
-        system: system.name(),
+        system: label,
         clients,
         round,
         ops,
@@ -612,7 +626,7 @@ async fn failover_once(c: &mut Cluster, k: usize, settle: f64) -> anyhow::Result
         if Instant::now() > until {
             break Err(anyhow::anyhow!(
                 "{}: no write succeeded within 60 s of killing the leader",
-                c.system.name()
+                c.label
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -863,6 +877,9 @@ struct Row {
     hearth: Option<f64>,
     etcd: Option<f64>,
     ratio: Option<f64>,
+    /// The baseline binary's figure (`--baseline`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<f64>,
 }
 
 fn row(
@@ -883,6 +900,7 @@ fn row(
         hearth: h,
         etcd: e,
         ratio,
+        before: None,
     }
 }
 
@@ -956,31 +974,33 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let edir = dir.path().join("etcd");
     std::fs::create_dir_all(&hdir)?;
     std::fs::create_dir_all(&edir)?;
-    let mut hearth = start_hearth(&exe, &hdir, bp)?;
-    let mut etcd = start_etcd(&args.etcd, &edir, bp + 10, bp + 20)?;
-    hearth.wait_whole(Duration::from_secs(60)).await?;
-    etcd.wait_whole(Duration::from_secs(60)).await?;
+    // clusters[0] is Hearth, [1] etcd, [2] the baseline Hearth binary if given.
+    let mut clusters = vec![
+        start_hearth(&exe, &hdir, bp, "hearth")?,
+        start_etcd(&args.etcd, &edir, bp + 10, bp + 20)?,
+    ];
+    if let Some(b) = &args.baseline {
+        let bdir = dir.path().join("before");
+        std::fs::create_dir_all(&bdir)?;
+        clusters.push(start_hearth(b, &bdir, bp + 30, "before")?);
+    }
+    for c in &mut clusters {
+        c.wait_whole(Duration::from_secs(60)).await?;
+    }
+    let n = clusters.len();
 
     let mut rows = Vec::new();
     let mut runs: Vec<LoadRun> = Vec::new();
 
-    // Quorum-committed writes, alternating the systems.
+    // Quorum-committed writes, alternating the systems: each round starts with the next one.
     for &clients in &plan.clients {
         for round in 0..plan.rounds {
-            let order = if round % 2 == 0 {
-                [System::Hearth, System::Etcd]
-            } else {
-                [System::Etcd, System::Hearth]
-            };
-            for sys in order {
-                let c = if sys == System::Hearth {
-                    &mut hearth
-                } else {
-                    &mut etcd
-                };
+            for k in 0..n {
+                let c = &mut clusters[(round + k) % n];
                 let leader = c.wait_whole(Duration::from_secs(60)).await?;
                 let r = load(
-                    sys,
+                    c.system,
+                    c.label,
                     &c.addrs[leader],
                     clients,
                     plan.warmup,
@@ -995,95 +1015,105 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 runs.push(r);
             }
         }
-        let best = |sys: System| {
+        let best = |label: &str| {
             runs.iter()
-                .filter(|r| r.system == sys.name() && r.clients == clients)
+                .filter(|r| r.system == label && r.clients == clients)
                 .max_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s))
                 .cloned()
         };
-        let (h, e) = (best(System::Hearth), best(System::Etcd));
-        let pick = |f: fn(&LoadRun) -> f64| (h.as_ref().map(f), e.as_ref().map(f));
+        let (h, e, b) = (best("hearth"), best("etcd"), best("before"));
         let cl = if clients == 1 { "client" } else { "clients" };
-        let (a, b) = pick(|r| r.ops_per_s);
-        rows.push(row(
-            format!("writes/s, {clients} {cl}"),
-            "ops/s",
-            true,
-            a,
-            b,
-        ));
-        let (a, b) = pick(|r| r.p50_ms);
-        rows.push(row(format!("write p50, {clients} {cl}"), "ms", false, a, b));
-        let (a, b) = pick(|r| r.p99_ms);
-        rows.push(row(format!("write p99, {clients} {cl}"), "ms", false, a, b));
-        let (a, b) = pick(|r| r.p999_ms);
-        rows.push(row(
-            format!("write p999, {clients} {cl}"),
-            "ms",
-            false,
-            a,
-            b,
-        ));
+        let metrics: [(&str, &'static str, bool, fn(&LoadRun) -> f64); 4] = [
+            ("writes/s", "ops/s", true, |r| r.ops_per_s),
+            ("write p50", "ms", false, |r| r.p50_ms),
+            ("write p99", "ms", false, |r| r.p99_ms),
+            ("write p999", "ms", false, |r| r.p999_ms),
+        ];
+        for (name, unit, higher, f) in metrics {
+            let mut r = row(
+                format!("{name}, {clients} {cl}"),
+                unit,
+                higher,
+                h.as_ref().map(f),
+                e.as_ref().map(f),
+            );
+            r.before = b.as_ref().map(f);
+            rows.push(r);
+        }
     }
 
-    // Idle footprint: Hearth's witness, an etcd follower, over the same window.
-    let hl = hearth.wait_whole(Duration::from_secs(60)).await?;
-    let el = etcd.wait_whole(Duration::from_secs(60)).await?;
-    let witness = hearth.procs[2]
-        .pid()
-        .context("the witness is not running")?;
-    let follower = etcd.procs[(el + 1) % 3]
-        .pid()
-        .context("the etcd follower is not running")?;
-    let _ = hl;
+    // Idle footprint over the same window: Hearth's witness, an etcd follower.
+    let mut pids = Vec::new();
+    for c in &mut clusters {
+        let leader = c.wait_whole(Duration::from_secs(60)).await?;
+        // Hearth's witness is node 3; for etcd any follower.
+        let i = if c.system == System::Hearth {
+            2
+        } else {
+            (leader + 1) % 3
+        };
+        pids.push(
+            c.procs[i]
+                .pid()
+                .with_context(|| format!("{} is not running", c.procs[i].name))?,
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_v = idle(&[witness, follower], plan.idle_seconds).await?;
-    rows.push(row(
+    let idle_v = idle(&pids, plan.idle_seconds).await?;
+    let mut r = row(
         "idle RSS (Hearth witness; etcd follower)".into(),
         "MiB",
         false,
         Some(idle_v[0].0),
         Some(idle_v[1].0),
-    ));
-    rows.push(row(
+    );
+    r.before = idle_v.get(2).map(|v| v.0);
+    rows.push(r);
+    let mut r = row(
         format!("idle CPU over {} s (witness; follower)", plan.idle_seconds),
         "% core",
         false,
         Some(idle_v[0].1),
         Some(idle_v[1].1),
-    ));
+    );
+    r.before = idle_v.get(2).map(|v| v.1);
+    rows.push(r);
 
     // Failover: kill -9 the leader under a light load, alternating the systems.
-    let mut fo_h = Vec::new();
-    let mut fo_e = Vec::new();
+    let mut fo: Vec<Vec<f64>> = vec![Vec::new(); n];
     let settle = if args.smoke { 0.5 } else { 1.0 };
     for k in 0..plan.failovers {
-        let d = failover_once(&mut hearth, k, settle).await?;
-        eprintln!("  failover hearth #{k}: {:.0} ms", ms_f(d));
-        fo_h.push(ms_f(d));
-        let d = failover_once(&mut etcd, k, settle).await?;
-        eprintln!("  failover etcd   #{k}: {:.0} ms", ms_f(d));
-        fo_e.push(ms_f(d));
+        for (i, c) in clusters.iter_mut().enumerate() {
+            let d = failover_once(c, k, settle).await?;
+            eprintln!("  failover {:<6} #{k}: {:.0} ms", c.label, ms_f(d));
+            fo[i].push(ms_f(d));
+        }
     }
     if plan.failovers > 0 {
         let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
-        rows.push(row(
+        let mut r = row(
             format!("failover (kill -9 leader) median, n={}", plan.failovers),
             "ms",
             false,
-            median(&fo_h),
-            median(&fo_e),
-        ));
-        rows.push(row(
+            median(&fo[0]),
+            median(&fo[1]),
+        );
+        r.before = fo.get(2).and_then(|v| median(v));
+        rows.push(r);
+        let mut r = row(
             format!("failover (kill -9 leader) max, n={}", plan.failovers),
             "ms",
             false,
-            max(&fo_h),
-            max(&fo_e),
-        ));
+            max(&fo[0]),
+            max(&fo[1]),
+        );
+        r.before = fo.get(2).and_then(|v| max(v));
+        rows.push(r);
     }
-    for p in hearth.procs.iter_mut().chain(etcd.procs.iter_mut()) {
-        p.kill9()?;
+    for c in &mut clusters {
+        for p in &mut c.procs {
+            p.kill9()?;
+        }
     }
 
     // Hearth alone.
@@ -1152,21 +1182,33 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
          {PAYLOAD}-byte writes to the leader, best of {} alternating runs of {} s",
         plan.rounds, plan.seconds
     );
-    println!(
+    let with_before = args.baseline.is_some();
+    let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let mut header = format!(
         "{:<46} {:>9} {:>11} {:>11} {:>12}",
         "measurement", "unit", "Hearth", "etcd", "Hearth/etcd"
     );
+    if with_before {
+        header.push_str(&format!(" {:>11} {:>12}", "before", "before/etcd"));
+    }
+    println!("{header}");
     for r in &rows {
-        println!(
+        let mut line = format!(
             "{:<46} {:>9} {:>11} {:>11} {:>12}",
             r.name,
             r.unit,
             fmt_num(r.hearth),
             fmt_num(r.etcd),
-            r.ratio
-                .map(|x| format!("{x:.2}"))
-                .unwrap_or_else(|| "-".into())
+            ratio(r.ratio)
         );
+        if with_before {
+            let rb = match (r.before, r.etcd) {
+                (Some(b), Some(e)) if e != 0.0 => Some(b / e),
+                _ => None,
+            };
+            line.push_str(&format!(" {:>11} {:>12}", fmt_num(r.before), ratio(rb)));
+        }
+        println!("{line}");
     }
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
     if errors > 0 {
@@ -1185,7 +1227,12 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         "payload_bytes": PAYLOAD,
         "rows": rows,
         "write_runs": runs,
-        "failover_ms": { "hearth": fo_h, "etcd": fo_e },
+        "failover_ms": {
+            "hearth": fo[0],
+            "etcd": fo[1],
+            "before": fo.get(2),
+        },
+        "baseline": args.baseline.as_ref().map(|p| p.display().to_string()),
         "chain": chain_json,
     });
     if let Some(parent) = args.json.parent() {
