@@ -76,6 +76,9 @@ pub struct CompareArgs {
     /// ports base+30.., alternating with the other two, for before/after figures in one run.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Keep the temporary folder (data directories and every process's log) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 struct Plan {
@@ -1242,5 +1245,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::write(&args.json, serde_json::to_vec_pretty(&doc)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("JSON: {}", args.json.display());
+    if args.keep {
+        let kept = dir.keep();
+        println!("data and logs kept in {}", kept.display());
+    }
     Ok(())
 }
