@@ -871,6 +871,9 @@ async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Resul
     })
 }
 
+/// A write-run figure: its name, unit, whether higher is better, and how to read it.
+type Metric = (&'static str, &'static str, bool, fn(&LoadRun) -> f64);
+
 /// One line of the table.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
@@ -1026,7 +1029,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         };
         let (h, e, b) = (best("hearth"), best("etcd"), best("before"));
         let cl = if clients == 1 { "client" } else { "clients" };
-        let metrics: [(&str, &'static str, bool, fn(&LoadRun) -> f64); 4] = [
+        let metrics: [Metric; 4] = [
             ("writes/s", "ops/s", true, |r| r.ops_per_s),
             ("write p50", "ms", false, |r| r.p50_ms),
             ("write p99", "ms", false, |r| r.p99_ms),
