@@ -542,6 +542,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn appends_return_before_their_flush_and_are_all_reported_flushed_in_order() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        // Queue several appends without waiting: each is readable at once.
+        let mut flushed = Vec::new();
+        for b in 0..5u64 {
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append((b * 10..b * 10 + 10).map(entry), IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            assert_eq!(log.bounds().unwrap(), Some((0, b * 10 + 9)));
+            flushed.push(rx);
+        }
+        for rx in flushed {
+            rx.await.unwrap().unwrap();
+        }
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let got = log.try_get_log_entries(0..50).await.unwrap();
+        assert_eq!(got, (0..50).map(entry).collect::<Vec<_>>());
+        // A read-only store refuses to append instead of pretending to flush.
+        let mut ro = LogStore::open_read_only(dir.path()).unwrap();
+        let (tx, _rx) = TypeConfig::oneshot();
+        assert!(ro.append([entry(50)], IOFlushed::signal(tx)).await.is_err());
+    }
+
+    #[tokio::test]
     async fn torn_tail_is_cut_and_mid_log_corruption_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogStore::open(dir.path()).unwrap();

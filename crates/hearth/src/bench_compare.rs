@@ -1254,3 +1254,38 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_have_the_fixed_size_and_name_their_key() {
+        for key in ["a", "r0/c64/w63/123456", &"k".repeat(400)] {
+            let p = payload(key);
+            assert_eq!(p.len(), PAYLOAD);
+        }
+        assert!(payload("r1/c1/w0/7").starts_with("bench r1/c1/w0/7 x"));
+    }
+
+    #[test]
+    fn median_ratio_and_formatting() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        let r = row("x".into(), "ms", false, Some(2.0), Some(4.0));
+        assert_eq!(r.ratio, Some(0.5));
+        assert_eq!(row("y".into(), "ms", false, Some(2.0), None).ratio, None);
+        assert_eq!(fmt_num(None), "-");
+        assert_eq!(fmt_num(Some(1234.4)), "1234");
+        assert_eq!(fmt_num(Some(12.34)), "12.3");
+        assert_eq!(fmt_num(Some(1.234)), "1.23");
+    }
+
+    #[test]
+    fn reads_its_own_memory_and_cpu_from_proc() {
+        let (rss, _ticks) = proc_sample(std::process::id()).unwrap();
+        assert!(rss > 0.0);
+        assert!(proc_sample(u32::MAX).is_err());
+    }
+}
