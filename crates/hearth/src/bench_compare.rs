@@ -76,6 +76,10 @@ pub struct CompareArgs {
     /// ports base+30.., alternating with the other two, for before/after figures in one run.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Hearth's election_max_ms (its election timeout is drawn from 1000 ms to this; openraft
+    /// also uses it as a follower's leader lease). The default matches etcd's 1×–2× range.
+    #[arg(long, default_value_t = 2 * ELECTION_MS)]
+    pub hearth_election_max: u64,
     /// Keep the temporary folder (data directories and every process's log) afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -337,10 +341,9 @@ impl Cluster {
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_MS: u64 = 1000;
 
-fn timing_toml() -> String {
+fn timing_toml(election_max_ms: u64) -> String {
     format!(
-        "\n[timing]\nheartbeat_ms = {HEARTBEAT_MS}\nelection_min_ms = {ELECTION_MS}\nelection_max_ms = {}\n",
-        ELECTION_MS * 2
+        "\n[timing]\nheartbeat_ms = {HEARTBEAT_MS}\nelection_min_ms = {ELECTION_MS}\nelection_max_ms = {election_max_ms}\n"
     )
 }
 
@@ -349,13 +352,14 @@ fn start_hearth(
     dir: &Path,
     base_port: u16,
     label: &'static str,
+    election_max_ms: u64,
 ) -> anyhow::Result<Cluster> {
     let paths = crate::dev::write_configs(dir, base_port)?;
     let mut procs = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         let mut text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.push_str(&timing_toml());
+        text.push_str(&timing_toml(election_max_ms));
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         let mut proc = Proc::new(
             &format!("{label} node {}", i + 1),
@@ -727,7 +731,7 @@ async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Resul
         format!(
             "node_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n{}",
             data.display(),
-            timing_toml()
+            timing_toml(ELECTION_MS * 2)
         ),
     )
     .with_context(|| format!("writing {}", cfg.display()))?;
@@ -982,13 +986,19 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&edir)?;
     // clusters[0] is Hearth, [1] etcd, [2] the baseline Hearth binary if given.
     let mut clusters = vec![
-        start_hearth(&exe, &hdir, bp, "hearth")?,
+        start_hearth(&exe, &hdir, bp, "hearth", args.hearth_election_max)?,
         start_etcd(&args.etcd, &edir, bp + 10, bp + 20)?,
     ];
     if let Some(b) = &args.baseline {
         let bdir = dir.path().join("before");
         std::fs::create_dir_all(&bdir)?;
-        clusters.push(start_hearth(b, &bdir, bp + 30, "before")?);
+        clusters.push(start_hearth(
+            b,
+            &bdir,
+            bp + 30,
+            "before",
+            args.hearth_election_max,
+        )?);
     }
     for c in &mut clusters {
         c.wait_whole(Duration::from_secs(60)).await?;
@@ -1183,8 +1193,13 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
 
     // The table.
+    let emax = if args.hearth_election_max == 2 * ELECTION_MS {
+        String::new()
+    } else {
+        format!(" (Hearth's election max {} ms)", args.hearth_election_max)
+    };
     println!(
-        "Hearth (2 hubs + witness) vs {etcd_version} (3 members), loopback, fsync on, heartbeat {HEARTBEAT_MS} ms / election {ELECTION_MS} ms; \
+        "Hearth (2 hubs + witness) vs {etcd_version} (3 members), loopback, fsync on, heartbeat {HEARTBEAT_MS} ms / election {ELECTION_MS} ms{emax}; \
          {PAYLOAD}-byte writes to the leader, best of {} alternating runs of {} s",
         plan.rounds, plan.seconds
     );
@@ -1229,7 +1244,11 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "hearth": "2 hubs + 1 witness, separate processes, loopback",
             "etcd": "3 members, separate processes, loopback",
         },
-        "timing": { "heartbeat_ms": HEARTBEAT_MS, "election_ms": ELECTION_MS },
+        "timing": {
+            "heartbeat_ms": HEARTBEAT_MS,
+            "election_ms": ELECTION_MS,
+            "hearth_election_max_ms": args.hearth_election_max,
+        },
         "payload_bytes": PAYLOAD,
         "rows": rows,
         "write_runs": runs,
