@@ -1,13 +1,14 @@
 //! Encoding of openraft messages inside `hearth.raft.v1.RaftBytes`.
 //!
-//! Format 1 is JSON (serde). openraft's serde output is not stable across openraft versions
-//! (RAFT-NOTES.md §9.14): every node of a cluster must run the same Hearth release; a new
-//! encoding gets a new format number.
+//! Format 1 was JSON (serde) with command bytes as arrays of numbers; format 2 is the same JSON
+//! with command bytes as hex strings (`hearth_store::Command`). openraft's serde output is not
+//! stable across openraft versions (RAFT-NOTES.md §9.14): every node of a cluster must run the
+//! same Hearth release; a new encoding gets a new format number.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub const FORMAT_JSON: u32 = 1;
+pub const FORMAT_JSON: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -10,6 +10,13 @@
 //! `fdatasync`. Vote and log writes are each synced before they are acknowledged, so they can
 //! never be reordered on disk.
 //!
+//! `append` does not wait for the disk: openraft calls it from its core task ("submit IO, do
+//! not wait for the response"), so a wait there would stall replication and commits behind
+//! every fsync. The write goes to the file at once; a flusher thread then runs one
+//! `fdatasync` for every append queued while the previous one ran (group commit) and reports
+//! them flushed in order. A vote is synced before `save_vote` returns, so entries of a new
+//! term are always written after the vote that allows them.
+//!
 //! On open, a frame that is incomplete or fails its CRC at the very end of the file is an
 //! append that was never acknowledged (torn write) and is cut off with a warning; the same
 //! anywhere else is corruption, reported with its index, and the node refuses to start.
@@ -20,7 +27,7 @@ use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use hearth_core::Record;
 use openraft::alias::{LogIdOf, VoteOf};
@@ -58,6 +65,8 @@ struct Inner {
     first_index: u64,
     last: Option<LogIdT>,
     meta: Meta,
+    /// Queue of the flusher thread (`None` when opened read-only).
+    flusher: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
 }
 
 /// The durable Raft log. Cloning shares the same open file.
@@ -73,6 +82,29 @@ pub struct StoredRecord {
 
 fn other(e: impl ToString) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+/// Starts the thread that makes appends durable: it waits for a queued append, takes every
+/// other one queued meanwhile, runs one `fdatasync` (which covers all bytes written before
+/// it), and completes their callbacks in queue order. It ends when the store is dropped.
+fn spawn_flusher(file: File) -> io::Result<mpsc::Sender<IOFlushed<TypeConfig>>> {
+    let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+    std::thread::Builder::new()
+        .name("hearth-log-fsync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let res = file.sync_data();
+                for cb in batch {
+                    cb.io_completed(match &res {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl LogStore {
@@ -180,6 +212,12 @@ impl LogStore {
             file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
             file.sync_all().map_err(|e| io_err(&path, e))?;
         }
+        let flusher = if writable {
+            let f = file.try_clone().map_err(|e| io_err(&path, e))?;
+            Some(spawn_flusher(f).map_err(|e| io_err(&path, e))?)
+        } else {
+            None
+        };
         // Drop what was purged (the bytes stay in the file; the log is never compacted).
         let mut store = Inner {
             dir: dir.to_path_buf(),
@@ -189,6 +227,7 @@ impl LogStore {
             first_index,
             last,
             meta,
+            flusher,
         };
         if let Some(p) = store.meta.last_purged {
             store.drop_through(p.index);
@@ -375,7 +414,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let file = {
+        {
             let mut g = self.lock()?;
             let mut buf = Vec::new();
             let mut new_frames = Vec::new();
@@ -427,13 +466,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             g.end += buf.len() as u64;
             g.last = last;
-            g.file.try_clone()?
-        };
-        let res = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(other)
-            .and_then(|r| r);
-        callback.io_completed(res);
+            // Queued under the lock, so flushes are reported in the order of the writes.
+            let queue = g
+                .flusher
+                .as_ref()
+                .ok_or_else(|| other("the Raft log was opened read-only"))?;
+            queue
+                .send(callback)
+                .map_err(|_| other("the Raft log's flusher thread is gone"))?;
+        }
         Ok(())
     }
 
@@ -498,6 +539,34 @@ mod tests {
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         let got = log.try_get_log_entries(0..10).await.unwrap();
         assert_eq!(got, (0..4).map(entry).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn appends_return_before_their_flush_and_are_all_reported_flushed_in_order() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        // Queue several appends without waiting: each is readable at once.
+        let mut flushed = Vec::new();
+        for b in 0..5u64 {
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append((b * 10..b * 10 + 10).map(entry), IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            assert_eq!(log.bounds().unwrap(), Some((0, b * 10 + 9)));
+            flushed.push(rx);
+        }
+        for rx in flushed {
+            rx.await.unwrap().unwrap();
+        }
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let got = log.try_get_log_entries(0..50).await.unwrap();
+        assert_eq!(got, (0..50).map(entry).collect::<Vec<_>>());
+        // A read-only store refuses to append instead of pretending to flush.
+        let mut ro = LogStore::open_read_only(dir.path()).unwrap();
+        let (tx, _rx) = TypeConfig::oneshot();
+        assert!(ro.append([entry(50)], IOFlushed::signal(tx)).await.is_err());
     }
 
     #[tokio::test]

@@ -6,8 +6,13 @@
 //! and `c/<index:u64be>` → the 32-byte chain hash of that entry.
 //!
 //! `apply` hashes each committed entry's stored record (`hearth_core::chain::link_hash`),
-//! writes the batch, flushes, and only then answers the proposer. Business outcomes are
-//! answers, never `Err`: an `Err` from here stops the Raft node.
+//! writes the batch atomically, answers the proposers, then flushes before it returns (so
+//! before the next batch is applied). The answer does not wait for the flush: the entries it
+//! reports are committed in the fsynced Raft log of a quorum, and a state machine that lags
+//! after a crash is re-applied from that log, deterministically, to the same hashes. What is
+//! reported as applied to openraft at startup (`applied_state`) is read back from sled, so it
+//! never exceeds what sled kept. Business outcomes are answers, never `Err`: an `Err` from
+//! here stops the Raft node.
 
 use std::io::{self, Cursor};
 use std::path::Path;
@@ -320,13 +325,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             serde_json::to_vec(&next.membership).map_err(other)?,
         );
         self.tree.apply_batch(batch).map_err(other)?;
-        self.flush().await?;
         let head_index = next.head.map_or(0, |(i, _)| i);
         *self.cached()? = next;
         self.applied_tx.send_replace(head_index);
         for (r, applied) in responses {
             r.send(applied);
         }
+        // Before the next batch, but after the answers: the flush is off the commit path.
+        self.flush().await?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use hearth_proto::v1::intents_client::IntentsClient;
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -23,7 +23,56 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
+/// What one `bench intents` run measured (latencies sorted ascending).
+pub struct IntentStats {
+    pub commit: Vec<Duration>,
+    pub actuate: Vec<Duration>,
+    pub wall: Duration,
+}
+
 pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow::Result<()> {
+    let IntentStats {
+        commit,
+        actuate,
+        wall,
+    } = measure_intents(count, concurrency, base_port).await?;
+    println!(
+        "hearth bench intents: {count} intents, {concurrency} concurrent clients, 3 nodes on loopback, fsync on"
+    );
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>8}",
+        "latency (ms)", "p50", "p90", "p99", "max"
+    );
+    for (name, v) in [
+        ("submit -> committed (client ack)", &commit),
+        ("submit -> device applied", &actuate),
+    ] {
+        println!(
+            "{:<34} {:>8} {:>8} {:>8} {:>8}",
+            name,
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.9)),
+            ms(pct(v, 0.99)),
+            ms(pct(v, 1.0))
+        );
+    }
+    println!(
+        "throughput: {:.0} intents/s ({} in {:.2} s)",
+        count as f64 / wall.as_secs_f64(),
+        count,
+        wall.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs the intent → actuation workload on a local in-process cluster (two hubs and a
+/// witness, gRPC on loopback, fsync on, the simulated device on the in-process bus) and
+/// returns the latencies.
+pub async fn measure_intents(
+    count: usize,
+    concurrency: usize,
+    base_port: u16,
+) -> anyhow::Result<IntentStats> {
     let dir = tempfile::Builder::new().prefix("hearth-bench-").tempdir()?;
     let paths = crate::dev::write_configs(dir.path(), base_port)?;
     let (stop_tx, nodes) = crate::dev::spawn_nodes(&paths)?;
@@ -128,35 +177,13 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
     let mut actuate: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     commit.sort();
     actuate.sort();
-    println!(
-        "hearth bench intents: {count} intents, {concurrency} concurrent clients, 3 nodes on loopback, fsync on"
-    );
-    println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>8}",
-        "latency (ms)", "p50", "p90", "p99", "max"
-    );
-    for (name, v) in [
-        ("submit -> committed (client ack)", &commit),
-        ("submit -> device applied", &actuate),
-    ] {
-        println!(
-            "{:<34} {:>8} {:>8} {:>8} {:>8}",
-            name,
-            ms(pct(v, 0.5)),
-            ms(pct(v, 0.9)),
-            ms(pct(v, 0.99)),
-            ms(pct(v, 1.0))
-        );
-    }
-    println!(
-        "throughput: {:.0} intents/s ({} in {:.2} s)",
-        count as f64 / wall.as_secs_f64(),
-        count,
-        wall.as_secs_f64()
-    );
     let _ = stop_tx.send(());
     for n in nodes {
         let _ = n.await;
     }
-    Ok(())
+    Ok(IntentStats {
+        commit,
+        actuate,
+        wall,
+    })
 }

@@ -66,7 +66,7 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::domain_cli::PolicyCmd,
     },
-    /// Measure intent → actuation latency on a local three-node cluster.
+    /// Measure Hearth: intent → actuation latency, or Hearth against etcd side by side.
     Bench {
         #[command(subcommand)]
         command: BenchCmd,
@@ -96,6 +96,15 @@ impl Command {
             Command::Serve { .. } | Command::Dev { .. } | Command::DeviceSim { .. }
         )
     }
+
+    pub fn is_compare(&self) -> bool {
+        matches!(
+            self,
+            Command::Bench {
+                command: BenchCmd::Compare(_)
+            }
+        )
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -116,6 +125,10 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 7401)]
         base_port: u16,
     },
+    /// Hearth against etcd on this machine, in one run: writes at 1/16/64 clients, failover
+    /// after kill -9 of the leader, and Hearth-only rows (intents, audit verify, restart,
+    /// witness footprint). Needs the etcd server binary (Debian: etcd-server).
+    Compare(crate::bench_compare::CompareArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,6 +346,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 },
         } => {
             crate::bench::intents(count, concurrency, base_port).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCmd::Compare(a),
+        } => {
+            crate::bench_compare::compare(a).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Intent { command } => crate::domain_cli::intent(command).await,
