@@ -266,6 +266,25 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
     }
 }
 
+/// Opens the state machine, waiting up to 5 s while the previous incarnation of this node in
+/// the same process (an in-place restart) still holds sled's lock: its Raft workers end
+/// shortly after shutdown returns. Any other error, or a lock held longer, is returned.
+async fn open_state_machine(dir: &Path) -> Result<StateMachine, NodeError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match StateMachine::open(dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(dir = %dir.display(), "state machine still locked; waiting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Verifies the chain of a stopped node's data directory without starting or changing
 /// anything in the log.
 pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
@@ -305,7 +324,7 @@ impl Node {
         let witness = config.role == Role::Witness;
         let fresh = claim_data_dir(&config.data_dir, id)?;
         let log = LogStore::open(&config.data_dir.join("raft"))?;
-        let sm = StateMachine::open(&config.data_dir.join("state"))?;
+        let sm = open_state_machine(&config.data_dir.join("state")).await?;
         let report = audit::verify(&log, &sm)?;
         if let Some(f) = report.failure {
             return Err(NodeError::ChainBroken {
