@@ -47,6 +47,9 @@ pub enum Command {
         outcome: ActionOutcome,
         token: FencingToken,
     },
+    /// An operator's act on the cluster that changes no replicated state (a node restart),
+    /// recorded so that the chain says who did what.
+    OperatorAct { act: String, by: String },
     /// A person turned one hub of a two-hub cluster into a one-node cluster (assisted
     /// failover). The first entry after the last one the hub shared with its lost peer.
     Promote { promotion: Promotion },
@@ -254,7 +257,7 @@ impl DomainState {
     pub fn apply(&mut self, cmd: &Command, pos: EntryPos) -> Outcome {
         let index = pos.index;
         match cmd {
-            Command::TestRecord { .. } => Outcome::Done,
+            Command::TestRecord { .. } | Command::OperatorAct { .. } => Outcome::Done,
             Command::Promote { promotion: p } => {
                 for id in &p.removed {
                     self.retired.insert(

@@ -342,12 +342,40 @@ impl Cluster for Api {
 
     async fn restart(
         &self,
-        _req: Request<pb::RestartRequest>,
+        req: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::RestartResponse>, Status> {
+        let by = req.into_inner().by;
+        let act = pb::RecordActRequest {
+            act: format!("restart of node {} requested", self.node.id),
+            by,
+        };
+        let recorded = self.record_act(Request::new(act)).await?.into_inner();
         self.node.request_restart();
         Ok(Response::new(pb::RestartResponse {
             node_id: self.node.id,
+            recorded_index: recorded.index,
         }))
+    }
+
+    async fn record_act(
+        &self,
+        req: Request<pb::RecordActRequest>,
+    ) -> Result<Response<pb::AppendTestRecordResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        match self.node.record_act(&r.act, &r.by).await {
+            Ok(a) => Ok(Response::new(pb::AppendTestRecordResponse {
+                index: a.index,
+                hash: hex::encode(a.hash),
+                term: self.node.status().await.term,
+                leader: self.node.id,
+            })),
+            Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
+                let (mut c, req) = to_leader(&addr, r)?;
+                c.record_act(req).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
     }
 }
 

@@ -611,6 +611,22 @@ impl Node {
         self.restart.subscribe()
     }
 
+    /// Records an operator's act in the chain (leader only; others return `NotLeader`).
+    pub async fn record_act(&self, act: &str, by: &str) -> Result<Applied, NodeError> {
+        hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
+        if act.is_empty() || act.len() > 500 || act.chars().any(char::is_control) {
+            return Err(NodeError::Invalid {
+                field: "act",
+                problem: "1-500 printable characters".into(),
+            });
+        }
+        self.propose(&DomainCommand::OperatorAct {
+            act: act.to_string(),
+            by: by.to_string(),
+        })
+        .await
+    }
+
     /// Asks whoever runs this node to restart it: a leader hands over first (on stop).
     pub fn request_restart(&self) {
         tracing::info!(node = self.id, "restart requested");
@@ -1358,6 +1374,7 @@ pub fn describe(rec: &Record) -> String {
         }
         hearth_core::EntryKind::Command => match DomainCommand::decode(&rec.payload) {
             Ok(DomainCommand::TestRecord { text }) => format!("test record {text:?}"),
+            Ok(DomainCommand::OperatorAct { act, by }) => format!("{act} (by {by:?})"),
             Ok(DomainCommand::RegisterDevice { device }) => {
                 format!("device {} registered", device.id)
             }

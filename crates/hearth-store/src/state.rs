@@ -432,7 +432,7 @@ fn apply_command(
         return Ok(outcome);
     }
     match &cmd {
-        Command::TestRecord { .. } => {}
+        Command::TestRecord { .. } | Command::OperatorAct { .. } => {}
         Command::Promote { .. } => batch.insert(K_RETIRED, json(&domain.retired)?),
         Command::RegisterDevice { device } => batch.insert(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),

@@ -199,14 +199,21 @@ pub enum ClusterCmd {
         force: bool,
     },
     /// Restart the node at --addr in place (a leader hands over first) and wait until it is back.
+    /// The request is recorded in the chain first.
     Restart {
         #[command(flatten)]
         target: Target,
+        /// Who asks (recorded in the chain).
+        #[arg(long, default_value = "operator")]
+        operator: String,
     },
     /// Restart every member one at a time, followers first, each after the previous caught up.
     RollingRestart {
         #[command(flatten)]
         target: Target,
+        /// Who asks (recorded in the chain).
+        #[arg(long, default_value = "operator")]
+        operator: String,
     },
 }
 
@@ -332,9 +339,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 reason,
                 force,
             } => crate::topology_cli::promote(&target.addr, operator, reason, force).await,
-            ClusterCmd::Restart { target } => crate::topology_cli::restart(&target.addr).await,
-            ClusterCmd::RollingRestart { target } => {
-                crate::topology_cli::rolling_restart(&target.addr).await
+            ClusterCmd::Restart { target, operator } => {
+                crate::topology_cli::restart(&target.addr, &operator).await
+            }
+            ClusterCmd::RollingRestart { target, operator } => {
+                crate::topology_cli::rolling_restart(&target.addr, &operator).await
             }
         },
         Command::Bench {

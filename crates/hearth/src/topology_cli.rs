@@ -145,15 +145,20 @@ pub async fn replace(
 
 /// Restarts the node at `addr` and waits until its new incarnation has caught up with `goal`
 /// (an applied index) and a leader is known.
-async fn restart_one(addr: &str, goal: Option<u64>) -> anyhow::Result<Duration> {
+async fn restart_one(addr: &str, goal: Option<u64>, by: &str) -> anyhow::Result<Duration> {
     let before = status(addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
     let t0 = Instant::now();
-    ClusterClient::new(channel(addr)?)
-        .restart(pb::RestartRequest {})
+    let r = ClusterClient::new(channel(addr)?)
+        .restart(pb::RestartRequest { by: by.to_string() })
         .await
-        .map_err(|s| rpc_err(addr, s))?;
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    println!(
+        "node {} restarting (recorded at chain index {})",
+        r.node_id, r.recorded_index
+    );
     wait_status(addr, Duration::from_secs(60), "restart and catch-up", |s| {
         s.started_ms != before.started_ms && s.leader.is_some() && s.applied_index >= goal
     })
@@ -161,11 +166,11 @@ async fn restart_one(addr: &str, goal: Option<u64>) -> anyhow::Result<Duration> 
     Ok(t0.elapsed())
 }
 
-pub async fn restart(addr: &str) -> anyhow::Result<ExitCode> {
+pub async fn restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
     let s = status(addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
-    let took = restart_one(addr, s.applied_index).await?;
+    let took = restart_one(addr, s.applied_index, by).await?;
     println!(
         "node {} restarted and caught up in {} ms",
         s.node_id,
@@ -176,7 +181,7 @@ pub async fn restart(addr: &str) -> anyhow::Result<ExitCode> {
 
 /// Restarts every member, one at a time: followers first, the leader last (it hands over
 /// before it stops), each only once the previous one is back and caught up.
-pub async fn rolling_restart(addr: &str) -> anyhow::Result<ExitCode> {
+pub async fn rolling_restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
     let s = status(addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
@@ -194,7 +199,7 @@ pub async fn rolling_restart(addr: &str) -> anyhow::Result<ExitCode> {
             );
         }
         let goal = status(maddr).await.and_then(|s| s.applied_index);
-        let took = restart_one(maddr, goal).await?;
+        let took = restart_one(maddr, goal, by).await?;
         println!(
             "node {id} restarted and caught up in {} ms",
             took.as_millis()
