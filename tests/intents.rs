@@ -213,6 +213,10 @@ async fn an_isolated_old_leader_cannot_get_a_command_applied() {
     bus.set_offline("t-isolate", false);
     let other = c.hubs().into_iter().find(|h| *h != old).unwrap();
     assert_eq!(c.wait_for_leader(&[other], LONG).await, other);
+    // From here on a newer leadership exists. (A send the old leader fenced just before the
+    // isolation may still land before this: no newer leadership had acted then, and the new
+    // leader's re-send is answered ALREADY_APPLIED — no duplicate actuation.)
+    let newer_exists_ms = hearth_devices::now_ms();
     wait_done(&c, other, &r.id).await;
     // The old leader still believes it leads for a while; its dispatcher's fence fails, and
     // a command with its stale token is refused by the device.
@@ -236,9 +240,14 @@ async fn an_isolated_old_leader_cannot_get_a_command_applied() {
     assert!(
         journal
             .iter()
-            .filter(|j| j.command.sender == old)
+            .filter(|j| j.command.sender == old && j.at_ms >= newer_exists_ms)
             .all(|j| j.reply != Reply::Applied),
         "{journal:?}"
+    );
+    assert_eq!(
+        journal.iter().filter(|j| j.reply == Reply::Applied).count(),
+        1,
+        "the action ran exactly once: {journal:?}"
     );
     c.router.heal();
     c.wait_converged(LONG).await;
