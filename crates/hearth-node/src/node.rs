@@ -1353,7 +1353,8 @@ impl Node {
         Ok(audit::links(&self.log, &self.sm, from, to)?)
     }
 
-    /// Stops Raft and the node's tasks.
+    /// Stops Raft and the node's tasks, and waits (≤ 5 s) until Raft's workers have let go
+    /// of the state machine, so the data directory can be opened again at once.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         if let Err(e) = self.raft.shutdown().await {
@@ -1361,6 +1362,21 @@ impl Node {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        let (id, sm) = (self.id, self.sm);
+        drop(self.handler);
+        drop(self.raft);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sm.handles() > 1 {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(
+                    node = id,
+                    handles = sm.handles(),
+                    "the state machine is still held after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -162,6 +162,13 @@ impl StateMachine {
     }
 
     /// Index and hash of the last applied entry.
+    /// How many handles share this state machine (this one included). Raft's workers hold
+    /// clones; a stopping node waits until it holds the last one, so that sled's lock on the
+    /// directory is released when it says it has stopped.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.cached)
+    }
+
     pub fn head(&self) -> io::Result<Option<(u64, Hash)>> {
         Ok(self.cached()?.head)
     }
