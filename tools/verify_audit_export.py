@@ -23,6 +23,8 @@ def verify(lines):
         e = json.loads(line)
         if e["index"] != expected:
             return expected, "expected index %d, found %d" % (expected, e["index"])
+        if e["payload"] != e["payload"].lower():
+            return e["index"], "payload is not lower-case hex"
         record = struct.pack(">QQQB", e["index"], e["term"], e["leader"], KINDS[e["kind"]]) + bytes.fromhex(e["payload"])
         digest = hashlib.sha256(TAG + prev + record).digest()
         if digest.hex() != e["hash"]:

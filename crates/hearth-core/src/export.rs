@@ -70,7 +70,7 @@ impl ExportLine {
 
     fn to_record(&self) -> Result<(Record, Hash), String> {
         let kind = EntryKind::from_name(&self.kind).map_err(|e| e.to_string())?;
-        let payload = hex::decode(&self.payload).map_err(|e| format!("payload is not hex: {e}"))?;
+        let payload = lower_hex(&self.payload).map_err(|e| format!("payload {e}"))?;
         Ok((
             Record {
                 index: self.index,
@@ -84,8 +84,17 @@ impl ExportLine {
     }
 }
 
+/// Decodes lower-case hex only: an export has exactly one text per history, so `AB` where the
+/// format says `ab` is refused instead of verifying as the same bytes.
+fn lower_hex(s: &str) -> Result<Vec<u8>, String> {
+    if let Some(c) = s.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err(format!("is not lower-case hex (found {c:?})"));
+    }
+    hex::decode(s).map_err(|e| format!("is not hex: {e}"))
+}
+
 pub fn parse_hash(s: &str) -> Result<Hash, String> {
-    let v = hex::decode(s).map_err(|e| format!("hash is not hex: {e}"))?;
+    let v = lower_hex(s).map_err(|e| format!("hash {e}"))?;
     v.try_into()
         .map_err(|v: Vec<u8>| format!("hash has {} bytes, expected 32", v.len()))
 }
