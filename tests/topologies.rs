@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use hearth_node::{NodeError, Role};
 use hearth_tests::TestCluster;
 use hearth_tests::cluster::ASSIST_DOWN_AFTER_MS;
-use openraft::type_config::async_runtime::WatchReceiver;
 
 const LONG: Duration = Duration::from_secs(15);
 /// Nothing accepts connections there: a refused connect does not count as reachable.
@@ -35,14 +34,7 @@ async fn wait_assist(c: &TestCluster, id: u64, state: &str) -> hearth_node::node
 }
 
 fn voters(c: &TestCluster, id: u64) -> Vec<u64> {
-    c.node(id)
-        .raft
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect()
+    c.node(id).voters()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

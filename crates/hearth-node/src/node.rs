@@ -542,6 +542,22 @@ impl Node {
         }
     }
 
+    /// The current Raft term, as this node sees it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The voters of the effective membership, ascending.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// The assisted-failover observation and assessment, on a hub of a cluster whose voters
     /// are exactly two hubs (this one and its peer); `None` in every other topology.
     pub fn assist_observation(&self) -> Option<(AssistObservation, AssistState)> {
@@ -654,8 +670,7 @@ impl Node {
             return Err(NodeError::Refused("only a hub can be promoted".into()));
         }
         let Some((obs, state)) = self.assist_observation() else {
-            let m = self.raft.metrics().borrow_watched().clone();
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let voters = self.voters();
             return Err(NodeError::Refused(format!(
                 "promotion is for a cluster of exactly two hubs without a witness; this cluster's \
                  voters are {voters:?}. With a witness (three voters) the cluster fails over by \
@@ -664,11 +679,9 @@ impl Node {
         };
         hearth_core::assisted::may_promote(&state, force)
             .map_err(|r| NodeError::Refused(r.to_string()))?;
-        let m = self.raft.metrics().borrow_watched().clone();
-        let removed: Vec<u64> = m
-            .membership_config
-            .membership()
-            .voter_ids()
+        let removed: Vec<u64> = self
+            .voters()
+            .into_iter()
             .filter(|v| *v != self.id)
             .collect();
         let last = obs.my_last.map(|l| (l.term, l.index));
@@ -1224,14 +1237,7 @@ impl Node {
                 ),
             });
         }
-        let voters: Vec<u64> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voters();
         if !voters.contains(&old) {
             return Err(NodeError::Invalid {
                 field: "old_id",
