@@ -62,6 +62,10 @@ impl Cluster {
                         .collect(),
                     timing: hearth_tests::cluster::test_timing(),
                     assist: Default::default(),
+                    // Plain text here; tests/security.rs runs the same over mTLS with tokens.
+                    insecure: true,
+                    tls: None,
+                    auth: None,
                 };
                 cfg.validate().unwrap();
                 (*id, cfg)

@@ -129,6 +129,10 @@ impl TestCluster {
                 .collect(),
             timing: self.timing.clone(),
             assist: self.assist.get(&id).cloned().unwrap_or_default(),
+            // In-process nodes talk through the test router, not gRPC.
+            insecure: true,
+            tls: None,
+            auth: None,
         }
     }
 

@@ -36,6 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::settings::SNAPSHOT_TIMEOUT_MS;
+use crate::tls::{Security, check_peer_identity};
 use crate::wire::{self, FORMAT_JSON};
 use crate::{RaftHandler, TypeConfig};
 
@@ -49,31 +50,46 @@ fn network(msg: impl Into<String>) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(msg.into())))
 }
 
-/// Makes a lazily connected channel to `addr`.
+/// A lazily connected plain-text channel to `addr` (clusters with `insecure = true`, tests).
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    node_channel(addr, &Security::Insecure, None)
+}
+
+/// Makes a lazily connected channel to `addr`; with TLS, the server must prove it is node
+/// `peer` (`None`: any node of the cluster) and this node presents its own certificate.
+pub fn node_channel(
+    addr: &str,
+    security: &Security,
+    peer: Option<u64>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", security.scheme()))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = security.client_config(peer) {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// A lazily connected channel to `addr`, shared by the whole process: forwarding a client
 /// request to the leader or probing a peer reuses one HTTP/2 connection instead of opening a
 /// new one per call.
-pub fn shared_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, Channel>>> =
+/// Channels are cached per (address, identity): nodes of a test share one process.
+pub fn shared_channel(addr: &str, security: &Security) -> Result<Channel, tonic::transport::Error> {
+    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<(String, String), Channel>>> =
         std::sync::OnceLock::new();
+    let key = (addr.to_string(), security.cache_key());
     let mut g = CHANNELS
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = g.get(addr) {
+    if let Some(c) = g.get(&key) {
         return Ok(c.clone());
     }
-    let c = lazy_channel(addr)?;
-    g.insert(addr.to_string(), c.clone());
+    let c = node_channel(addr, security, None)?;
+    g.insert(key, c.clone());
     Ok(c)
 }
 
@@ -81,13 +97,15 @@ pub fn shared_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
     self_id: u64,
+    security: Security,
     channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
 }
 
 impl GrpcNetworkFactory {
-    pub fn new(self_id: u64) -> Self {
+    pub fn new(self_id: u64, security: Security) -> Self {
         Self {
             self_id,
+            security,
             channels: Arc::default(),
         }
     }
@@ -97,7 +115,7 @@ impl GrpcNetworkFactory {
         if let Some(c) = g.get(&(target, addr.to_string())) {
             return Some(c.clone());
         }
-        match lazy_channel(addr) {
+        match node_channel(addr, &self.security, Some(target)) {
             Ok(c) => {
                 g.insert((target, addr.to_string()), c.clone());
                 Some(c)
@@ -272,15 +290,26 @@ impl RaftNetworkV2<TypeConfig> for GrpcPeer {
 /// The tonic service answering Raft RPCs for one node.
 pub struct RaftGrpc {
     handler: RaftHandler,
+    security: Security,
 }
 
 impl RaftGrpc {
-    pub fn new(handler: RaftHandler) -> Self {
-        Self { handler }
+    pub fn new(handler: RaftHandler, security: Security) -> Self {
+        Self { handler, security }
     }
 
     fn open<T: DeserializeOwned>(&self, req: Request<RaftBytes>) -> Result<(u64, T), Status> {
+        let certs = req.peer_certs();
         let m = req.into_inner();
+        check_peer_identity(
+            &self.security,
+            certs.as_deref().map(|c| c.as_slice()),
+            m.from,
+        )
+        .map_err(|why| {
+            tracing::warn!(node = self.handler.id, claimed = m.from, "{why}");
+            Status::unauthenticated(why)
+        })?;
         if m.to != self.handler.id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {}: the peer's membership has a stale address",

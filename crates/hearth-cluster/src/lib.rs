@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod handler;
 pub mod notices;
 pub mod settings;
+pub mod tls;
 pub mod wire;
 
 pub use handler::RaftHandler;

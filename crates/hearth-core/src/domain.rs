@@ -25,12 +25,25 @@ pub const RATE_MEMORY_SECS: u32 = 24 * 3600;
 pub enum Command {
     /// An operator's test record: changes nothing but the chain.
     TestRecord { text: String },
-    /// Adds or replaces a device manifest.
-    RegisterDevice { device: Device },
+    /// Adds or replaces a device manifest. `by`: the authenticated principal (absent on
+    /// clusters without client authentication, and in entries older than it).
+    RegisterDevice {
+        device: Device,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Adds or replaces an intent class.
-    ApplyClass { class: IntentClass },
+    ApplyClass {
+        class: IntentClass,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Replaces the whole policy set.
-    ApplyPolicies { policies: Vec<Policy> },
+    ApplyPolicies {
+        policies: Vec<Policy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// An intent as the leader received it, with the time it fixed for planning.
     SubmitIntent {
         intent: Intent,
@@ -271,7 +284,7 @@ impl DomainState {
                 }
                 Outcome::Done
             }
-            Command::RegisterDevice { device } => match device.validate() {
+            Command::RegisterDevice { device, .. } => match device.validate() {
                 Ok(()) => {
                     self.devices.insert(device.id.clone(), device.clone());
                     Outcome::Done
@@ -280,7 +293,7 @@ impl DomainState {
                     reason: e.to_string(),
                 },
             },
-            Command::ApplyClass { class } => {
+            Command::ApplyClass { class, .. } => {
                 if let Err(e) = crate::intent::check_id("name", &class.name) {
                     return Outcome::Refused {
                         reason: e.to_string(),
@@ -289,7 +302,7 @@ impl DomainState {
                 self.classes.insert(class.name.clone(), class.clone());
                 Outcome::Done
             }
-            Command::ApplyPolicies { policies } => {
+            Command::ApplyPolicies { policies, .. } => {
                 if let Some(e) = policies.iter().find_map(|p| p.validate().err()) {
                     return Outcome::Refused {
                         reason: e.to_string(),
@@ -524,7 +537,13 @@ mod tests {
     fn accepted_intent_fills_the_outbox_with_stable_action_ids() {
         let mut s = DomainState::default();
         assert_eq!(
-            s.apply(&Command::RegisterDevice { device: siren() }, at(1)),
+            s.apply(
+                &Command::RegisterDevice {
+                    device: siren(),
+                    by: None
+                },
+                at(1)
+            ),
             Outcome::Done
         );
         let out = s.apply(&submit(intent("k1", "smoke")), at(2));
@@ -544,7 +563,13 @@ mod tests {
     #[test]
     fn idempotency_same_body_is_a_duplicate_other_body_a_conflict() {
         let mut s = DomainState::default();
-        s.apply(&Command::RegisterDevice { device: siren() }, at(1));
+        s.apply(
+            &Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
+            at(1),
+        );
         s.apply(&submit(intent("k1", "smoke")), at(2));
         let before = s.clone();
         assert_eq!(
@@ -568,7 +593,13 @@ mod tests {
     #[test]
     fn confirmation_holds_the_outbox_until_approved() {
         let mut s = DomainState::default();
-        s.apply(&Command::RegisterDevice { device: siren() }, at(1));
+        s.apply(
+            &Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
+            at(1),
+        );
         let ask = Policy {
             id: "ask".into(),
             rule: Rule::RequireConfirmation {
@@ -577,6 +608,7 @@ mod tests {
         };
         s.apply(
             &Command::ApplyPolicies {
+                by: None,
                 policies: vec![ask],
             },
             at(2),
@@ -612,7 +644,13 @@ mod tests {
     #[test]
     fn outcomes_are_recorded_once_and_finish_the_intent() {
         let mut s = DomainState::default();
-        s.apply(&Command::RegisterDevice { device: siren() }, at(1));
+        s.apply(
+            &Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
+            at(1),
+        );
         s.apply(&submit(intent("k4", "smoke")), at(2));
         let id = intent_id("k4");
         let token = FencingToken {
@@ -648,7 +686,13 @@ mod tests {
         let mut bad = siren();
         bad.id = "../etc".into();
         assert!(matches!(
-            s.apply(&Command::RegisterDevice { device: bad }, at(1)),
+            s.apply(
+                &Command::RegisterDevice {
+                    device: bad,
+                    by: None
+                },
+                at(1)
+            ),
             Outcome::Refused { .. }
         ));
         let mut i = intent("k3", "x");
@@ -664,7 +708,10 @@ mod tests {
     fn commands_roundtrip_through_their_bytes() {
         for c in [
             submit(intent("k", "s")),
-            Command::RegisterDevice { device: siren() },
+            Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
             Command::TestRecord { text: "t".into() },
         ] {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);

@@ -35,6 +35,7 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::Plan(_) => Status::invalid_argument(msg),
         NodeError::KeyConflict(_) => Status::already_exists(msg),
         NodeError::Refused(_) => Status::failed_precondition(msg),
+        NodeError::Forbidden(_) => Status::permission_denied(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
         _ => Status::internal(msg),
@@ -181,14 +182,16 @@ impl Api {
 /// A client to the leader for a forwarded call, and the request marked as forwarded (a node
 /// never forwards a forwarded call again, so a leadership change cannot make it loop).
 fn to_leader<T>(
+    node: &Node,
     addr: &str,
     msg: T,
 ) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
-    let channel = hearth_cluster::grpc::shared_channel(addr)
+    let channel = hearth_cluster::grpc::shared_channel(addr, node.security())
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    crate::auth::forward_credentials(&mut req);
     req.set_timeout(Duration::from_secs(120));
     Ok((ClusterClient::new(channel), req))
 }
@@ -208,6 +211,18 @@ fn membership_reply(r: (u64, Vec<u64>)) -> Response<pb::MembershipResponse> {
         index: r.0,
         voters: r.1,
     })
+}
+
+impl Api {
+    /// With client authentication on, a privileged act is first an audit entry naming the
+    /// principal (membership entries themselves cannot carry a name). Not the leader: the
+    /// caller forwards the whole request, and the leader records it.
+    async fn record_privileged(&self, act: String) -> Result<(), NodeError> {
+        if let Some(by) = crate::auth::current_name() {
+            self.node.record_act(&act, &by).await?;
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -243,7 +258,8 @@ impl Cluster for Api {
                     leader,
                     "forwarding a write to the leader"
                 );
-                let (mut c, req) = to_leader(&addr, pb::AppendTestRecordRequest { text })?;
+                let (mut c, req) =
+                    to_leader(&self.node, &addr, pb::AppendTestRecordRequest { text })?;
                 c.append_test_record(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -257,10 +273,15 @@ impl Cluster for Api {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         let role = parse_role(&r.role)?;
-        match self.node.add_member(r.id, &r.addr, role).await {
+        let act = format!("add of node {} ({}) at {} requested", r.id, r.role, r.addr);
+        let res = match self.record_privileged(act).await {
+            Ok(()) => self.node.add_member(r.id, &r.addr, role).await,
+            Err(e) => Err(e),
+        };
+        match res {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&addr, r)?;
+                let (mut c, req) = to_leader(&self.node, &addr, r)?;
                 c.add_member(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -273,10 +294,15 @@ impl Cluster for Api {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        match self.node.remove_member(r.id).await {
+        let act = format!("removal of node {} requested", r.id);
+        let res = match self.record_privileged(act).await {
+            Ok(()) => self.node.remove_member(r.id).await,
+            Err(e) => Err(e),
+        };
+        match res {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&addr, r)?;
+                let (mut c, req) = to_leader(&self.node, &addr, r)?;
                 c.remove_member(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -290,14 +316,22 @@ impl Cluster for Api {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         let role = parse_role(&r.role)?;
-        match self
-            .node
-            .replace_member(r.old_id, r.new_id, &r.addr, role)
-            .await
-        {
+        let act = format!(
+            "replacement of node {} by node {} ({}) at {} requested",
+            r.old_id, r.new_id, r.role, r.addr
+        );
+        let res = match self.record_privileged(act).await {
+            Ok(()) => {
+                self.node
+                    .replace_member(r.old_id, r.new_id, &r.addr, role)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match res {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&addr, r)?;
+                let (mut c, req) = to_leader(&self.node, &addr, r)?;
                 c.replace_member(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -310,10 +344,15 @@ impl Cluster for Api {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        match self.node.transfer_leadership(r.to).await {
+        let act = format!("leadership transfer to node {} requested", r.to);
+        let res = match self.record_privileged(act).await {
+            Ok(()) => self.node.transfer_leadership(r.to).await,
+            Err(e) => Err(e),
+        };
+        match res {
             Ok((leader, term)) => Ok(Response::new(pb::TransferLeaderResponse { leader, term })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&addr, r)?;
+                let (mut c, req) = to_leader(&self.node, &addr, r)?;
                 c.transfer_leader(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -327,7 +366,7 @@ impl Cluster for Api {
         let r = req.into_inner();
         let p = self
             .node
-            .request_promotion(&r.operator, &r.reason, r.force)
+            .request_promotion(&crate::auth::actor(&r.operator), &r.reason, r.force)
             .map_err(to_status)?;
         Ok(Response::new(pb::PromoteResponse {
             node_id: p.node,
@@ -363,7 +402,11 @@ impl Cluster for Api {
     ) -> Result<Response<pb::AppendTestRecordResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        match self.node.record_act(&r.act, &r.by).await {
+        match self
+            .node
+            .record_act(&r.act, &crate::auth::actor(&r.by))
+            .await
+        {
             Ok(a) => Ok(Response::new(pb::AppendTestRecordResponse {
                 index: a.index,
                 hash: hex::encode(a.hash),
@@ -371,7 +414,7 @@ impl Cluster for Api {
                 leader: self.node.id,
             })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&addr, r)?;
+                let (mut c, req) = to_leader(&self.node, &addr, r)?;
                 c.record_act(req).await
             }
             Err(e) => Err(to_status(e)),
@@ -442,12 +485,13 @@ impl Audit for Api {
 /// Asks peers for their status over the public API.
 pub struct GrpcProbe {
     pub timeout: Duration,
+    pub security: hearth_cluster::tls::Security,
 }
 
 impl PeerProbe for GrpcProbe {
     fn status<'a>(&'a self, _id: u64, addr: &'a str) -> BoxFuture<'a, Option<StatusView>> {
         Box::pin(async move {
-            let channel = hearth_cluster::grpc::shared_channel(addr).ok()?;
+            let channel = hearth_cluster::grpc::shared_channel(addr, &self.security).ok()?;
             let mut client = ClusterClient::new(channel);
             let mut req = Request::new(pb::StatusRequest {});
             req.set_timeout(self.timeout);

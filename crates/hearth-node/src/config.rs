@@ -10,6 +10,16 @@
 //! data_dir = "/var/lib/hearth"
 //! bootstrap = true          # exactly one hub: forms the cluster once
 //!
+//! [tls]                     # node-to-node mTLS and TLS for clients (`hearth init-pki`)
+//! ca = "pki/ca.pem"         # relative paths are relative to this file
+//! cert = "pki/node-1.pem"
+//! key = "pki/node-1.key"    # mode 0600
+//!
+//! [auth]
+//! tokens_file = "pki/tokens.toml"  # client tokens, stored hashed (`hearth token add`)
+//!
+//! # insecure = true         # instead of [tls] and [auth]: plain text, no client tokens
+//!
 //! [[peers]]
 //! id = 2
 //! addr = "laptop.local:7101"
@@ -144,6 +154,31 @@ pub struct NodeConfig {
     pub timing: TimingConfig,
     #[serde(default)]
     pub assist: AssistSettings,
+    /// Plain-text transport and no client authentication. Must be asked for; every start
+    /// logs a warning.
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    #[serde(default)]
+    pub auth: Option<AuthSettings>,
+}
+
+/// The PEM files `hearth init-pki` wrote for this node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Client authentication: who may call which service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The hashed client tokens (see `hearth_node::auth` for the format).
+    pub tokens_file: PathBuf,
 }
 
 /// Assisted failover of two hubs without a witness: what the survivor probes before it
@@ -220,13 +255,50 @@ impl NodeConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut cfg = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
             },
             other => other,
-        })
+        })?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_relative_to(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Makes the TLS and token file paths relative to `base` (the config file's directory).
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.ca);
+            fix(&mut t.cert);
+            fix(&mut t.key);
+        }
+        if let Some(a) = &mut self.auth {
+            fix(&mut a.tokens_file);
+        }
+    }
+
+    /// The transport security this configuration asks for, with its files loaded and checked.
+    pub fn security(&self) -> Result<hearth_cluster::tls::Security, ConfigError> {
+        match &self.tls {
+            None => Ok(hearth_cluster::tls::Security::Insecure),
+            Some(t) => hearth_cluster::tls::Security::load(
+                self.node_id,
+                &hearth_cluster::tls::TlsFiles {
+                    ca: t.ca.display().to_string(),
+                    cert: t.cert.display().to_string(),
+                    key: t.key.display().to_string(),
+                },
+            )
+            .map_err(|e| invalid("tls", e.to_string())),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
@@ -312,6 +384,29 @@ impl NodeConfig {
         for (i, t) in self.assist.targets.iter().enumerate() {
             check_addr(&format!("assist.targets[{i}]"), t)?;
         }
+        match (self.insecure, self.tls.is_some(), self.auth.is_some()) {
+            (true, false, false) | (false, true, true) => {}
+            (true, _, _) => {
+                return Err(invalid(
+                    "insecure",
+                    "insecure = true turns TLS and client tokens off; remove it or remove [tls] and [auth]",
+                ));
+            }
+            (false, false, _) => {
+                return Err(invalid(
+                    "tls",
+                    "missing: nodes talk over mutual TLS (run `hearth init-pki` and add [tls] \
+                     ca/cert/key), or set insecure = true for a plain-text lab setup",
+                ));
+            }
+            (false, true, false) => {
+                return Err(invalid(
+                    "auth",
+                    "missing: clients need tokens (add [auth] tokens_file; `hearth init-pki` \
+                     writes one), or set insecure = true for a lab setup",
+                ));
+            }
+        }
         let t = &self.timing;
         if self.assist.down_after_ms <= t.election_max_ms {
             return Err(invalid(
@@ -372,6 +467,7 @@ role = "hub"
 listen = "127.0.0.1:7101"
 data_dir = "/tmp/x"
 bootstrap = true
+insecure = true
 [[peers]]
 id = 2
 addr = "127.0.0.1:7102"

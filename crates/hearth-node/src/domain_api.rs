@@ -26,15 +26,27 @@ fn invalid(e: FieldError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn leader_channel(addr: &str) -> Result<Channel, Status> {
-    hearth_cluster::grpc::shared_channel(addr)
+fn leader_channel(node: &Node, addr: &str) -> Result<Channel, Status> {
+    hearth_cluster::grpc::shared_channel(addr, node.security())
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))
+}
+
+/// An agent reads only its own intents.
+fn own_intent(r: &hearth_core::domain::IntentRecord) -> Result<(), Status> {
+    match crate::auth::agent_name() {
+        Some(agent) if r.intent.source != agent => Err(Status::permission_denied(format!(
+            "agent {agent:?} reads only its own intents; {} was submitted by {:?}",
+            r.id, r.intent.source
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn forward<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    crate::auth::forward_credentials(&mut req);
     req.set_timeout(FORWARD_TIMEOUT);
     req
 }
@@ -300,7 +312,17 @@ impl pb::intents_server::Intents for DomainApi {
                 let node = node.clone();
                 let m = m.clone();
                 async move {
-                    let i = intent_from_pb(&m)?;
+                    let mut i = intent_from_pb(&m)?;
+                    if let Some(agent) = crate::auth::agent_name() {
+                        if i.source.is_empty() {
+                            i.source = agent;
+                        } else if i.source != agent {
+                            return Err(NodeError::Forbidden(format!(
+                                "agent {agent:?} submits intents only as source {agent:?}, not {:?}",
+                                i.source
+                            )));
+                        }
+                    }
                     if m.dry_run {
                         return node.explain(&i).map(|p| plan_view(&p));
                     }
@@ -308,7 +330,7 @@ impl pb::intents_server::Intents for DomainApi {
                 }
             },
             |addr, msg| async move {
-                IntentsClient::new(leader_channel(&addr)?)
+                IntentsClient::new(leader_channel(&self.node, &addr)?)
                     .submit(forward(msg))
                     .await
             }
@@ -321,7 +343,10 @@ impl pb::intents_server::Intents for DomainApi {
     ) -> Result<Response<pb::IntentView>, Status> {
         let id = req.into_inner().id;
         match self.node.get_intent(&id).map_err(to_status)? {
-            Some(r) => Ok(Response::new(record_view(&r))),
+            Some(r) => {
+                own_intent(&r)?;
+                Ok(Response::new(record_view(&r)))
+            }
             None => Err(Status::not_found(format!(
                 "no intent {id:?} on this node (yet)"
             ))),
@@ -335,6 +360,15 @@ impl pb::intents_server::Intents for DomainApi {
         req: Request<pb::GetIntentRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = req.into_inner().id;
+        if let Some(r) = self.node.get_intent(&id).map_err(to_status)? {
+            own_intent(&r)?;
+        } else if crate::auth::agent_name().is_some() {
+            // An agent may only watch its own intents; one not applied here yet cannot be
+            // checked, so the agent asks again once it exists.
+            return Err(Status::not_found(format!(
+                "no intent {id:?} on this node (yet)"
+            )));
+        }
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -472,7 +506,7 @@ impl pb::intents_server::Intents for DomainApi {
                 }
             },
             |addr, msg| async move {
-                IntentsClient::new(leader_channel(&addr)?)
+                IntentsClient::new(leader_channel(&self.node, &addr)?)
                     .approve(forward(msg))
                     .await
             }
@@ -506,7 +540,7 @@ impl pb::devices_server::Devices for DomainApi {
                 }
             },
             |addr, msg| async move {
-                DevicesClient::new(leader_channel(&addr)?)
+                DevicesClient::new(leader_channel(&self.node, &addr)?)
                     .register(forward(msg))
                     .await
             }
@@ -572,7 +606,7 @@ impl pb::policies_server::Policies for DomainApi {
                 }
             },
             |addr, msg| async move {
-                PoliciesClient::new(leader_channel(&addr)?)
+                PoliciesClient::new(leader_channel(&self.node, &addr)?)
                     .apply_class(forward(msg))
                     .await
             }
@@ -597,7 +631,7 @@ impl pb::policies_server::Policies for DomainApi {
                 }
             },
             |addr, msg| async move {
-                PoliciesClient::new(leader_channel(&addr)?)
+                PoliciesClient::new(leader_channel(&self.node, &addr)?)
                     .apply_policies(forward(msg))
                     .await
             }

@@ -91,6 +91,8 @@ pub enum NodeError {
     KeyConflict(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     #[error("field `{field}`: {problem}")]
     Invalid {
         field: &'static str,
@@ -220,6 +222,8 @@ pub struct Node {
     /// The promotion this start wrote into the log, if any.
     pub promoted: Option<Promotion>,
     started_ms: u64,
+    /// TLS material for calls this node makes to other nodes' public API (forwarding, probes).
+    security: hearth_cluster::tls::Security,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -322,6 +326,16 @@ impl Node {
     {
         let id = config.node_id;
         let witness = config.role == Role::Witness;
+        let security = config
+            .security()
+            .map_err(|e| NodeError::Settings(e.to_string()))?;
+        if !security.is_tls() {
+            tracing::warn!(
+                node = id,
+                "INSECURE: insecure = true — plain-text transport and no client tokens; anyone \
+                 on this network can read the traffic, join as a node and call every method"
+            );
+        }
         let fresh = claim_data_dir(&config.data_dir, id)?;
         let log = LogStore::open(&config.data_dir.join("raft"))?;
         let sm = open_state_machine(&config.data_dir.join("state")).await?;
@@ -400,11 +414,17 @@ impl Node {
             restart: watch::channel(false).0,
             promoted,
             started_ms: Self::clock().now_ms,
+            security,
         })
     }
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// How this node reaches other nodes' public API (TLS with its certificate, or plain).
+    pub fn security(&self) -> &hearth_cluster::tls::Security {
+        &self.security
     }
 
     /// The configured members as openraft nodes.
@@ -949,13 +969,15 @@ impl Node {
 
     pub async fn register_device(&self, device: Device) -> Result<Applied, NodeError> {
         device.validate().map_err(NodeError::from)?;
-        self.propose_checked(&DomainCommand::RegisterDevice { device })
+        let by = crate::auth::current_name();
+        self.propose_checked(&DomainCommand::RegisterDevice { device, by })
             .await
     }
 
     pub async fn apply_class(&self, class: IntentClass) -> Result<Applied, NodeError> {
         hearth_core::intent::check_id("name", &class.name).map_err(NodeError::from)?;
-        self.propose_checked(&DomainCommand::ApplyClass { class })
+        let by = crate::auth::current_name();
+        self.propose_checked(&DomainCommand::ApplyClass { class, by })
             .await
     }
 
@@ -963,7 +985,8 @@ impl Node {
         for p in &policies {
             p.validate().map_err(NodeError::from)?;
         }
-        self.propose_checked(&DomainCommand::ApplyPolicies { policies })
+        let by = crate::auth::current_name();
+        self.propose_checked(&DomainCommand::ApplyPolicies { policies, by })
             .await
     }
 
@@ -1034,7 +1057,7 @@ impl Node {
         }
         self.propose_checked(&DomainCommand::Approve {
             intent_id: intent_id.to_string(),
-            by: by.to_string(),
+            by: crate::auth::actor(by),
         })
         .await?;
         self.get_intent(intent_id)?
@@ -1397,14 +1420,14 @@ pub fn describe(rec: &Record) -> String {
         hearth_core::EntryKind::Command => match DomainCommand::decode(&rec.payload) {
             Ok(DomainCommand::TestRecord { text }) => format!("test record {text:?}"),
             Ok(DomainCommand::OperatorAct { act, by }) => format!("{act} (by {by:?})"),
-            Ok(DomainCommand::RegisterDevice { device }) => {
-                format!("device {} registered", device.id)
+            Ok(DomainCommand::RegisterDevice { device, by }) => {
+                format!("device {} registered{}", device.id, by_suffix(&by))
             }
-            Ok(DomainCommand::ApplyClass { class }) => {
-                format!("intent class {} applied", class.name)
+            Ok(DomainCommand::ApplyClass { class, by }) => {
+                format!("intent class {} applied{}", class.name, by_suffix(&by))
             }
-            Ok(DomainCommand::ApplyPolicies { policies }) => {
-                format!("{} policies applied", policies.len())
+            Ok(DomainCommand::ApplyPolicies { policies, by }) => {
+                format!("{} policies applied{}", policies.len(), by_suffix(&by))
             }
             Ok(DomainCommand::SubmitIntent { intent, .. }) => format!(
                 "intent {} {} {:?} at {} from {}",
@@ -1443,4 +1466,10 @@ pub fn describe(rec: &Record) -> String {
             Err(_) => format!("command ({} bytes)", rec.payload.len()),
         },
     }
+}
+
+fn by_suffix(by: &Option<String>) -> String {
+    by.as_ref()
+        .map(|b| format!(" by {b:?}"))
+        .unwrap_or_default()
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, GrpcProbe, MAX_REQUEST};
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::NodeConfig;
 use crate::node::{Node, NodeError};
 
@@ -69,7 +70,15 @@ async fn serve_once(
             source,
         })?;
     let id = config.node_id;
-    let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id)).await?);
+    let security = config
+        .security()
+        .map_err(|e| NodeError::Settings(e.to_string()))?;
+    let authenticator = Arc::new(match &config.auth {
+        Some(a) => Authenticator::from_file(&a.tokens_file)
+            .map_err(|e| NodeError::Settings(e.to_string()))?,
+        None => Authenticator::disabled(),
+    });
+    let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ClusterServer<Api>>().await;
@@ -109,6 +118,7 @@ async fn serve_once(
         tokio::spawn(async move {
             let probe = GrpcProbe {
                 timeout: Duration::from_secs(2),
+                security: node.security().clone(),
             };
             let res = async {
                 node.check_not_wiped(&probe).await?;
@@ -122,9 +132,15 @@ async fn serve_once(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.server_config() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
+        // Every call passes the token check first (auth::need says what each method needs).
+        .layer(AuthLayer::new(authenticator))
         .add_service(
-            RaftServer::new(RaftGrpc::new(node.handler.clone()))
+            RaftServer::new(RaftGrpc::new(node.handler.clone(), security.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))

@@ -441,15 +441,15 @@ fn apply_command(
     match &cmd {
         Command::TestRecord { .. } | Command::OperatorAct { .. } => {}
         Command::Promote { .. } => batch.insert(K_RETIRED, json(&domain.retired)?),
-        Command::RegisterDevice { device } => batch.insert(
+        Command::RegisterDevice { device, .. } => batch.insert(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
         ),
-        Command::ApplyClass { class } => batch.insert(
+        Command::ApplyClass { class, .. } => batch.insert(
             format!("{CLASS_PREFIX}{}", class.name).as_bytes(),
             json(class)?,
         ),
-        Command::ApplyPolicies { policies } => batch.insert(K_POLICIES, json(policies)?),
+        Command::ApplyPolicies { policies, .. } => batch.insert(K_POLICIES, json(policies)?),
         Command::SubmitIntent { intent, .. } => {
             let id = hearth_core::domain::intent_id(&intent.idempotency_key);
             if let Some(r) = domain.intents.get(&id) {

@@ -246,7 +246,8 @@ struct Cluster {
 }
 
 fn channel(addr: &str) -> anyhow::Result<Channel> {
-    crate::cli::channel(addr)
+    // Plain text, like the etcd it is compared with.
+    hearth_cluster::grpc::lazy_channel(addr).with_context(|| format!("{addr:?}"))
 }
 
 async fn with_timeout<T>(
@@ -729,7 +730,7 @@ async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Resul
     std::fs::write(
         &cfg,
         format!(
-            "node_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n{}",
+            "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n{}",
             data.display(),
             timing_toml(ELECTION_MS * 2)
         ),

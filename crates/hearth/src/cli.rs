@@ -20,6 +20,14 @@ use tonic::transport::Channel;
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    /// The cluster CA certificate (pki/ca.pem): talk TLS to nodes and check they are the
+    /// cluster's. Default: $HEARTH_CA. Without it, plain text (clusters with insecure = true).
+    #[arg(long, global = true, env = "HEARTH_CA")]
+    pub ca: Option<PathBuf>,
+    /// A file holding the client token (pki/admin.token, or one from `hearth token add`).
+    /// Default: $HEARTH_TOKEN_FILE; $HEARTH_TOKEN may hold the token itself.
+    #[arg(long, global = true, env = "HEARTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +48,26 @@ pub enum Command {
         /// three: two hubs and a witness; two: two hubs (assisted failover); one: a single hub.
         #[arg(long, value_enum, default_value = "three")]
         topology: crate::dev::Topology,
+        /// Plain text and no client tokens (default: mTLS and tokens from a fresh pki/).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Create the cluster CA, node certificates and the first admin token (or add to them).
+    InitPki {
+        /// Directory for the files (reused if it exists: the CA is kept).
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// A node id to issue a certificate for (repeat: --node 1 --node 2 --node 3).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<u64>,
+        /// Issue the named nodes' certificates again (rotation), with the same CA.
+        #[arg(long)]
+        renew: bool,
+    },
+    /// Add, revoke and list client tokens (stored hashed; nodes re-read the file).
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
     },
     /// Inspect the cluster.
     Cluster {
@@ -86,6 +114,33 @@ pub enum Command {
         /// … on this topic (commands on TOPIC/command, acks on TOPIC/ack).
         #[arg(long)]
         topic: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a token and print it once; only its SHA-256 goes into the file.
+    Add {
+        #[arg(long, default_value = "pki/tokens.toml")]
+        file: PathBuf,
+        /// The principal's name, as audit entries will show it.
+        #[arg(long)]
+        name: String,
+        /// agent, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Remove a token (nodes stop accepting it within a second of seeing the file).
+    Revoke {
+        #[arg(long, default_value = "pki/tokens.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List names and roles.
+    List {
+        #[arg(long, default_value = "pki/tokens.toml")]
+        file: PathBuf,
     },
 }
 
@@ -272,7 +327,67 @@ async fn stop_signal() {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    set_client(ClientSettings::from_args(
+        args.ca.as_deref(),
+        args.token_file.as_deref(),
+    )?);
     match args.command {
+        Command::InitPki { dir, nodes, renew } => {
+            let r = crate::pki::init_pki(&dir, &nodes, renew)?;
+            if r.created_ca {
+                println!(
+                    "created the cluster CA: {}/ca.pem (key ca.key, mode 0600)",
+                    dir.display()
+                );
+            }
+            for id in &r.issued {
+                println!(
+                    "issued node {id}: {0}/node-{id}.pem, {0}/node-{id}.key (0600)",
+                    dir.display()
+                );
+            }
+            for id in &r.kept {
+                println!("kept node {id}'s certificate (--renew issues a new one)");
+            }
+            if let Some(t) = &r.admin_token {
+                println!(
+                    "first admin token: {} (0600; its SHA-256 is in {}/tokens.toml)",
+                    t.display(),
+                    dir.display()
+                );
+            }
+            println!(
+                "copy ca.pem, node-N.pem, node-N.key and tokens.toml to node N and set [tls] and [auth] \
+                 in its config; clients: export HEARTH_CA={0}/ca.pem HEARTH_TOKEN_FILE={0}/admin.token",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            match command {
+                TokenCmd::Add { file, name, role } => {
+                    let role = hearth_node::auth::ClientRole::parse(&role)
+                        .with_context(|| format!("role {role:?}: use agent, operator or admin"))?;
+                    let t = crate::pki::add_token(&file, &name, role)?;
+                    eprintln!(
+                        "token for {name:?} ({}) added to {}; shown once, keep it secret:",
+                        role.name(),
+                        file.display()
+                    );
+                    println!("{t}");
+                }
+                TokenCmd::Revoke { file, name } => {
+                    crate::pki::revoke_token(&file, &name)?;
+                    println!("revoked {name:?} in {}", file.display());
+                }
+                TokenCmd::List { file } => {
+                    for t in hearth_node::auth::TokensFile::load(&file)?.token {
+                        println!("{:<24} {}", t.name, t.role.name());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config } => {
             let cfg = hearth_node::NodeConfig::load(&config)?;
             hearth_node::server::serve(cfg, stop_signal()).await?;
@@ -282,8 +397,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             dir,
             base_port,
             topology,
+            insecure,
         } => {
-            crate::dev::run(dir, base_port, topology).await?;
+            crate::dev::run(dir, base_port, topology, insecure).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => match command {
@@ -386,13 +502,109 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn channel(addr: &str) -> anyhow::Result<Channel> {
-    hearth_cluster::grpc::lazy_channel(addr)
-        .with_context(|| format!("{addr:?} is not a valid node address"))
+/// How this client reaches nodes: the cluster CA (TLS) and its token.
+#[derive(Clone, Default)]
+pub struct ClientSettings {
+    pub ca_pem: Option<Vec<u8>>,
+    pub token: Option<String>,
+}
+
+impl ClientSettings {
+    pub fn from_args(
+        ca: Option<&std::path::Path>,
+        token_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let ca_pem = match ca {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("cannot read the CA certificate {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let token = match token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the token file {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("HEARTH_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string()),
+        };
+        Ok(Self { ca_pem, token })
+    }
+}
+
+static CLIENT: std::sync::RwLock<Option<ClientSettings>> = std::sync::RwLock::new(None);
+
+/// Sets how `channel` reaches nodes (from the command line, or by `hearth dev` for itself).
+pub fn set_client(s: ClientSettings) {
+    *CLIENT.write().unwrap_or_else(|p| p.into_inner()) = Some(s);
+}
+
+fn client() -> ClientSettings {
+    CLIENT
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Adds the client's token to every call.
+#[derive(Clone)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+pub type ApiChannel = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
+
+/// A channel to a node's public API: TLS against the cluster CA when one is set, with the token.
+pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
+    let s = client();
+    let ch = match &s.ca_pem {
+        None => hearth_cluster::grpc::lazy_channel(addr),
+        Some(ca) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .and_then(|e| {
+                e.connect_timeout(Duration::from_millis(1500))
+                    .tcp_nodelay(true)
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                            .domain_name(hearth_cluster::tls::CLUSTER_NAME),
+                    )
+            })
+            .map(|e| e.connect_lazy()),
+    }
+    .with_context(|| format!("{addr:?} is not a valid node address"))?;
+    let header = match &s.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token holds characters a header cannot carry")?,
+        ),
+        None => None,
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        Credentials(header),
+    ))
 }
 
 pub fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("node {addr}: {} ({:?})", s.message(), s.code())
+    let hint = if client().ca_pem.is_none() && s.message().contains("h2 protocol error") {
+        " — the node probably speaks TLS: pass --ca pki/ca.pem or set HEARTH_CA"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("node {addr}: {} ({:?}){hint}", s.message(), s.code())
 }
 
 async fn node_status(addr: &str) -> Result<pb::NodeStatus, tonic::Status> {

@@ -28,9 +28,10 @@ impl Topology {
     }
 }
 
-/// Writes the three config files (two hubs and a witness) and returns their paths.
+/// Writes the three config files (two hubs and a witness), plain text (the benchmarks compare
+/// with an etcd without TLS), and returns their paths.
 pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>> {
-    write_topology(dir, base_port, Topology::Three)
+    write_topology(dir, base_port, Topology::Three, false)
 }
 
 /// Writes one config file per node of `topology` and returns their paths.
@@ -38,8 +39,13 @@ pub fn write_topology(
     dir: &Path,
     base_port: u16,
     topology: Topology,
+    secure: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let roles = topology.roles();
+    if secure {
+        let ids: Vec<u64> = roles.iter().map(|(id, _)| *id).collect();
+        crate::pki::init_pki(&dir.join("pki"), &ids, false)?;
+    }
     let addr = |i: u64| format!("127.0.0.1:{}", base_port + (i as u16) - 1);
     let mut paths = Vec::new();
     for &(id, role) in roles {
@@ -54,6 +60,13 @@ pub fn write_topology(
                 "\n[[peers]]\nid = {pid}\naddr = \"{}\"\nrole = \"{prole}\"\n",
                 addr(*pid)
             ));
+        }
+        if secure {
+            text.push_str(&format!(
+                "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-{id}.pem\"\nkey = \"pki/node-{id}.key\"\n\n[auth]\ntokens_file = \"pki/tokens.toml\"\n"
+            ));
+        } else {
+            text.insert_str(0, "insecure = true\n");
         }
         let path = dir.join(format!("node{id}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -86,7 +99,12 @@ pub fn spawn_nodes(
     Ok((stop_tx, nodes))
 }
 
-pub async fn run(dir: Option<PathBuf>, base_port: u16, topology: Topology) -> anyhow::Result<()> {
+pub async fn run(
+    dir: Option<PathBuf>,
+    base_port: u16,
+    topology: Topology,
+    insecure: bool,
+) -> anyhow::Result<()> {
     let (_guard, dir) = match dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -98,7 +116,21 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16, topology: Topology) -> an
             (Some(t), p)
         }
     };
-    let paths = write_topology(&dir, base_port, topology)?;
+    let paths = write_topology(&dir, base_port, topology, !insecure)?;
+    let pki = dir.join("pki");
+    let client_env = if insecure {
+        String::new()
+    } else {
+        crate::cli::set_client(crate::cli::ClientSettings::from_args(
+            Some(&pki.join("ca.pem")),
+            Some(&pki.join("admin.token")),
+        )?);
+        format!(
+            "  export HEARTH_CA={} HEARTH_TOKEN_FILE={}\n  ",
+            pki.join("ca.pem").display(),
+            pki.join("admin.token").display()
+        )
+    };
     let (stop_tx, mut nodes) = spawn_nodes(&paths)?;
     let seed_addr = format!("127.0.0.1:{base_port}");
     let seeding = tokio::spawn(async move {
@@ -125,7 +157,8 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16, topology: Topology) -> an
     println!(
         "Hearth dev cluster: {shape}\n\
          data and configs in {}{}\n\
-         In another terminal:\n  \
+         {}\n\
+         In another terminal:\n{client_env}\
          cargo run -p hearth -- cluster status\n  \
          cargo run -p hearth -- device list\n  \
          cargo run -p hearth -- intent send ensure_safety --urgency emergency --location home/kitchen --watch\n  \
@@ -138,6 +171,11 @@ pub async fn run(dir: Option<PathBuf>, base_port: u16, topology: Topology) -> an
             " (deleted on exit)"
         } else {
             ""
+        },
+        if insecure {
+            "INSECURE: plain text, no client tokens (--insecure)"
+        } else {
+            "mutual TLS between nodes (pki/), clients need the CA and a token (pki/admin.token: admin)"
         }
     );
     let mut failed = None;

@@ -38,7 +38,7 @@ impl Procs {
         let roles = BTreeMap::from([(1u64, "hub"), (2, "hub"), (3, "witness")]);
         for id in [1u64, 2, 3] {
             let mut text = format!(
-                "node_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
+                "insecure = true\nnode_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
                 roles[&id],
                 addrs[&id],
                 dir.join(format!("node{id}")).display(),

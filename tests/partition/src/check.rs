@@ -259,6 +259,7 @@ mod tests {
 
     fn device() -> Command {
         Command::RegisterDevice {
+            by: None,
             device: hearth_core::intent::Device {
                 id: "siren".into(),
                 name: "Siren".into(),

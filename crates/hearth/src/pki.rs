@@ -1,0 +1,296 @@
+//! `hearth init-pki` and `hearth token`: the cluster's small CA, node certificates and client
+//! tokens, as files in one directory.
+//!
+//! ```text
+//! pki/ca.pem  ca.key (0600)          the cluster CA (keep ca.key off the nodes if you can)
+//! pki/node-1.pem  node-1.key (0600)  one pair per node: DNS names node-1.hearth and hearth
+//! pki/tokens.toml                    SHA-256 of each client token (copy to every node)
+//! pki/admin.token (0600)             the first admin token (the only copy of the secret)
+//! ```
+//!
+//! Running it again reuses the CA and the existing files; it issues what is missing
+//! (`--node 4` for a new node), and `--renew` re-issues the named nodes' certificates (rotation:
+//! copy the new pair to the node, restart it; peers accept it at once, the CA is the same).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hearth_node::auth::{ClientRole, TokenEntry, TokensFile, token_hash};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// Writes `data` to `path` with `mode`, through a temporary file and a rename.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(mode);
+        }
+        let mut f = o
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn years_from_now(years: i32) -> time::OffsetDateTime {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let year = 1970 + (now / 31_556_952) as i32;
+    rcgen::date_time_ymd(year + years, 1, 1)
+}
+
+/// A random token: `hth_` and 32 random bytes in hex.
+pub fn new_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("hth_{}", hex::encode(b)))
+}
+
+struct Ca {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+fn load_or_make_ca(dir: &Path) -> anyhow::Result<(Ca, bool)> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    if cert_path.exists() {
+        let cert_pem = std::fs::read_to_string(&cert_path)
+            .with_context(|| format!("cannot read {}", cert_path.display()))?;
+        let key_pem = std::fs::read_to_string(&key_path).with_context(|| {
+            format!(
+                "{} exists but its key {} cannot be read: new certificates need the CA key",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+        let key = KeyPair::from_pem(&key_pem).context("ca.key is not a valid key")?;
+        return Ok((Ca { cert_pem, key }, false));
+    }
+    let key = KeyPair::generate().context("cannot generate the CA key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    dn.push(
+        DnType::CommonName,
+        format!("Hearth cluster CA {}", hex::encode(tag)),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = years_from_now(-1);
+    params.not_after = years_from_now(20);
+    let cert = params.self_signed(&key)?;
+    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok((
+        Ca {
+            cert_pem: cert.pem(),
+            key,
+        },
+        true,
+    ))
+}
+
+fn issue_node(dir: &Path, ca: &Ca, id: u64) -> anyhow::Result<()> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, &ca.key)
+        .context("ca.pem cannot be used to issue certificates")?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![
+        hearth_cluster::tls::node_name(id),
+        hearth_cluster::tls::CLUSTER_NAME.to_string(),
+    ])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("hearth node {id}"));
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = years_from_now(-1);
+    params.not_after = years_from_now(5);
+    let cert = params.signed_by(&key, &issuer)?;
+    write_file(
+        &dir.join(format!("node-{id}.key")),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join(format!("node-{id}.pem")),
+        cert.pem().as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// What `init_pki` did, for the report.
+pub struct PkiReport {
+    pub created_ca: bool,
+    pub issued: Vec<u64>,
+    pub kept: Vec<u64>,
+    pub admin_token: Option<PathBuf>,
+}
+
+/// Creates (or extends) the PKI directory.
+pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> anyhow::Result<PkiReport> {
+    if nodes.is_empty() {
+        bail!("name the nodes: --node 1 --node 2 --node 3");
+    }
+    if nodes.contains(&0) {
+        bail!("node id 0 is reserved");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (ca, created_ca) = load_or_make_ca(dir)?;
+    let mut report = PkiReport {
+        created_ca,
+        issued: vec![],
+        kept: vec![],
+        admin_token: None,
+    };
+    for &id in nodes {
+        if dir.join(format!("node-{id}.pem")).exists() && !renew {
+            report.kept.push(id);
+            continue;
+        }
+        issue_node(dir, &ca, id)?;
+        report.issued.push(id);
+    }
+    let tokens = dir.join("tokens.toml");
+    if !tokens.exists() {
+        let token = new_token()?;
+        let file = TokensFile {
+            token: vec![TokenEntry {
+                name: "admin".into(),
+                role: ClientRole::Admin,
+                sha256: token_hash(&token),
+            }],
+        };
+        let admin = dir.join("admin.token");
+        write_file(&admin, format!("{token}\n").as_bytes(), 0o600)?;
+        write_file(&tokens, file.render().as_bytes(), 0o644)?;
+        report.admin_token = Some(admin);
+    }
+    Ok(report)
+}
+
+/// Adds a token to a tokens file; returns the secret (shown once, never stored).
+pub fn add_token(file: &Path, name: &str, role: ClientRole) -> anyhow::Result<String> {
+    let mut f = if file.exists() {
+        TokensFile::load(file)?
+    } else {
+        TokensFile::default()
+    };
+    if f.token.iter().any(|t| t.name == name) {
+        bail!("a token named {name:?} exists; revoke it first (`hearth token revoke`)");
+    }
+    let token = new_token()?;
+    f.token.push(TokenEntry {
+        name: name.to_string(),
+        role,
+        sha256: token_hash(&token),
+    });
+    let text = f.render();
+    TokensFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_file(file, text.as_bytes(), 0o644)?;
+    Ok(token)
+}
+
+pub fn revoke_token(file: &Path, name: &str) -> anyhow::Result<()> {
+    let mut f = TokensFile::load(file)?;
+    let before = f.token.len();
+    f.token.retain(|t| t.name != name);
+    if f.token.len() == before {
+        bail!("no token named {name:?} in {}", file.display());
+    }
+    write_file(file, f.render().as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_cluster::tls::{Security, TlsFiles};
+
+    #[test]
+    fn pki_issues_node_certificates_that_load_and_name_their_node() {
+        let d = tempfile::tempdir().unwrap();
+        let r = init_pki(d.path(), &[1, 2], false).unwrap();
+        assert!(r.created_ca);
+        assert_eq!(r.issued, vec![1, 2]);
+        let files = |id: u64| TlsFiles {
+            ca: d.path().join("ca.pem").display().to_string(),
+            cert: d
+                .path()
+                .join(format!("node-{id}.pem"))
+                .display()
+                .to_string(),
+            key: d
+                .path()
+                .join(format!("node-{id}.key"))
+                .display()
+                .to_string(),
+        };
+        Security::load(1, &files(1)).unwrap();
+        // Node 2's certificate does not prove node 1.
+        let e = Security::load(1, &files(2)).unwrap_err().to_string();
+        assert!(e.contains("node-1.hearth"), "{e}");
+        // Again: the CA is kept, node 3 is new, 1 and 2 are kept.
+        let ca_before = std::fs::read(d.path().join("ca.pem")).unwrap();
+        let r = init_pki(d.path(), &[1, 2, 3], false).unwrap();
+        assert!(!r.created_ca && r.issued == vec![3] && r.kept == vec![1, 2]);
+        assert_eq!(std::fs::read(d.path().join("ca.pem")).unwrap(), ca_before);
+        Security::load(3, &files(3)).unwrap();
+        // A key readable by others is refused.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                d.path().join("node-3.key"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            let e = Security::load(3, &files(3)).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+        // The admin token's hash is in the tokens file; the token itself is not.
+        let token = std::fs::read_to_string(d.path().join("admin.token")).unwrap();
+        let tokens = std::fs::read_to_string(d.path().join("tokens.toml")).unwrap();
+        assert!(tokens.contains(&token_hash(token.trim())));
+        assert!(!tokens.contains(token.trim()));
+        let t = add_token(&d.path().join("tokens.toml"), "ana", ClientRole::Agent).unwrap();
+        assert!(add_token(&d.path().join("tokens.toml"), "ana", ClientRole::Agent).is_err());
+        let f = TokensFile::load(&d.path().join("tokens.toml")).unwrap();
+        assert_eq!(f.token.len(), 2);
+        assert_eq!(f.token[1].sha256, token_hash(&t));
+        revoke_token(&d.path().join("tokens.toml"), "ana").unwrap();
+        assert_eq!(
+            TokensFile::load(&d.path().join("tokens.toml"))
+                .unwrap()
+                .token
+                .len(),
+            1
+        );
+    }
+}
