@@ -331,3 +331,13 @@ impl TestCluster {
         }
     }
 }
+
+/// The wire bytes of a Raft vote request: candidate `candidate` asks for votes in `term`,
+/// claiming an empty log. For tests that send Raft RPCs by hand.
+pub fn vote_request_bytes(term: u64, candidate: u64) -> Vec<u8> {
+    let req = openraft::raft::VoteRequest::<hearth_store::TypeConfig>::new(
+        openraft::Vote::new(term, candidate),
+        None,
+    );
+    hearth_cluster::wire::encode(&req).expect("a vote request encodes")
+}

@@ -312,17 +312,18 @@ impl pb::intents_server::Intents for DomainApi {
                 let node = node.clone();
                 let m = m.clone();
                 async move {
-                    let mut i = intent_from_pb(&m)?;
+                    let mut m = m;
                     if let Some(agent) = crate::auth::agent_name() {
-                        if i.source.is_empty() {
-                            i.source = agent;
-                        } else if i.source != agent {
+                        if m.source.is_empty() {
+                            m.source = agent;
+                        } else if m.source != agent {
                             return Err(NodeError::Forbidden(format!(
                                 "agent {agent:?} submits intents only as source {agent:?}, not {:?}",
-                                i.source
+                                m.source
                             )));
                         }
                     }
+                    let i = intent_from_pb(&m)?;
                     if m.dry_run {
                         return node.explain(&i).map(|p| plan_view(&p));
                     }

@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod domain_api;
 pub mod metrics;
 pub mod node;
+pub mod pki;
 pub mod server;
 
 pub use config::{NodeConfig, Role};

@@ -1182,6 +1182,36 @@ impl Node {
                 self.membership_result(r)?;
             }
         }
+        // openraft's blocking add_learner can return before the learner holds anything (seen
+        // with a node whose TLS certificate the leader refuses: it became a voter without a
+        // single entry). A voter must first hold the log up to the learner's own entry.
+        let target = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0);
+        let caught_up = self
+            .raft
+            .wait(Some(catch_up))
+            .metrics(
+                move |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|l| l.index >= target)
+                },
+                "learner caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(NodeError::NoQuorum(format!(
+                "node {id} was added as a learner but holds nothing after {} ms, so it was not made \
+                 a voter; is it running at {addr}, and does it have a certificate from this \
+                 cluster's CA? (`hearth cluster remove --id {id}` removes the learner)",
+                catch_up.as_millis()
+            )));
+        }
         let change = self
             .raft
             .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false);
@@ -1205,9 +1235,17 @@ impl Node {
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         if !voters.contains(&id) {
+            if membership.get_node(&id).is_some() {
+                // A learner (one that never caught up, say): it does not vote, so removing it
+                // cannot cost the quorum.
+                let change = self
+                    .raft
+                    .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false);
+                return self.membership_result(self.bounded(change).await?);
+            }
             return Err(NodeError::Invalid {
                 field: "id",
-                problem: format!("node {id} is not a voter (voters: {voters:?})"),
+                problem: format!("node {id} is not a member (voters: {voters:?})"),
             });
         }
         let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();

@@ -333,7 +333,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?);
     match args.command {
         Command::InitPki { dir, nodes, renew } => {
-            let r = crate::pki::init_pki(&dir, &nodes, renew)?;
+            let r = hearth_node::pki::init_pki(&dir, &nodes, renew)?;
             if r.created_ca {
                 println!(
                     "created the cluster CA: {}/ca.pem (key ca.key, mode 0600)",
@@ -368,7 +368,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 TokenCmd::Add { file, name, role } => {
                     let role = hearth_node::auth::ClientRole::parse(&role)
                         .with_context(|| format!("role {role:?}: use agent, operator or admin"))?;
-                    let t = crate::pki::add_token(&file, &name, role)?;
+                    let t = hearth_node::pki::add_token(&file, &name, role)?;
                     eprintln!(
                         "token for {name:?} ({}) added to {}; shown once, keep it secret:",
                         role.name(),
@@ -377,7 +377,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("{t}");
                 }
                 TokenCmd::Revoke { file, name } => {
-                    crate::pki::revoke_token(&file, &name)?;
+                    hearth_node::pki::revoke_token(&file, &name)?;
                     println!("revoked {name:?} in {}", file.display());
                 }
                 TokenCmd::List { file } => {

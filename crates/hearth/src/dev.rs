@@ -44,7 +44,7 @@ pub fn write_topology(
     let roles = topology.roles();
     if secure {
         let ids: Vec<u64> = roles.iter().map(|(id, _)| *id).collect();
-        crate::pki::init_pki(&dir.join("pki"), &ids, false)?;
+        hearth_node::pki::init_pki(&dir.join("pki"), &ids, false)?;
     }
     let addr = |i: u64| format!("127.0.0.1:{}", base_port + (i as u16) - 1);
     let mut paths = Vec::new();

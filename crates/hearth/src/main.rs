@@ -6,7 +6,6 @@ mod bench_compare;
 mod cli;
 mod dev;
 mod domain_cli;
-mod pki;
 mod topology_cli;
 
 use clap::Parser;

@@ -15,15 +15,36 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use hearth_node::auth::{ClientRole, TokenEntry, TokensFile, token_hash};
+use crate::auth::{ClientRole, TokenEntry, TokensFile, token_hash};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::AuthError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PkiError {
+    let path = path.to_path_buf();
+    move |source| PkiError::Io { what, path, source }
+}
+
 /// Writes `data` to `path` with `mode`, through a temporary file and a rename.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
     {
         let mut o = std::fs::OpenOptions::new();
@@ -33,18 +54,17 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             o.mode(mode);
         }
-        let mut f = o
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        let mut f = o.open(&tmp).map_err(io("cannot write", &tmp))?;
+        f.write_all(data).map_err(io("cannot write", &tmp))?;
+        f.sync_all().map_err(io("cannot write", &tmp))?;
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(io("cannot set the mode of", &tmp))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot write", path))?;
     Ok(())
 }
 
@@ -58,9 +78,9 @@ fn years_from_now(years: i32) -> time::OffsetDateTime {
 }
 
 /// A random token: `hth_` and 32 random bytes in hex.
-pub fn new_token() -> anyhow::Result<String> {
+pub fn new_token() -> Result<String, PkiError> {
     let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    getrandom::fill(&mut b).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
     Ok(format!("hth_{}", hex::encode(b)))
 }
 
@@ -69,27 +89,24 @@ struct Ca {
     key: KeyPair,
 }
 
-fn load_or_make_ca(dir: &Path) -> anyhow::Result<(Ca, bool)> {
+fn load_or_make_ca(dir: &Path) -> Result<(Ca, bool), PkiError> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
     if cert_path.exists() {
-        let cert_pem = std::fs::read_to_string(&cert_path)
-            .with_context(|| format!("cannot read {}", cert_path.display()))?;
-        let key_pem = std::fs::read_to_string(&key_path).with_context(|| {
-            format!(
-                "{} exists but its key {} cannot be read: new certificates need the CA key",
-                cert_path.display(),
-                key_path.display()
-            )
-        })?;
-        let key = KeyPair::from_pem(&key_pem).context("ca.key is not a valid key")?;
+        let cert_pem =
+            std::fs::read_to_string(&cert_path).map_err(io("cannot read", &cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io(
+            "the CA exists but new certificates need its key; cannot read",
+            &key_path,
+        ))?;
+        let key = KeyPair::from_pem(&key_pem)?;
         return Ok((Ca { cert_pem, key }, false));
     }
-    let key = KeyPair::generate().context("cannot generate the CA key")?;
+    let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     let mut tag = [0u8; 4];
-    getrandom::fill(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    getrandom::fill(&mut tag).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
     dn.push(
         DnType::CommonName,
         format!("Hearth cluster CA {}", hex::encode(tag)),
@@ -111,9 +128,8 @@ fn load_or_make_ca(dir: &Path) -> anyhow::Result<(Ca, bool)> {
     ))
 }
 
-fn issue_node(dir: &Path, ca: &Ca, id: u64) -> anyhow::Result<()> {
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, &ca.key)
-        .context("ca.pem cannot be used to issue certificates")?;
+fn issue_node(dir: &Path, ca: &Ca, id: u64) -> Result<(), PkiError> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, &ca.key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![
         hearth_cluster::tls::node_name(id),
@@ -155,14 +171,16 @@ pub struct PkiReport {
 }
 
 /// Creates (or extends) the PKI directory.
-pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> anyhow::Result<PkiReport> {
+pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> Result<PkiReport, PkiError> {
     if nodes.is_empty() {
-        bail!("name the nodes: --node 1 --node 2 --node 3");
+        return Err(PkiError::Usage(
+            "name the nodes: --node 1 --node 2 --node 3".into(),
+        ));
     }
     if nodes.contains(&0) {
-        bail!("node id 0 is reserved");
+        return Err(PkiError::Usage("node id 0 is reserved".into()));
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     let (ca, created_ca) = load_or_make_ca(dir)?;
     let mut report = PkiReport {
         created_ca,
@@ -197,14 +215,16 @@ pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> anyhow::Result<PkiRep
 }
 
 /// Adds a token to a tokens file; returns the secret (shown once, never stored).
-pub fn add_token(file: &Path, name: &str, role: ClientRole) -> anyhow::Result<String> {
+pub fn add_token(file: &Path, name: &str, role: ClientRole) -> Result<String, PkiError> {
     let mut f = if file.exists() {
         TokensFile::load(file)?
     } else {
         TokensFile::default()
     };
     if f.token.iter().any(|t| t.name == name) {
-        bail!("a token named {name:?} exists; revoke it first (`hearth token revoke`)");
+        return Err(PkiError::Usage(format!(
+            "a token named {name:?} exists; revoke it first (`hearth token revoke`)"
+        )));
     }
     let token = new_token()?;
     f.token.push(TokenEntry {
@@ -213,17 +233,20 @@ pub fn add_token(file: &Path, name: &str, role: ClientRole) -> anyhow::Result<St
         sha256: token_hash(&token),
     });
     let text = f.render();
-    TokensFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    TokensFile::parse(&text).map_err(PkiError::Usage)?;
     write_file(file, text.as_bytes(), 0o644)?;
     Ok(token)
 }
 
-pub fn revoke_token(file: &Path, name: &str) -> anyhow::Result<()> {
+pub fn revoke_token(file: &Path, name: &str) -> Result<(), PkiError> {
     let mut f = TokensFile::load(file)?;
     let before = f.token.len();
     f.token.retain(|t| t.name != name);
     if f.token.len() == before {
-        bail!("no token named {name:?} in {}", file.display());
+        return Err(PkiError::Usage(format!(
+            "no token named {name:?} in {}",
+            file.display()
+        )));
     }
     write_file(file, f.render().as_bytes(), 0o644)
 }
