@@ -584,6 +584,14 @@ pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
             .map(|e| e.connect_lazy()),
     }
     .with_context(|| format!("{addr:?} is not a valid node address"))?;
+    if s.token.is_some() && s.ca_pem.is_none() {
+        // Over plain text the token would cross the network readable by anyone (even to a
+        // node that speaks TLS: the request headers leave before the node can refuse them).
+        anyhow::bail!(
+            "refusing to send a token in plain text: pass --ca pki/ca.pem (or set HEARTH_CA) \
+             so the node is reached over TLS"
+        );
+    }
     let header = match &s.token {
         Some(t) => Some(
             format!("Bearer {t}")
