@@ -62,6 +62,7 @@ impl Cluster {
                         .collect(),
                     timing: hearth_tests::cluster::test_timing(),
                     assist: Default::default(),
+                    checkpoint: Default::default(),
                 };
                 cfg.validate().unwrap();
                 (*id, cfg)

@@ -129,6 +129,7 @@ impl TestCluster {
                 .collect(),
             timing: self.timing.clone(),
             assist: self.assist.get(&id).cloned().unwrap_or_default(),
+            checkpoint: Default::default(),
         }
     }
 
@@ -154,6 +155,8 @@ impl TestCluster {
         let cfg = self.config(id);
         cfg.validate().expect("valid test config");
         let node = Arc::new(Node::start(cfg, self.router.factory(id)).await?);
+        node.checkpoints
+            .set_client(Arc::new(self.router.cosign_client()));
         self.router.register(node.clone());
         self.nodes.insert(id, node);
         Ok(())

@@ -12,7 +12,7 @@ pub mod notices;
 pub mod settings;
 pub mod wire;
 
-pub use handler::RaftHandler;
+pub use handler::{CosignClient, CosignHandler, RaftHandler};
 pub use hearth_store::TypeConfig;
 
 /// A Hearth Raft node.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod assist;
+pub mod checkpoint;
 pub mod config;
 pub mod dispatcher;
 pub mod domain_api;

@@ -70,6 +70,10 @@ async fn serve_once(
         })?;
     let id = config.node_id;
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id)).await?);
+    node.checkpoints
+        .set_client(Arc::new(hearth_cluster::grpc::GrpcCosignClient {
+            timeout: crate::checkpoint::COSIGN_TIMEOUT,
+        }));
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ClusterServer<Api>>().await;
