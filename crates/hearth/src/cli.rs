@@ -662,16 +662,24 @@ fn verify_file(
             .map_err(|e| anyhow::anyhow!("{} is not a valid checkpoint file: {e}", cf.display()))?;
         let r = verify_export_against(text.lines(), &cps, &trust)
             .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
-        if let Some(f) = &r.export.failure {
-            println!(
+        match &r.export.failure {
+            Some(f) => println!(
                 "FAILED at index {}: {f} ({} entries before it verified)",
                 f.index(),
                 r.export.entries
-            );
+            ),
+            None => println!(
+                "OK: {} entries ({}..={}) from node {} verify; head {}",
+                r.export.entries,
+                opt(r.export.first_index),
+                opt(r.export.last_index),
+                r.export.node,
+                hex::encode(r.export.head)
+            ),
         }
         match &r.failure {
             None => println!(
-                "OK: {} checkpoints of {} ({} signatures valid{}) match the export",
+                "OK: {} checkpoint(s) of {} ({} signatures valid{}) match the export",
                 r.matched,
                 cf.display(),
                 cps.iter()
