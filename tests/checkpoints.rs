@@ -327,3 +327,69 @@ async fn witness_refuses_forks_old_and_unapplied_indices() {
     c.check_invariants();
     c.shutdown().await;
 }
+
+/// Waits until hub `id` has signed a checkpoint at or after `index`; returns it.
+async fn wait_checkpoint(c: &TestCluster, id: u64, index: u64, within: Duration) -> Checkpoint {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(cp) = c.node(id).checkpoints.last().await
+            && cp.index >= index
+        {
+            return cp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub {id} signed no checkpoint at or after {index} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_sign_on_their_schedule_by_count_and_by_time() {
+    let mut c = cluster_with(6).await;
+    // Hub 2 signs every 5 entries (time trigger off); hub 1 every second (count trigger off).
+    c.set_checkpoint_schedule(2, 5, 0);
+    c.set_checkpoint_schedule(1, 0, 1);
+    for id in [2, 1] {
+        c.stop(id).await;
+        c.start(id).await.unwrap();
+    }
+    c.wait_for_leader(&c.hubs(), LONG).await;
+    // By count, from the start of the chain: more than 5 entries already, so hub 2 signs at
+    // its first tick, and the witness cosigns.
+    let first = wait_checkpoint(&c, 2, 0, LONG).await;
+    assert_eq!(first.signer.node, 2);
+    assert!(first.witness.is_some(), "{first:?}");
+    // Fewer than 5 new entries: nothing new signed.
+    for i in 0..3 {
+        c.write(&format!("scheduled {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.node(2).checkpoints.last().await, Some(first.clone()));
+    // Five or more: signed at the next tick.
+    for i in 3..6 {
+        c.write(&format!("scheduled {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    let head = c.node(2).sm.head().unwrap().unwrap().0;
+    assert!(head >= first.index + 6);
+    let second = wait_checkpoint(&c, 2, first.index + 5, LONG).await;
+    assert!(second.witness.is_some(), "{second:?}");
+    let all = parse_file(&c.node(2).checkpoints.export_text().unwrap()).unwrap();
+    assert_eq!(all, vec![first, second]);
+    // By time: hub 1 signs its advanced head within about a second.
+    let cp1 = wait_checkpoint(&c, 1, head, Duration::from_secs(5)).await;
+    assert!(cp1.witness.is_some(), "{cp1:?}");
+    // Nothing new applied: no new checkpoint by time either (unless an entry, e.g. a leader
+    // change under load, was applied meanwhile).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stored = parse_file(&c.node(1).checkpoints.export_text().unwrap()).unwrap();
+    if c.node(1).sm.head().unwrap().unwrap().0 == cp1.index {
+        assert_eq!(stored.last(), Some(&cp1), "{stored:?}");
+    }
+    assert!(stored.windows(2).all(|w| w[1].index > w[0].index));
+    c.check_invariants();
+    c.shutdown().await;
+}

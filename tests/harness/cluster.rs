@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_core::Hash;
-use hearth_node::config::{AssistSettings, Peer, TimingConfig};
+use hearth_node::config::{AssistSettings, CheckpointSettings, Peer, TimingConfig};
 use hearth_node::{Node, NodeConfig, NodeError, Role};
 use openraft::raft::ReadPolicy;
 
@@ -45,6 +45,7 @@ pub struct TestCluster {
     timing: TimingConfig,
     mqtt_broker: Option<String>,
     assist: BTreeMap<u64, AssistSettings>,
+    checkpoint: BTreeMap<u64, CheckpointSettings>,
 }
 
 impl TestCluster {
@@ -77,6 +78,7 @@ impl TestCluster {
             timing: test_timing(),
             mqtt_broker,
             assist: BTreeMap::new(),
+            checkpoint: BTreeMap::new(),
         };
         for (id, _) in roles {
             c.start(*id).await.expect("node starts");
@@ -129,7 +131,7 @@ impl TestCluster {
                 .collect(),
             timing: self.timing.clone(),
             assist: self.assist.get(&id).cloned().unwrap_or_default(),
-            checkpoint: Default::default(),
+            checkpoint: self.checkpoint.get(&id).cloned().unwrap_or_default(),
         }
     }
 
@@ -141,6 +143,17 @@ impl TestCluster {
             AssistSettings {
                 targets,
                 down_after_ms: ASSIST_DOWN_AFTER_MS,
+            },
+        );
+    }
+
+    /// Sets when node `id` signs checkpoints on its own (used from its next start).
+    pub fn set_checkpoint_schedule(&mut self, id: u64, every_entries: u64, every_secs: u64) {
+        self.checkpoint.insert(
+            id,
+            CheckpointSettings {
+                every_entries,
+                every_secs,
             },
         );
     }
