@@ -581,3 +581,89 @@ pub async fn schedule(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_with_mode_0600_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_key(dir.path()).unwrap();
+        let b = load_or_create_key(dir.path()).unwrap();
+        assert_eq!(a.public(), b.public());
+        let text = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(text.len(), 65);
+        assert!(text.ends_with('\n'));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Another directory, another key.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            load_or_create_key(other.path()).unwrap().public(),
+            a.public()
+        );
+        // A damaged key file is refused, naming the file.
+        std::fs::write(dir.path().join(KEY_FILE), "00AB\n").unwrap();
+        let e = load_or_create_key(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(KEY_FILE), "{e}");
+    }
+
+    fn line(index: u64) -> String {
+        let k = Keypair::from_seed(&[1; 32]);
+        let head = [index as u8; 32];
+        Checkpoint {
+            index,
+            head,
+            signer: k.signature(1, index, &head),
+            witness: None,
+        }
+        .to_line()
+    }
+
+    #[test]
+    fn the_store_cuts_a_torn_last_line_and_refuses_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        assert_eq!(open_store(&path).unwrap(), vec![]);
+        let good = format!("hearth-checkpoints 1\n{}\n{}\n", line(3), line(7));
+        let torn = format!("{good}{}", &line(9)[..40]);
+        std::fs::write(&path, &torn).unwrap();
+        let cps = open_store(&path).unwrap();
+        assert_eq!(cps.iter().map(|c| c.index).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
+        // A torn header: nothing was ever acknowledged.
+        std::fs::write(&path, "hearth-check").unwrap();
+        assert_eq!(open_store(&path).unwrap(), vec![]);
+        // A damaged line in the middle is not torn: refused, naming file and line.
+        let damaged = good.replacen("index=3", "index=03", 1);
+        std::fs::write(&path, damaged).unwrap();
+        let e = open_store(&path).unwrap_err().to_string();
+        assert!(e.contains(STORE_FILE) && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_witness_file_roundtrips_and_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(WITNESS_FILE);
+        assert!(load_witness(&path).unwrap().is_empty());
+        let m: BTreeMap<u64, (u64, Hash)> = [(1, (10, [1; 32])), (2, (12, [2; 32]))].into();
+        save_witness(dir.path(), &m).unwrap();
+        assert_eq!(load_witness(&path).unwrap(), m);
+        assert!(!dir.path().join(format!("{WITNESS_FILE}.tmp")).exists());
+        std::fs::write(&path, "{").unwrap();
+        assert!(
+            load_witness(&path)
+                .unwrap_err()
+                .to_string()
+                .contains(WITNESS_FILE)
+        );
+    }
+}
