@@ -229,7 +229,11 @@ pub struct Checkpoints {
     dir: PathBuf,
     key: Keypair,
     sm: StateMachine,
+    /// Serializes signing (held across the witness's answer).
     hub: Mutex<HubState>,
+    /// The last checkpoint signed, for readers that must not wait for a signing in progress
+    /// (status, /metrics).
+    published: std::sync::Mutex<Option<Checkpoint>>,
     /// Witness: the last cosigned (index, head) per hub.
     witness: Mutex<BTreeMap<u64, (u64, Hash)>>,
     client: std::sync::Mutex<Option<Arc<dyn CosignClient>>>,
@@ -251,6 +255,7 @@ impl Checkpoints {
             dir: dir.to_path_buf(),
             key,
             sm,
+            published: std::sync::Mutex::new(stored.last().cloned()),
             hub: Mutex::new(HubState {
                 last: stored.last().cloned(),
                 last_at: None,
@@ -279,9 +284,12 @@ impl Checkpoints {
         self.witness.lock().await.get(&hub).copied()
     }
 
-    /// The last checkpoint this hub signed.
+    /// The last checkpoint this hub signed (does not wait for a signing in progress).
     pub async fn last(&self) -> Option<Checkpoint> {
-        self.hub.lock().await.last.clone()
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The text of this hub's checkpoint store (the header alone if it signed none).
@@ -398,6 +406,7 @@ impl Checkpoints {
         self.signed.fetch_add(1, Ordering::Relaxed);
         st.last = Some(cp.clone());
         st.last_at = Some(Instant::now());
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(cp.clone());
         Ok(Made {
             checkpoint: cp,
             fresh: true,
