@@ -324,6 +324,41 @@ async fn witness_refuses_forks_old_and_unapplied_indices() {
     assert_eq!(m.witness, WitnessOutcome::Cosigned { witness: 3 });
     assert!(m.checkpoint.index > good.index);
 
+    // The witness's own chain no longer holds a head it cosigned (here: its record of it is
+    // changed while it is stopped): a fork, refused for every hub, loudly.
+    c.stop(3).await;
+    let path = c.data_dir(3).join(hearth_node::checkpoint::WITNESS_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen(&hex::encode(m.checkpoint.head), &hex::encode([7u8; 32]), 1);
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    c.start(3).await.unwrap();
+    c.write("after the witness restarted", LONG).await;
+    c.wait_converged(LONG).await;
+    let m2 = c.node(2).checkpoint_now().await.unwrap();
+    match &m2.witness {
+        WitnessOutcome::Refused {
+            witness: 3,
+            refusal,
+        } => {
+            assert!(
+                matches!(refusal, Refusal::CosignedHeadChanged { index, .. } if *index == m.checkpoint.index),
+                "{refusal:?}"
+            );
+            assert!(refusal.is_fork());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(m2.checkpoint.witness.is_none());
+    assert_eq!(
+        c.node(3)
+            .checkpoints
+            .forks_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(c.node(3).checkpoints.last_cosigned(2).await, None);
+
     c.check_invariants();
     c.shutdown().await;
 }

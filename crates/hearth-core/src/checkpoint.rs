@@ -587,6 +587,27 @@ pub fn decide(
     Decision::Cosign
 }
 
+/// The witness keeps its last cosigned head per hub (two hubs sign on their own schedules, at
+/// nearly the same indices: one "last" for all would refuse the slower hub's every checkpoint
+/// as not newer). Before cosigning for any hub it checks that its own chain still holds every
+/// head it cosigned for any hub: the first one that does not is a fork.
+pub fn cosigned_still_held(
+    cosigned: impl IntoIterator<Item = (u64, Hash)>,
+    own: impl Fn(u64) -> Option<Hash>,
+) -> Option<Refusal> {
+    cosigned
+        .into_iter()
+        .find_map(|(index, stored)| match own(index) {
+            Some(o) if o == stored => None,
+            Some(o) => Some(Refusal::CosignedHeadChanged {
+                index,
+                stored: hex::encode(stored),
+                own: hex::encode(o),
+            }),
+            None => Some(Refusal::Unavailable { index }),
+        })
+}
+
 /// Whether a hub's schedule is due to sign: the applied head advanced past the last checkpoint
 /// and either `every_entries` entries were applied since it (counting from the start when there
 /// is none) or `every_secs` seconds passed since it. A zero setting disables that trigger.
@@ -1056,6 +1077,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_cosigned_head_must_still_be_held() {
+        let c = chain(6);
+        assert_eq!(
+            cosigned_still_held([(1, c[1]), (4, c[4])], |i| c.get(i as usize).copied()),
+            None
+        );
+        assert_eq!(cosigned_still_held([], |_| None), None);
+        let mut bad = c[4];
+        bad[9] ^= 1;
+        let r = cosigned_still_held([(1, c[1]), (4, bad)], |i| c.get(i as usize).copied()).unwrap();
+        assert!(r.is_fork());
+        assert!(matches!(r, Refusal::CosignedHeadChanged { index: 4, .. }));
+        assert_eq!(
+            cosigned_still_held([(9, c[1])], |i| c.get(i as usize).copied()),
+            Some(Refusal::Unavailable { index: 9 })
+        );
     }
 
     #[test]

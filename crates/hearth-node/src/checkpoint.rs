@@ -23,8 +23,8 @@ use futures::future::BoxFuture;
 use hearth_cluster::{CosignClient, CosignHandler, HearthRaft};
 use hearth_core::Hash;
 use hearth_core::checkpoint::{
-    Checkpoint, CosignReply, CosignRequest, Decision, Keypair, PublicKey, Refusal, decide,
-    parse_file, parse_hex,
+    Checkpoint, CosignReply, CosignRequest, Decision, Keypair, PublicKey, Refusal,
+    cosigned_still_held, decide, parse_file, parse_hex,
 };
 use hearth_store::StateMachine;
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -457,13 +457,21 @@ impl Checkpoints {
         }
         let mut last = self.witness.lock().await;
         let head = self.sm.head().ok().flatten();
-        let decision = decide(
+        let own = |i| self.sm.hash_at(i).ok().flatten();
+        let decision = match decide(
             last.get(&from).copied(),
             head.map(|(i, _)| i),
-            |i| self.sm.hash_at(i).ok().flatten(),
+            own,
             cp.index,
             &cp.head,
-        );
+        ) {
+            // Its own chain must still hold what it cosigned for the other hubs too.
+            Decision::Cosign => match cosigned_still_held(last.values().copied(), own) {
+                Some(r) => Decision::Refuse(r),
+                None => Decision::Cosign,
+            },
+            other => other,
+        };
         let refusal = match decision {
             Decision::Cosign => {
                 let mut next = last.clone();
