@@ -13,13 +13,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-
-use futures::future::BoxFuture;
-use hearth_core::checkpoint::{CosignReply, CosignRequest};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use hearth_core::checkpoint::{CosignReply, CosignRequest};
 use hearth_proto::raft::RaftBytes;
 use hearth_proto::raft::raft_client::RaftClient;
 use hearth_proto::raft::raft_server::Raft as RaftRpc;

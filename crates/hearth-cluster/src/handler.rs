@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use hearth_core::checkpoint::{CosignReply, CosignRequest, Refusal};
-
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{Fatal, RaftError};
 use openraft::raft::{
