@@ -66,6 +66,7 @@ impl Cluster {
                     insecure: true,
                     tls: None,
                     auth: None,
+                    checkpoint: Default::default(),
                 };
                 cfg.validate().unwrap();
                 (*id, cfg)
@@ -292,6 +293,58 @@ async fn three_nodes_over_grpc_serve_forward_export_and_fail_over() {
     assert!(!ok && out.contains(&format!("index {victim}")), "{out}");
     let r = hearth_core::export::verify_export(lines.iter().map(String::as_str)).unwrap();
     assert_eq!(r.failure.map(|f| f.index()), Some(victim as u64));
+
+    // Over real gRPC: the leading hub signs a checkpoint on demand, the witness cosigns it
+    // (Raft.Cosign), the hub's checkpoint file proves its export, the keys are in the status.
+    let mut audit =
+        AuditClient::new(hearth_cluster::grpc::lazy_channel(&c.addrs[&leader]).unwrap());
+    let cp = audit
+        .checkpoint(pb::CheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cp.fresh && cp.cosigned && !cp.fork, "{cp:?}");
+    assert_eq!(cp.index, last.index);
+    let mut s = audit
+        .export_checkpoints(pb::ExportCheckpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while let Some(chunk) = s.next().await {
+        for l in chunk.unwrap().lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+    }
+    let cps = hearth_core::checkpoint::parse_file(&text).unwrap();
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0].to_line(), cp.line);
+    let witness_key = c.status(3).await.unwrap().checkpoint_key;
+    assert_eq!(
+        cps[0].witness.as_ref().map(|w| hex::encode(w.key)),
+        Some(witness_key)
+    );
+    let lines = c.export(leader, &dir.path().join("cp.jsonl")).await;
+    let r = hearth_core::checkpoint::verify_export_against(
+        lines.iter().map(String::as_str),
+        &cps,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(r.ok(), "{r:?}");
+    let page = http_get(c.metrics[&3], "/metrics").await;
+    assert!(
+        page.contains("hearth_checkpoints_cosigned_total{node=\"3\"} 1")
+            && page.contains("hearth_checkpoint_forks_refused_total{node=\"3\"} 0"),
+        "{page}"
+    );
+    // A witness signs no checkpoint of its own.
+    let err = AuditClient::new(hearth_cluster::grpc::lazy_channel(&c.addrs[&3]).unwrap())
+        .checkpoint(pb::CheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
     // Kill the leader: the other hub leads and writes continue, through any node.
     let t0 = Instant::now();

@@ -107,6 +107,7 @@ fn node_config(
             .collect(),
         timing: hearth_tests::cluster::test_timing(),
         assist: Default::default(),
+        checkpoint: Default::default(),
         insecure: false,
         tls: Some(TlsSettings {
             ca: pki.join("ca.pem"),
@@ -555,6 +556,22 @@ async fn tokens_and_roles_guard_every_privileged_call() {
     get(&t.operator)
         .await
         .expect("an operator reads any intent");
+
+    // A checkpoint on demand is cosigned by the witness over the mutual-TLS Raft transport.
+    let cp = AuditClient::new(c.api(new_leader))
+        .checkpoint(with_token(pb::CheckpointRequest {}, Some(&t.operator)))
+        .await
+        .expect("an operator asks for a checkpoint")
+        .into_inner();
+    assert!(cp.cosigned && !cp.fork, "not cosigned over TLS: {cp:?}");
+    assert_eq!(
+        AuditClient::new(c.api(new_leader))
+            .checkpoint(with_token(pb::CheckpointRequest {}, Some(&t.agent)))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
     c.stop_all().await;
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_core::Hash;
-use hearth_node::config::{AssistSettings, Peer, TimingConfig};
+use hearth_node::config::{AssistSettings, CheckpointSettings, Peer, TimingConfig};
 use hearth_node::{Node, NodeConfig, NodeError, Role};
 use openraft::raft::ReadPolicy;
 
@@ -45,6 +45,7 @@ pub struct TestCluster {
     timing: TimingConfig,
     mqtt_broker: Option<String>,
     assist: BTreeMap<u64, AssistSettings>,
+    checkpoint: BTreeMap<u64, CheckpointSettings>,
 }
 
 impl TestCluster {
@@ -77,6 +78,7 @@ impl TestCluster {
             timing: test_timing(),
             mqtt_broker,
             assist: BTreeMap::new(),
+            checkpoint: BTreeMap::new(),
         };
         for (id, _) in roles {
             c.start(*id).await.expect("node starts");
@@ -133,6 +135,7 @@ impl TestCluster {
             insecure: true,
             tls: None,
             auth: None,
+            checkpoint: self.checkpoint.get(&id).cloned().unwrap_or_default(),
         }
     }
 
@@ -148,6 +151,17 @@ impl TestCluster {
         );
     }
 
+    /// Sets when node `id` signs checkpoints on its own (used from its next start).
+    pub fn set_checkpoint_schedule(&mut self, id: u64, every_entries: u64, every_secs: u64) {
+        self.checkpoint.insert(
+            id,
+            CheckpointSettings {
+                every_entries,
+                every_secs,
+            },
+        );
+    }
+
     /// Declares a new member (it is not part of the cluster until added through the leader).
     pub fn declare(&mut self, id: u64, role: Role) {
         self.roles.insert(id, role);
@@ -158,6 +172,8 @@ impl TestCluster {
         let cfg = self.config(id);
         cfg.validate().expect("valid test config");
         let node = Arc::new(Node::start(cfg, self.router.factory(id)).await?);
+        node.checkpoints
+            .set_client(Arc::new(self.router.cosign_client()));
         self.router.register(node.clone());
         self.nodes.insert(id, node);
         Ok(())

@@ -98,6 +98,13 @@ impl Router {
         }
     }
 
+    /// How hubs reach the witness's `Cosign` through this router (honours cut links).
+    pub fn cosign_client(&self) -> RouterCosign {
+        RouterCosign {
+            router: self.clone(),
+        }
+    }
+
     pub fn probe(&self, from: u64) -> RouterProbe {
         RouterProbe {
             from,
@@ -234,6 +241,39 @@ impl PeerProbe for RouterProbe {
             }
             let n = self.router.node(id)?;
             Some(n.status().await)
+        })
+    }
+}
+
+/// `Cosign` through the router: the same checks as the gRPC service (cut links, the target's
+/// refusal of retired senders), then the target's [`RaftHandler::cosign`].
+pub struct RouterCosign {
+    router: Router,
+}
+
+impl hearth_cluster::CosignClient for RouterCosign {
+    fn cosign<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        _addr: &'a str,
+        req: hearth_core::checkpoint::CosignRequest,
+    ) -> BoxFuture<'a, Result<hearth_core::checkpoint::CosignReply, String>> {
+        Box::pin(async move {
+            if self.router.is_blocked(from, to) {
+                return Err(format!("link {from} -> {to} is cut"));
+            }
+            let Some(h) = self.router.handler(to) else {
+                return Err(format!("node {to} is down"));
+            };
+            if let Some(why) = h.refusal(from) {
+                return Err(why);
+            }
+            let reply = h.cosign(from, req).await;
+            if self.router.is_blocked(to, from) {
+                return Err(format!("link {to} -> {from} is cut (response lost)"));
+            }
+            Ok(reply)
         })
     }
 }

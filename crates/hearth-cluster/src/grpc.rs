@@ -8,6 +8,8 @@
 //!
 //! Server side: [`RaftGrpc`] decodes, checks that the RPC was meant for this node, and hands
 //! it to the [`RaftHandler`].
+//!
+//! `Cosign` (hub → witness, checkpoints) goes the same way; its client is [`GrpcCosignClient`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,6 +17,8 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use hearth_core::checkpoint::{CosignReply, CosignRequest};
 use hearth_proto::raft::RaftBytes;
 use hearth_proto::raft::raft_client::RaftClient;
 use hearth_proto::raft::raft_server::Raft as RaftRpc;
@@ -35,6 +39,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::handler::CosignClient;
 use crate::settings::SNAPSHOT_TIMEOUT_MS;
 use crate::tls::{Security, check_peer_identity};
 use crate::wire::{self, FORMAT_JSON};
@@ -287,6 +292,47 @@ impl RaftNetworkV2<TypeConfig> for GrpcPeer {
     }
 }
 
+/// Sends checkpoints to the witness over the Raft service (`Cosign`), on the process's shared
+/// channel to that address.
+pub struct GrpcCosignClient {
+    /// Deadline of one request (the witness may wait a little for the index to be applied).
+    pub timeout: Duration,
+    /// With TLS, the witness must prove it is node `to`.
+    pub security: Security,
+}
+
+impl CosignClient for GrpcCosignClient {
+    fn cosign<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        addr: &'a str,
+        req: CosignRequest,
+    ) -> BoxFuture<'a, Result<CosignReply, String>> {
+        Box::pin(async move {
+            // Checkpoints are rare: a channel per request, checked for exactly node `to`.
+            let channel = node_channel(addr, &self.security, Some(to))
+                .map_err(|e| format!("address {addr:?}: {e}"))?;
+            let data = wire::encode(&req).map_err(|e| e.to_string())?;
+            let mut request = Request::new(RaftBytes {
+                format: FORMAT_JSON,
+                from,
+                to,
+                data,
+            });
+            request.set_timeout(self.timeout);
+            let reply = RaftClient::new(channel)
+                .cosign(request)
+                .await
+                .map_err(|s| format!("node {to} at {addr}: {} ({:?})", s.message(), s.code()))?
+                .into_inner();
+            let res: Result<CosignReply, String> =
+                wire::decode(reply.format, &reply.data).map_err(|e| e.to_string())?;
+            res.map_err(|remote| format!("node {to} answered with an error: {remote}"))
+        })
+    }
+}
+
 /// The tonic service answering Raft RPCs for one node.
 pub struct RaftGrpc {
     handler: RaftHandler,
@@ -383,5 +429,10 @@ impl RaftRpc for RaftGrpc {
     ) -> Result<Response<RaftBytes>, Status> {
         let (_, rpc) = self.open(req)?;
         self.reply(self.handler.transfer_leader(rpc).await)
+    }
+
+    async fn cosign(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let (from, rpc): (u64, CosignRequest) = self.open(req)?;
+        self.reply(Ok::<_, String>(self.handler.cosign(from, rpc).await))
     }
 }

@@ -7,11 +7,16 @@
 //!   so is the last contact from a leader and from each peer;
 //! - RPCs from node ids the node has retired (removed by a forced promotion) are refused with
 //!   a message for the sender: the transport calls [`RaftHandler::refusal`] first.
+//!
+//! It also receives hubs' checkpoints for cosigning (`Cosign`), handed to the [`CosignHandler`]
+//! the node installs (a witness does; any other node refuses).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+use hearth_core::checkpoint::{CosignReply, CosignRequest, Refusal};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{Fatal, RaftError};
 use openraft::raft::{
@@ -43,6 +48,24 @@ struct Seen {
 /// Decides whether RPCs from a node id are refused, and why.
 pub type Gate = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
 
+/// What a witness does with a hub's checkpoint: check it against its own chain and cosign it,
+/// or refuse. Implemented by the node (it holds the key and the chain).
+pub trait CosignHandler: Send + Sync {
+    fn cosign<'a>(&'a self, from: u64, req: CosignRequest) -> BoxFuture<'a, CosignReply>;
+}
+
+/// The hub's side of `Cosign`: sends a checkpoint to witness `to` at `addr` (gRPC in
+/// production, the test router in tests). `Err` is a transport problem, not a refusal.
+pub trait CosignClient: Send + Sync {
+    fn cosign<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        addr: &'a str,
+        req: CosignRequest,
+    ) -> BoxFuture<'a, Result<CosignReply, String>>;
+}
+
 /// Receiving side of one node.
 #[derive(Clone)]
 pub struct RaftHandler {
@@ -52,6 +75,7 @@ pub struct RaftHandler {
     started: Instant,
     seen: Arc<Mutex<Seen>>,
     gate: Arc<Mutex<Option<Gate>>>,
+    cosigner: Arc<Mutex<Option<Arc<dyn CosignHandler>>>>,
 }
 
 impl RaftHandler {
@@ -63,12 +87,35 @@ impl RaftHandler {
             started: Instant::now(),
             seen: Arc::new(Mutex::new(Seen::default())),
             gate: Arc::default(),
+            cosigner: Arc::default(),
         }
     }
 
     /// Installs the rule that refuses RPCs from retired node ids.
     pub fn set_gate(&self, gate: Gate) {
         *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+    }
+
+    /// Installs what answers hubs' `Cosign` requests (on a witness).
+    pub fn set_cosigner(&self, c: Arc<dyn CosignHandler>) {
+        *self.cosigner.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+    }
+
+    /// Answers a hub's checkpoint: the installed [`CosignHandler`] decides; without one the
+    /// node refuses (it is not a witness).
+    pub async fn cosign(&self, from: u64, req: CosignRequest) -> CosignReply {
+        let c = self
+            .cosigner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match c {
+            Some(c) => c.cosign(from, req).await,
+            None => CosignReply::Refused(Refusal::Invalid(format!(
+                "node {} does not cosign checkpoints: only a witness does",
+                self.id
+            ))),
+        }
     }
 
     /// Why RPCs from node `from` are refused, if they are. Transports call this before handing

@@ -13,7 +13,7 @@ pub mod settings;
 pub mod tls;
 pub mod wire;
 
-pub use handler::RaftHandler;
+pub use handler::{CosignClient, CosignHandler, RaftHandler};
 pub use hearth_store::TypeConfig;
 
 /// A Hearth Raft node.

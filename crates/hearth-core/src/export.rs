@@ -124,7 +124,16 @@ pub enum ExportError {
 
 /// Verifies an export given as lines of text. Empty lines are ignored.
 pub fn verify_export<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<ExportReport, ExportError> {
+    verify_export_visit(lines, |_, _| {})
+}
+
+/// [`verify_export`], calling `visit(index, hash)` for the anchor (if any) and for every entry
+/// whose link verified, in index order. Nothing after the first failure is visited.
+pub fn verify_export_visit<'a>(
     mut lines: impl Iterator<Item = &'a str>,
+    mut visit: impl FnMut(u64, &Hash),
 ) -> Result<ExportReport, ExportError> {
     let header_line = lines
         .by_ref()
@@ -160,6 +169,9 @@ pub fn verify_export<'a>(
             .unwrap_or(ZERO_HASH),
         failure: None,
     };
+    if let Some(a) = &header.anchor {
+        visit(a.index, &report.head);
+    }
     let mut expected_next = header.anchor.as_ref().map(|a| a.index + 1).unwrap_or(0);
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let parsed: Result<(Record, Hash), String> = serde_json::from_str::<ExportLine>(line)
@@ -177,6 +189,7 @@ pub fn verify_export<'a>(
         };
         match v.push(&rec.encode(), &stored) {
             Ok(h) => {
+                visit(rec.index, &h);
                 report.head = h;
                 report.entries += 1;
                 report.first_index.get_or_insert(rec.index);

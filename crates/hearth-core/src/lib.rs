@@ -5,6 +5,7 @@
 pub mod assisted;
 pub mod caretaker;
 pub mod chain;
+pub mod checkpoint;
 pub mod domain;
 pub mod export;
 pub mod intent;

@@ -98,6 +98,7 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             })
             .collect(),
         started_ms: s.started_ms,
+        checkpoint_key: s.checkpoint_key.clone(),
     }
 }
 
@@ -152,6 +153,7 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .map(|r| (r.by, r.message.clone()))
             .collect(),
         started_ms: p.started_ms,
+        checkpoint_key: p.checkpoint_key.clone(),
     }
 }
 
@@ -479,6 +481,39 @@ impl Audit for Api {
             head_hash: r.head.map(|(_, h)| hex::encode(h)).unwrap_or_default(),
             anchor_index: r.anchor.map(|(i, _)| i),
         }))
+    }
+
+    async fn checkpoint(
+        &self,
+        _req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let m = self.node.checkpoint_now().await.map_err(to_status)?;
+        let fork = matches!(&m.witness,
+            crate::checkpoint::WitnessOutcome::Refused { refusal, .. } if refusal.is_fork());
+        Ok(Response::new(pb::CheckpointResponse {
+            index: m.checkpoint.index,
+            head: hex::encode(m.checkpoint.head),
+            fresh: m.fresh,
+            cosigned: m.checkpoint.witness.is_some(),
+            witness: m.witness.to_string(),
+            line: m.checkpoint.to_line(),
+            fork,
+        }))
+    }
+
+    type ExportCheckpointsStream = ExportStream;
+
+    async fn export_checkpoints(
+        &self,
+        _req: Request<pb::ExportCheckpointsRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let text = self.node.checkpoints.export_text().map_err(to_status)?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let chunks: Vec<Result<pb::ExportChunk, Status>> = lines
+            .chunks(512)
+            .map(|c| Ok(pb::ExportChunk { lines: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }
 

@@ -92,7 +92,9 @@ fn listed(path: &str) -> Option<Need> {
             "AppendTestRecord" | "AddMember" | "RemoveMember" | "ReplaceMember" | "TransferLeader"
             | "Promote" | "Restart" | "RecordAct",
         ) => Need::Role(Admin),
-        ("hearth.v1.Audit", "Tail" | "Export" | "Verify") => Need::Role(Operator),
+        ("hearth.v1.Audit", "Tail" | "Export" | "Verify" | "ExportCheckpoints" | "Checkpoint") => {
+            Need::Role(Operator)
+        }
         ("hearth.v1.Intents", "Submit" | "Get" | "Watch" | "Explain") => Need::Role(Agent),
         ("hearth.v1.Intents", "Approve") => Need::Role(Operator),
         ("hearth.v1.Devices", "List" | "Get") => Need::Role(Agent),

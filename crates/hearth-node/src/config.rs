@@ -34,6 +34,10 @@
 //! targets = ["192.168.1.1:80"]  # independent targets a hub probes (TCP connect)
 //! down_after_ms = 10000     # peer silent this long and a target answers: PEER_DOWN
 //!
+//! [checkpoint]              # optional: signed checkpoints of the chain (docs/OPERATIONS.md)
+//! every_entries = 1000      # a hub signs after this many new entries (0: never by count)
+//! every_secs = 600          # … or when this much time passed and the head advanced (0: never)
+//!
 //! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
 //! heartbeat_ms = 150
 //! election_min_ms = 1000
@@ -154,6 +158,8 @@ pub struct NodeConfig {
     pub timing: TimingConfig,
     #[serde(default)]
     pub assist: AssistSettings,
+    #[serde(default)]
+    pub checkpoint: CheckpointSettings,
     /// Plain-text transport and no client authentication. Must be asked for; every start
     /// logs a warning.
     #[serde(default)]
@@ -179,6 +185,35 @@ pub struct TlsSettings {
 pub struct AuthSettings {
     /// The hashed client tokens (see `hearth_node::auth` for the format).
     pub tokens_file: PathBuf,
+}
+
+/// When a hub signs a checkpoint of its chain on its own (it also signs on demand): when
+/// either threshold is reached and its applied head advanced since the last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// New applied entries since the last checkpoint (0: never by count).
+    #[serde(default = "d_every_entries")]
+    pub every_entries: u64,
+    /// Seconds since the last checkpoint (0: never by time).
+    #[serde(default = "d_every_secs")]
+    pub every_secs: u64,
+}
+
+fn d_every_entries() -> u64 {
+    1000
+}
+fn d_every_secs() -> u64 {
+    600
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        Self {
+            every_entries: d_every_entries(),
+            every_secs: d_every_secs(),
+        }
+    }
 }
 
 /// Assisted failover of two hubs without a witness: what the survivor probes before it
@@ -483,6 +518,17 @@ role = "witness"
         let c = NodeConfig::parse(GOOD).unwrap();
         assert_eq!(c.members().count(), 3);
         assert_eq!(c.timing, TimingConfig::default());
+        assert_eq!(c.checkpoint, CheckpointSettings::default());
+        assert_eq!(
+            (c.checkpoint.every_entries, c.checkpoint.every_secs),
+            (1000, 600)
+        );
+        let c = NodeConfig::parse(&format!("{GOOD}\n[checkpoint]\nevery_secs = 0\n")).unwrap();
+        assert_eq!(
+            (c.checkpoint.every_entries, c.checkpoint.every_secs),
+            (1000, 0)
+        );
+        assert!(err_of(&format!("{GOOD}\n[checkpoint]\nevery = 1\n")).contains("every"));
     }
 
     fn err_of(text: &str) -> String {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod assist;
 pub mod auth;
+pub mod checkpoint;
 pub mod config;
 pub mod dispatcher;
 pub mod domain_api;

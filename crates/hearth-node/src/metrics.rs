@@ -27,6 +27,7 @@ impl Counters {
 /// Renders the metrics page.
 pub async fn render(node: &Node, c: &Counters) -> String {
     let s = node.status().await;
+    let last_checkpoint = node.checkpoints.last().await.map_or(0, |c| c.index);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
         out.push_str(&format!(
@@ -65,6 +66,11 @@ pub async fn render(node: &Node, c: &Counters) -> String {
         "Peers that refuse this node (e.g. it was removed by a forced promotion).",
         s.refused_by.len() as u64,
     );
+    gauge(
+        "hearth_checkpoint_last_index",
+        "Hub: index of the last checkpoint it signed (0: none).",
+        last_checkpoint,
+    );
     if let Some(a) = &s.assist {
         let name = "hearth_assist_state";
         out.push_str(&format!(
@@ -78,7 +84,23 @@ pub async fn render(node: &Node, c: &Counters) -> String {
             ));
         }
     }
+    let cp = &node.checkpoints;
     for (name, help, v) in [
+        (
+            "hearth_checkpoints_signed_total",
+            "Hub: checkpoints signed by this node since it started.",
+            &cp.signed,
+        ),
+        (
+            "hearth_checkpoints_cosigned_total",
+            "Witness: checkpoints cosigned by this node since it started.",
+            &cp.cosigned,
+        ),
+        (
+            "hearth_checkpoint_forks_refused_total",
+            "Witness: checkpoints refused because their head is not this node's chain (a fork).",
+            &cp.forks_refused,
+        ),
         (
             "hearth_writes_committed_total",
             "Writes committed through this node.",

@@ -89,6 +89,8 @@ pub enum NodeError {
         "idempotency key already used for intent {0} with a different body; use a new key for a new intent"
     )]
     KeyConflict(String),
+    #[error("checkpoints: {0}")]
+    Checkpoints(String),
     #[error("refused: {0}")]
     Refused(String),
     #[error("permission denied: {0}")]
@@ -143,6 +145,8 @@ pub struct StatusView {
     pub refused_by: Vec<(u64, String)>,
     /// When this incarnation of the node started (Unix ms).
     pub started_ms: u64,
+    /// This node's checkpoint public key (lower-case hex).
+    pub checkpoint_key: String,
 }
 
 /// The assisted-failover assessment as reported.
@@ -224,6 +228,8 @@ pub struct Node {
     started_ms: u64,
     /// TLS material for calls this node makes to other nodes' public API (forwarding, probes).
     security: hearth_cluster::tls::Security,
+    /// Signed checkpoints: this hub's signing, or this witness's cosigning.
+    pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -348,6 +354,12 @@ impl Node {
         }
         tracing::info!(node = id, role = config.role.name(), checked = report.checked,
             head = ?report.head.map(|(i, _)| i), fresh, "chain verified; starting Raft");
+        let checkpoints = Arc::new(crate::checkpoint::Checkpoints::open(
+            id,
+            config.role,
+            &config.data_dir,
+            sm.clone(),
+        )?);
         let promoted = crate::assist::apply_pending(&config.data_dir, id, &log).await?;
         let raft_cfg = settings::raft_config(&config.timing.raft(), witness)
             .map_err(|e| NodeError::Settings(e.to_string()))?;
@@ -355,6 +367,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let handler = RaftHandler::new(raft.clone(), id, witness);
+        if witness {
+            handler.set_cosigner(checkpoints.clone());
+        }
         {
             // Refuse node ids removed by a forced promotion: the replicated list, and this
             // hub's own promotions (known before their entry is applied).
@@ -397,6 +412,12 @@ impl Node {
                 sm: sm.clone(),
                 gateway,
             };
+            tasks.push(tokio::spawn(crate::checkpoint::schedule(
+                checkpoints.clone(),
+                raft.clone(),
+                config.checkpoint.clone(),
+                rx.clone(),
+            )));
             tasks.push(tokio::spawn(d.run(rx)));
         }
         Ok(Node {
@@ -415,6 +436,7 @@ impl Node {
             promoted,
             started_ms: Self::clock().now_ms,
             security,
+            checkpoints,
         })
     }
 
@@ -559,7 +581,16 @@ impl Node {
             }),
             refused_by: hearth_cluster::notices::recent(self.id),
             started_ms: self.started_ms,
+            checkpoint_key: hex::encode(self.checkpoints.public_key()),
         }
+    }
+
+    /// Signs a checkpoint of this hub's applied head now, has the cluster's witness (if any)
+    /// cosign it, and stores it; returns the last one when the head has not advanced.
+    pub async fn checkpoint_now(&self) -> Result<crate::checkpoint::Made, NodeError> {
+        self.checkpoints
+            .checkpoint(crate::checkpoint::witness_member(&self.raft))
+            .await
     }
 
     /// The current Raft term, as this node sees it.
@@ -1432,6 +1463,7 @@ impl Node {
         }
         let (id, sm) = (self.id, self.sm);
         drop(self.handler);
+        drop(self.checkpoints);
         drop(self.raft);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while sm.handles() > 1 {

@@ -80,7 +80,7 @@ fn years_from_now(years: i32) -> time::OffsetDateTime {
 /// A random token: `hth_` and 32 random bytes in hex.
 pub fn new_token() -> Result<String, PkiError> {
     let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut b).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
     Ok(format!("hth_{}", hex::encode(b)))
 }
 
@@ -106,7 +106,7 @@ fn load_or_make_ca(dir: &Path) -> Result<(Ca, bool), PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     let mut tag = [0u8; 4];
-    getrandom::fill(&mut tag).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut tag).map_err(|e| PkiError::Usage(format!("no randomness: {e}")))?;
     dn.push(
         DnType::CommonName,
         format!("Hearth cluster CA {}", hex::encode(tag)),

@@ -79,6 +79,11 @@ async fn serve_once(
         None => Authenticator::disabled(),
     });
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
+    node.checkpoints
+        .set_client(Arc::new(hearth_cluster::grpc::GrpcCosignClient {
+            timeout: crate::checkpoint::COSIGN_TIMEOUT,
+            security: security.clone(),
+        }));
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ClusterServer<Api>>().await;

@@ -289,21 +289,59 @@ pub enum AuditCmd {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Verify the chain of a live node, of an export file (--file), or of a stopped node's
-    /// data directory (--data-dir; e.g. a node that refuses to start).
+    /// Verify the chain of a live node, of an export file (--file or EXPORTFILE), or of a
+    /// stopped node's data directory (--data-dir; e.g. a node that refuses to start). With
+    /// --checkpoint, an export file is also proved against signed checkpoints kept off the
+    /// cluster (docs/AUDIT-FORMAT.md).
     Verify {
         #[command(flatten)]
         target: Target,
-        #[arg(long, conflicts_with = "data_dir")]
+        #[arg(long, conflicts_with_all = ["data_dir", "export"])]
         file: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "export")]
         data_dir: Option<PathBuf>,
+        /// The export file (the same as --file).
+        #[arg(value_name = "EXPORTFILE")]
+        export: Option<PathBuf>,
+        /// A checkpoint file (`audit checkpoint export`); repeat for several. Every checkpoint
+        /// must be signed validly and match the export at its index.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// Trust only these Ed25519 public keys (64 lower-case hex digits; repeatable): each
+        /// checkpoint needs a signature by one of them. Without it, the keys written in the
+        /// checkpoint file are trusted, i.e. the file itself.
+        #[arg(long = "trust-key", value_name = "HEX")]
+        trust_keys: Vec<String>,
+    },
+    /// Signed checkpoints of the chain: sign one now, or export a hub's checkpoints.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCmd,
     },
     /// Append an operator's test record (until intents exist).
     Append {
         #[command(flatten)]
         target: Target,
         text: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCmd {
+    /// The hub at --addr signs a checkpoint of its chain head now, cosigned by the witness if
+    /// the cluster has one.
+    Now {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write the checkpoints the node at --addr stored, in the text format of
+    /// docs/AUDIT-FORMAT.md. Keep the file off the cluster.
+    Export {
+        #[command(flatten)]
+        target: Target,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -492,11 +530,30 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => match command {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,
-            AuditCmd::Verify { file: Some(f), .. } => verify_file(&f),
             AuditCmd::Verify {
-                data_dir: Some(d), ..
-            } => verify_data_dir(&d),
-            AuditCmd::Verify { target, .. } => verify_live(&target.addr).await,
+                file,
+                export: positional,
+                checkpoints,
+                trust_keys,
+                data_dir,
+                target,
+            } => match (file.or(positional), data_dir) {
+                (Some(f), _) => verify_file(&f, &checkpoints, &trust_keys),
+                (None, _) if !checkpoints.is_empty() || !trust_keys.is_empty() => {
+                    anyhow::bail!(
+                        "--checkpoint and --trust-key prove an export file: give it as EXPORTFILE \
+                         (hearth audit export --out FILE writes one)"
+                    )
+                }
+                (None, Some(d)) => verify_data_dir(&d),
+                (None, None) => verify_live(&target.addr).await,
+            },
+            AuditCmd::Checkpoint {
+                command: CheckpointCmd::Now { target },
+            } => checkpoint_now(&target.addr).await,
+            AuditCmd::Checkpoint {
+                command: CheckpointCmd::Export { target, out },
+            } => checkpoint_export(&target.addr, out).await,
             AuditCmd::Append { target, text } => append(&target.addr, text).await,
         },
     }
@@ -659,11 +716,13 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         "REACHABLE"
     );
     let mut reachable = 0;
+    let mut keys = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
             Ok(s) => {
                 reachable += 1;
+                keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
                 if let Some(l) = s.leader {
                     leaders.insert(l);
                 }
@@ -735,6 +794,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     for r in &first.refusals {
         println!("REFUSED by node {}: {}", r.by, r.message);
     }
+    for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
+        println!("checkpoint key of node {id} ({role}): {key}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -795,9 +857,69 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
+fn verify_file(
+    path: &PathBuf,
+    checkpoint_files: &[PathBuf],
+    trust_keys: &[String],
+) -> anyhow::Result<ExitCode> {
+    use hearth_core::checkpoint::{Trust, parse_file, parse_hex, verify_export_against};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if !trust_keys.is_empty() && checkpoint_files.is_empty() {
+        anyhow::bail!("--trust-key needs --checkpoint FILE: keys are checked on checkpoints");
+    }
+    let mut trust = Trust::default();
+    for k in trust_keys {
+        trust
+            .pinned
+            .insert(parse_hex::<32>("--trust-key", k).map_err(|e| anyhow::anyhow!("{e}: {k:?}"))?);
+    }
+    let mut code = ExitCode::SUCCESS;
+    for cf in checkpoint_files {
+        let ctext =
+            std::fs::read_to_string(cf).with_context(|| format!("reading {}", cf.display()))?;
+        let cps = parse_file(&ctext)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid checkpoint file: {e}", cf.display()))?;
+        let r = verify_export_against(text.lines(), &cps, &trust)
+            .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
+        match &r.export.failure {
+            Some(f) => println!(
+                "FAILED at index {}: {f} ({} entries before it verified)",
+                f.index(),
+                r.export.entries
+            ),
+            None => println!(
+                "OK: {} entries ({}..={}) from node {} verify; head {}",
+                r.export.entries,
+                opt(r.export.first_index),
+                opt(r.export.last_index),
+                r.export.node,
+                hex::encode(r.export.head)
+            ),
+        }
+        match &r.failure {
+            None => println!(
+                "OK: {} checkpoint(s) of {} ({} signatures valid{}) match the export",
+                r.matched,
+                cf.display(),
+                cps.iter()
+                    .map(|c| 1 + usize::from(c.witness.is_some()))
+                    .sum::<usize>(),
+                if trust.pinned.is_empty() {
+                    ", keys as written in the file"
+                } else {
+                    ", each signed by a trusted key"
+                }
+            ),
+            Some(f) => println!("FAILED: {} ({f})", cf.display()),
+        }
+        if !r.ok() {
+            code = ExitCode::from(1);
+        }
+    }
+    if !checkpoint_files.is_empty() {
+        return Ok(code);
+    }
     let r = hearth_core::export::verify_export(text.lines())
         .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
     match r.failure {
@@ -875,6 +997,67 @@ async fn verify_live(addr: &str) -> anyhow::Result<ExitCode> {
         println!("FAILED at index {}: {}", opt(r.first_bad_index), r.reason);
         Ok(ExitCode::from(1))
     }
+}
+
+async fn checkpoint_now(addr: &str) -> anyhow::Result<ExitCode> {
+    let mut c = AuditClient::new(channel(addr)?);
+    let r = c
+        .checkpoint(pb::CheckpointRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    println!(
+        "{} checkpoint at index {} head {}; {}",
+        if r.fresh { "signed" } else { "last" },
+        r.index,
+        r.head,
+        r.witness
+    );
+    println!("{}", r.line);
+    Ok(if r.fork {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn checkpoint_export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let mut c = AuditClient::new(channel(addr)?);
+    let mut stream = c
+        .export_checkpoints(pb::ExportCheckpointsRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        for l in chunk.map_err(|s| rpc_err(addr, s))?.lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+    }
+    // Check what the node sent before keeping it.
+    let cps = hearth_core::checkpoint::parse_file(&text)
+        .map_err(|e| anyhow::anyhow!("node {addr} sent an invalid checkpoint file: {e}"))?;
+    hearth_core::checkpoint::check_signatures(&cps, &Default::default())
+        .map_err(|e| anyhow::anyhow!("node {addr} sent a bad checkpoint: {e}"))?;
+    match &out {
+        Some(p) => {
+            use std::io::Write;
+            let mut f =
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            eprintln!(
+                "wrote {} checkpoints ({} cosigned) to {}",
+                cps.len(),
+                cps.iter().filter(|c| c.witness.is_some()).count(),
+                p.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
