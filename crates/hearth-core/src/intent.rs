@@ -77,9 +77,9 @@ pub fn check_id(field: &str, s: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// An idempotency key: 1–128 characters of ASCII letters, digits, `_ - . :` (a UUID, a
-/// counter, `cli-<pid>-<nanos>`), not starting with `.`. No separators, spaces, control or
-/// non-ASCII characters: a key is a token, not text.
+/// An idempotency key: 1–128 printable ASCII characters (a UUID, a counter,
+/// `cli-<pid>-<nanos>`, a test's `"isolate leader-17"`), without `/` or `\` and not starting
+/// with `.`, so that a key never looks like a path; no control or non-ASCII characters.
 pub fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_NAME {
         return Err(FieldError::new(
@@ -90,12 +90,12 @@ pub fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
     if s.starts_with('.')
         || !s
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'/' && b != b'\\')
     {
         return Err(FieldError::new(
             field,
             format!(
-                "{s:?} may contain only ASCII letters, digits, '_', '-', '.', ':' and must not start with '.'"
+                "{s:?} may contain only printable ASCII characters other than '/' and '\\', and must not start with '.'"
             ),
         ));
     }
