@@ -396,8 +396,11 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
             .contains("field `id`")
     );
 
-    let e = n.approve("i-doesnotexist", "alice").await.unwrap_err();
+    let e = n.approve("i-0000000000000000", "alice").await.unwrap_err();
     assert!(e.to_string().contains("no intent"), "{e}");
+    // Not the shape of an intent id at all: refused naming the field.
+    let e = n.approve("i-doesnotexist", "alice").await.unwrap_err();
+    assert!(e.to_string().contains("field `id`"), "{e}");
 
     let bad_policy = Policy {
         id: "p".into(),

@@ -178,7 +178,8 @@ impl ChainVerifier {
     /// Continue after `anchor_index`, whose hash is `anchor_hash`.
     pub fn after(anchor_index: u64, anchor_hash: Hash) -> Self {
         Self {
-            next_index: Some(anchor_index + 1),
+            // An anchor at u64::MAX has no next entry: `push` refuses that index.
+            next_index: Some(anchor_index.saturating_add(1)),
             prev: anchor_hash,
             checked: 0,
         }
@@ -209,6 +210,13 @@ impl ChainVerifier {
             return Err(VerifyFailure::Malformed {
                 index: rec_index,
                 reason: e.to_string(),
+            });
+        }
+        if rec_index == u64::MAX {
+            // No log reaches it, and it would leave no next index (an input, not a chain).
+            return Err(VerifyFailure::Malformed {
+                index: rec_index,
+                reason: "index 18446744073709551615 (u64::MAX) is beyond any log".into(),
             });
         }
         if let Some(expected) = self.next_index

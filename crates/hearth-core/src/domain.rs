@@ -148,6 +148,24 @@ pub fn intent_id(idempotency_key: &str) -> String {
     format!("i-{}", hex::encode(&h[..8]))
 }
 
+/// Checks that `s` has the shape of an intent id (`i-` and 16 lower-case hex digits), so a
+/// lookup by a path-like or otherwise foreign string is refused with the field named.
+pub fn check_intent_id(field: &str, s: &str) -> Result<(), crate::intent::FieldError> {
+    let ok = s.len() == 18
+        && s.starts_with("i-")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::intent::FieldError::new(
+            field,
+            format!("{s:?} is not an intent id (i- and 16 hex digits, as Submit returns)"),
+        ))
+    }
+}
+
 /// Hash of an intent's body, to tell a retry (same body) from a conflicting reuse of a key.
 pub fn body_hash(intent: &Intent) -> String {
     let bytes = serde_json::to_vec(intent).unwrap_or_default();

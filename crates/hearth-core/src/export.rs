@@ -150,6 +150,11 @@ pub fn verify_export_visit<'a>(
     if header.version != FORMAT_VERSION {
         return Err(ExportError::Version(header.version));
     }
+    if header.anchor.as_ref().is_some_and(|a| a.index == u64::MAX) {
+        return Err(ExportError::BadHeader(
+            "anchor index 18446744073709551615 (u64::MAX) leaves no entry after it".into(),
+        ));
+    }
     let mut v = match &header.anchor {
         None => ChainVerifier::new_genesis(),
         Some(a) => ChainVerifier::after(
@@ -172,7 +177,10 @@ pub fn verify_export_visit<'a>(
     if let Some(a) = &header.anchor {
         visit(a.index, &report.head);
     }
-    let mut expected_next = header.anchor.as_ref().map(|a| a.index + 1).unwrap_or(0);
+    let mut expected_next = header
+        .anchor
+        .as_ref()
+        .map_or(0, |a| a.index.saturating_add(1));
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let parsed: Result<(Record, Hash), String> = serde_json::from_str::<ExportLine>(line)
             .map_err(|e| format!("not an export line: {e}"))
@@ -194,7 +202,7 @@ pub fn verify_export_visit<'a>(
                 report.entries += 1;
                 report.first_index.get_or_insert(rec.index);
                 report.last_index = Some(rec.index);
-                expected_next = rec.index + 1;
+                expected_next = rec.index.saturating_add(1);
             }
             Err(f) => {
                 report.failure = Some(f);
@@ -263,6 +271,39 @@ mod tests {
                 expected: 3,
                 found: 4
             }
+        );
+    }
+
+    /// Found while writing the fuzz target (fuzz/README.md): an anchor or an entry at index
+    /// u64::MAX overflowed `index + 1` (a panic in debug builds, a wrap in release).
+    #[test]
+    fn the_largest_index_is_refused_not_overflowed() {
+        let max = u64::MAX;
+        let header = format!(
+            r#"{{"format":"hearth-audit-export","version":1,"node":1,"anchor":{{"index":{max},"hash":"{}"}}}}"#,
+            hex::encode(ZERO_HASH)
+        );
+        assert!(matches!(
+            verify_export([header.as_str()].into_iter()),
+            Err(ExportError::BadHeader(m)) if m.contains("u64::MAX")
+        ));
+        let r = Record {
+            index: max,
+            term: 1,
+            leader: 1,
+            kind: EntryKind::Command,
+            payload: b"{}".to_vec(),
+        };
+        let anchored = ExportHeader::new(1, Some((max - 1, ZERO_HASH)));
+        let lines = [
+            serde_json::to_string(&anchored).unwrap(),
+            serde_json::to_string(&ExportLine::new(&r, &link_hash(&ZERO_HASH, &r.encode())))
+                .unwrap(),
+        ];
+        let report = verify_export(lines.iter().map(String::as_str)).unwrap();
+        assert!(
+            matches!(report.failure, Some(VerifyFailure::Malformed { index, .. }) if index == max),
+            "{report:?}"
         );
     }
 

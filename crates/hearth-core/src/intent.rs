@@ -77,6 +77,46 @@ pub fn check_id(field: &str, s: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// An idempotency key: 1–128 printable ASCII characters (a UUID, a counter,
+/// `cli-<pid>-<nanos>`, a test's `"isolate leader-17"`), without `/` or `\` and not starting
+/// with `.`, so that a key never looks like a path; no control or non-ASCII characters.
+pub fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > MAX_NAME {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_NAME} characters; send the same key when you retry"),
+        ));
+    }
+    if s.starts_with('.')
+        || !s
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'/' && b != b'\\')
+    {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{s:?} may contain only printable ASCII characters other than '/' and '\\', and must not start with '.'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text a person reads (a subject, a description): at most `max` bytes, no control
+/// characters.
+pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), FieldError> {
+    if s.len() > max {
+        return Err(FieldError::new(field, format!("at most {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// A location such as `home/kitchen`: segments that are ids, joined by `/`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -168,6 +208,16 @@ impl Intent {
             check_id("context", k)?;
         }
         Ok(())
+    }
+
+    /// What a new request must pass before anything is appended: [`Intent::validate`] plus
+    /// the idempotency key's alphabet and a subject without control characters. `apply`
+    /// re-checks committed entries with `validate` only, which must not change: replaying an
+    /// older log must give the same state.
+    pub fn validate_request(&self) -> Result<(), FieldError> {
+        self.validate()?;
+        check_key("idempotency_key", &self.idempotency_key)?;
+        check_text("subject", &self.subject, 512)
     }
 }
 
@@ -270,6 +320,51 @@ pub struct IntentClass {
     /// A new leader may re-send an action of this class that has no recorded outcome. When
     /// false, it records `OUTCOME_UNKNOWN` for a human instead.
     pub repeat_safe: bool,
+}
+
+/// Most steps in one intent class.
+pub const MAX_STEPS: usize = 64;
+
+impl IntentClass {
+    /// What a new class must pass before anything is appended (`apply` checks only the name,
+    /// as it always did, so that replaying an older log gives the same state).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_id("name", &self.name)?;
+        check_text("description", &self.description, 512)?;
+        if self.steps.len() > MAX_STEPS {
+            return Err(FieldError::new(
+                "steps",
+                format!("{} steps; at most {MAX_STEPS}", self.steps.len()),
+            ));
+        }
+        for (n, step) in self.steps.iter().enumerate() {
+            check_id(&format!("steps[{n}].capability"), &step.capability)?;
+            for t in &step.tags {
+                check_id(&format!("steps[{n}].tags"), t)?;
+            }
+            let field = format!("steps[{n}].target");
+            match &step.target {
+                Target::State(s) => check_id(&field, s)?,
+                Target::FromContext {
+                    key,
+                    allowed,
+                    default,
+                } => {
+                    check_id(&field, key)?;
+                    if allowed.is_empty() {
+                        return Err(FieldError::new(
+                            field,
+                            "from_context lists no allowed states",
+                        ));
+                    }
+                    for s in allowed.iter().chain(default) {
+                        check_id(&field, s)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn state(s: &str) -> Target {

@@ -85,6 +85,22 @@ impl Policy {
         Ok(())
     }
 
+    /// What a new policy must pass before anything is appended: [`Policy::validate`] plus the
+    /// ids inside `quiet_hours`. `apply` re-checks committed entries with `validate` only,
+    /// which must not change: replaying an older log must give the same state.
+    pub fn validate_request(&self) -> Result<(), FieldError> {
+        self.validate()?;
+        if let Rule::QuietHours { classes, tags, .. } = &self.rule {
+            for c in classes {
+                check_id("classes", c)?;
+            }
+            for t in tags {
+                check_id("tags", t)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_absolute(&self) -> bool {
         matches!(self.rule, Rule::Block { .. })
     }

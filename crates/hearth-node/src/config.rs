@@ -243,6 +243,9 @@ impl Default for AssistSettings {
     }
 }
 
+/// Largest timing setting accepted (ms).
+pub const MAX_TIMING_MS: u64 = 3_600_000;
+
 /// A configuration problem, naming the field and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -443,6 +446,22 @@ impl NodeConfig {
             }
         }
         let t = &self.timing;
+        // Bounded, so that no arithmetic on them can overflow (`election_max_ms * 2` on stop).
+        for (field, v) in [
+            ("timing.heartbeat_ms", t.heartbeat_ms),
+            ("timing.election_min_ms", t.election_min_ms),
+            ("timing.election_max_ms", t.election_max_ms),
+            ("timing.caretaker_patience_ms", t.caretaker_patience_ms),
+            ("timing.write_timeout_ms", t.write_timeout_ms),
+            ("assist.down_after_ms", self.assist.down_after_ms),
+        ] {
+            if v > MAX_TIMING_MS {
+                return Err(invalid(
+                    field,
+                    format!("{v} ms; at most {MAX_TIMING_MS} (one hour)"),
+                ));
+            }
+        }
         if self.assist.down_after_ms <= t.election_max_ms {
             return Err(invalid(
                 "assist.down_after_ms",

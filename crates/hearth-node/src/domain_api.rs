@@ -5,8 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_core::domain::check_intent_id;
 use hearth_core::domain::{ActionOutcome, ActionRecord, IntentRecord, IntentStatus};
-use hearth_core::intent::{Adapter, Device, FieldError, Intent, IntentClass, Location, Urgency};
+use hearth_core::intent::{
+    Adapter, Device, FieldError, Intent, IntentClass, Location, MAX_NAME, Urgency, check_id,
+    check_text,
+};
 use hearth_core::policy::Policy;
 use hearth_core::resolver::{Plan, PlannedAction};
 use hearth_proto::v1 as pb;
@@ -221,6 +225,8 @@ pub fn device_from_pb(d: &pb::DeviceManifest) -> Result<Device, FieldError> {
             "required (sim: local:<name> or host:port; http: URL; mqtt: topic)",
         ));
     }
+    check_text("adapter_target", &d.adapter_target, 512)?;
+    check_text("name", &d.name, MAX_NAME)?;
     let dev = Device {
         id: d.id.clone(),
         name: d.name.clone(),
@@ -343,6 +349,7 @@ impl pb::intents_server::Intents for DomainApi {
         req: Request<pb::GetIntentRequest>,
     ) -> Result<Response<pb::IntentView>, Status> {
         let id = req.into_inner().id;
+        check_intent_id("id", &id).map_err(invalid)?;
         match self.node.get_intent(&id).map_err(to_status)? {
             Some(r) => {
                 own_intent(&r)?;
@@ -361,6 +368,7 @@ impl pb::intents_server::Intents for DomainApi {
         req: Request<pb::GetIntentRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = req.into_inner().id;
+        check_intent_id("id", &id).map_err(invalid)?;
         if let Some(r) = self.node.get_intent(&id).map_err(to_status)? {
             own_intent(&r)?;
         } else if crate::auth::agent_name().is_some() {
@@ -563,6 +571,7 @@ impl pb::devices_server::Devices for DomainApi {
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::DeviceManifest>, Status> {
         let id = req.into_inner().id;
+        check_id("id", &id).map_err(invalid)?;
         let devices = self.node.devices().map_err(to_status)?;
         devices
             .iter()
@@ -583,8 +592,28 @@ struct PolicyDocument {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, NodeError> {
-    serde_json::from_str(s)
-        .map_err(|e| NodeError::Refused(format!("{what} document is not valid: {e}")))
+    serde_json::from_str(s).map_err(|e| NodeError::Invalid {
+        field: "json",
+        problem: format!("the {what} document is not valid: {e}"),
+    })
+}
+
+/// The intent class in an `ApplyClass` document, checked as the server checks it before
+/// anything is appended.
+pub fn class_from_doc(json: &str) -> Result<IntentClass, NodeError> {
+    let class: IntentClass = parse_json("intent class", json)?;
+    class.validate()?;
+    Ok(class)
+}
+
+/// The policies in an `ApplyPolicies` document, checked as the server checks them before
+/// anything is appended.
+pub fn policies_from_doc(json: &str) -> Result<Vec<Policy>, NodeError> {
+    let doc: PolicyDocument = parse_json("policy", json)?;
+    for p in &doc.policies {
+        p.validate_request()?;
+    }
+    Ok(doc.policies)
 }
 
 #[tonic::async_trait]
@@ -600,7 +629,7 @@ impl pb::policies_server::Policies for DomainApi {
                 let node = node.clone();
                 let json = m.json.clone();
                 async move {
-                    let class: IntentClass = parse_json("intent class", &json)?;
+                    let class = class_from_doc(&json)?;
                     node.apply_class(class)
                         .await
                         .map(|a| pb::ApplyResult { index: a.index })
@@ -625,8 +654,8 @@ impl pb::policies_server::Policies for DomainApi {
                 let node = node.clone();
                 let json = m.json.clone();
                 async move {
-                    let doc: PolicyDocument = parse_json("policy", &json)?;
-                    node.apply_policies(doc.policies)
+                    let policies = policies_from_doc(&json)?;
+                    node.apply_policies(policies)
                         .await
                         .map(|a| pb::ApplyResult { index: a.index })
                 }

@@ -1006,7 +1006,7 @@ impl Node {
     }
 
     pub async fn apply_class(&self, class: IntentClass) -> Result<Applied, NodeError> {
-        hearth_core::intent::check_id("name", &class.name).map_err(NodeError::from)?;
+        class.validate().map_err(NodeError::from)?;
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::ApplyClass { class, by })
             .await
@@ -1014,7 +1014,7 @@ impl Node {
 
     pub async fn apply_policies(&self, policies: Vec<Policy>) -> Result<Applied, NodeError> {
         for p in &policies {
-            p.validate().map_err(NodeError::from)?;
+            p.validate_request().map_err(NodeError::from)?;
         }
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::ApplyPolicies { policies, by })
@@ -1023,6 +1023,7 @@ impl Node {
 
     /// The plan an intent would get now, executing nothing and appending nothing.
     pub fn explain(&self, intent: &Intent) -> Result<Plan, NodeError> {
+        intent.validate_request().map_err(NodeError::from)?;
         self.sm
             .with_domain(|d| d.plan(intent, Self::clock()))?
             .map_err(NodeError::from)
@@ -1033,7 +1034,7 @@ impl Node {
     /// class, malformed fields, oversized context) are refused before anything is appended.
     #[tracing::instrument(skip_all, fields(node = self.id, intent = tracing::field::Empty))]
     pub async fn submit_intent(&self, intent: Intent) -> Result<IntentRecord, NodeError> {
-        intent.validate().map_err(NodeError::from)?;
+        intent.validate_request().map_err(NodeError::from)?;
         let id = hearth_core::domain::intent_id(&intent.idempotency_key);
         tracing::Span::current().record("intent", id.as_str());
         let hash = hearth_core::domain::body_hash(&intent);
@@ -1071,6 +1072,7 @@ impl Node {
     }
 
     pub async fn approve(&self, intent_id: &str, by: &str) -> Result<IntentRecord, NodeError> {
+        hearth_core::domain::check_intent_id("id", intent_id).map_err(NodeError::from)?;
         hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
         // On the leader, whose applied state is current, refuse what apply would refuse
         // without appending anything. (A follower forwards; the leader checks again.)
