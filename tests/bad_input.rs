@@ -34,13 +34,7 @@ struct Hub {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use hearth_tests::free_port;
 
 /// What "nothing was appended" compares: Status's last and applied index, the head hash, and
 /// the last entries of `Audit.Tail`.

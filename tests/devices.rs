@@ -11,13 +11,7 @@ use hearth_core::sim::{DeviceCommand, Reply};
 use hearth_devices::server::DeviceSim;
 use hearth_devices::{Devices, Gateway};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use hearth_tests::free_port;
 
 /// A mosquitto broker on a free loopback port, stopped on drop.
 struct Broker {

@@ -13,13 +13,7 @@ use hearth_proto::v1::audit_client::AuditClient;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::oneshot;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use hearth_tests::free_port;
 
 struct Cluster {
     metrics: BTreeMap<u64, u16>,

@@ -20,3 +20,11 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A loopback port nobody listens on right now (for nodes started by a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
