@@ -75,14 +75,14 @@ proptest! {
 
     #[test]
     fn config_parse_never_panics_on_near_toml(
-        lines in proptest::collection::vec(r#"(\[(timing|assist|peers)\]|\[\[peers\]\]|[a-z_]{1,22} = ("[0-9a-z.:/]{0,20}"|[0-9]{1,21}|true|false|\[\]))"#, 0..12)) {
+        lines in proptest::collection::vec(r#"(\[(timing|assist|peers|tls|auth|checkpoint)\]|\[\[peers\]\]|[a-z_]{1,22} = ("[0-9a-z.:/]{0,20}"|[0-9]{1,21}|true|false|\[\]))"#, 0..12)) {
         let _ = NodeConfig::parse(&lines.join("\n"));
     }
 }
 
 #[test]
 fn timing_settings_are_bounded() {
-    let base = "node_id = 1\nrole = \"hub\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\nbootstrap = true\n";
+    let base = "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\nbootstrap = true\n";
     NodeConfig::parse(base).unwrap();
     let e = NodeConfig::parse(&format!(
         "{base}[timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 9223372036854775807\n"
