@@ -729,6 +729,23 @@ async fn a_node_with_a_foreign_certificate_cannot_join_or_vote() {
     .unwrap_err();
     assert_eq!(r.code(), Code::Unauthenticated, "{r:?}");
     assert!(r.message().contains("node-1.hearth"), "{r:?}");
+    // … over node 3's own certificate, as node 3, but campaigning in node 1's name: refused.
+    let r = RaftClient::new(tls_channel(
+        &c.addrs[&target],
+        &cluster_ca,
+        &hearth_cluster::tls::node_name(target),
+        Some((&pki.join("node-3.pem"), &pki.join("node-3.key"))),
+    ))
+    .vote(tonic::Request::new(RaftBytes {
+        format: hearth_cluster::wire::FORMAT_JSON,
+        from: 3,
+        to: target,
+        data: hearth_tests::cluster::vote_request_bytes(1000, 1),
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+    assert!(r.message().contains("in the name of node 1"), "{r:?}");
     // None of it moved the cluster: same leader, term not raised to 1000.
     let s = c.status(target).await.unwrap();
     assert!(s.term < 1000, "a refused vote raised the term: {s:?}");

@@ -370,6 +370,22 @@ impl RaftGrpc {
         Ok((m.from, v))
     }
 
+    /// A node campaigns and leads only in its own name: the vote inside a vote request or an
+    /// append must be the sender's (whose id its certificate proved in `open`).
+    fn in_own_name(&self, from: u64, vote: &VoteOf<TypeConfig>, what: &str) -> Result<(), Status> {
+        use openraft::vote::RaftLeaderId;
+        let named = *vote.leader_id().node_id();
+        if named == from {
+            return Ok(());
+        }
+        let why = format!(
+            "node {from} sent a {what} in the name of node {named}: a node campaigns and leads \
+             only as itself; refused"
+        );
+        tracing::warn!(node = self.handler.id, from, named, "{why}");
+        Err(Status::permission_denied(why))
+    }
+
     fn reply<T: Serialize, E: std::fmt::Display>(
         &self,
         res: Result<T, E>,
@@ -392,7 +408,8 @@ fn raft_err_text(e: RaftError<TypeConfig>) -> String {
 #[tonic::async_trait]
 impl RaftRpc for RaftGrpc {
     async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let (_, rpc) = self.open(req)?;
+        let (from, rpc) = self.open::<AppendEntriesRequest<TypeConfig>>(req)?;
+        self.in_own_name(from, &rpc.vote, "append")?;
         self.reply(
             self.handler
                 .append_entries(rpc)
@@ -402,12 +419,14 @@ impl RaftRpc for RaftGrpc {
     }
 
     async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let (_, rpc) = self.open(req)?;
+        let (from, rpc) = self.open::<VoteRequest<TypeConfig>>(req)?;
+        self.in_own_name(from, &rpc.vote, "vote request")?;
         self.reply(self.handler.vote(rpc).await.map_err(raft_err_text))
     }
 
     async fn pre_vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let (_, rpc) = self.open(req)?;
+        let (from, rpc) = self.open::<VoteRequest<TypeConfig>>(req)?;
+        self.in_own_name(from, &rpc.vote, "pre-vote request")?;
         self.reply(self.handler.pre_vote(rpc).await.map_err(raft_err_text))
     }
 
