@@ -292,8 +292,8 @@ impl RaftNetworkV2<TypeConfig> for GrpcPeer {
     }
 }
 
-/// Sends checkpoints to the witness over the Raft service (`Cosign`), on the process's shared
-/// channel to that address.
+/// Sends checkpoints to the witness over the Raft service (`Cosign`), on a channel of its own
+/// that checks the witness's certificate for its node id.
 pub struct GrpcCosignClient {
     /// Deadline of one request (the witness may wait a little for the index to be applied).
     pub timeout: Duration,
