@@ -100,7 +100,7 @@ async fn hub_to_hub_link_cut_while_both_reach_the_witness() {
     c.shutdown().await;
 }
 
-/// DESIGN.md's witness caretaker case: the witness holds committed entries the surviving hub
+/// docs/DESIGN.md §6, the witness caretaker case: the witness holds committed entries the surviving hub
 /// lacks, the leader dies, and no hub can win an election on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witness_holding_the_newest_log_hands_over_to_a_hub() {

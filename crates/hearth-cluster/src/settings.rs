@@ -3,7 +3,7 @@
 use openraft::{Config, SnapshotPolicy};
 
 /// Raft timing in milliseconds. Defaults suit hubs on home Wi-Fi and SD cards
-/// (RAFT-NOTES.md §7): a heartbeat every 150 ms, elections after 1–2 s of silence, so a
+/// (docs/DESIGN.md §9): a heartbeat every 150 ms, elections after 1–2 s of silence, so a
 /// failover takes roughly 2–4 s and Wi-Fi jitter or an fsync stall does not depose a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -26,7 +26,7 @@ impl Default for Timing {
 }
 
 /// How long a whole snapshot transfer may take (openraft's own 200 ms default caused endless
-/// resend loops; RAFT-NOTES.md §7).
+/// resend loops; docs/DESIGN.md §9).
 pub const SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 
 /// The openraft configuration of a node.

@@ -2,7 +2,7 @@
 //!
 //! Format 1 was JSON (serde) with command bytes as arrays of numbers; format 2 is the same JSON
 //! with command bytes as hex strings (`hearth_store::Command`). openraft's serde output is not
-//! stable across openraft versions (RAFT-NOTES.md §9.14): every node of a cluster must run the
+//! stable across openraft versions (docs/DESIGN.md §9): every node of a cluster must run the
 //! same Hearth release; a new encoding gets a new format number.
 
 use serde::Serialize;

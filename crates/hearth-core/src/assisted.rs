@@ -1,4 +1,4 @@
-//! Assisted failover for two hubs without a witness (DoSync's design, DESIGN.md "Roles and
+//! Assisted failover for two hubs without a witness (DoSync's design, docs/DESIGN.md §2 "Roles and
 //! topologies"). With two voters a survivor that loses its peer has no quorum: it commits
 //! nothing and never promotes itself. This module decides, from plain observations, what it
 //! tells the household: nothing is wrong, the peer looks unwell, the peer looks down (a

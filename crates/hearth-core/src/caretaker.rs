@@ -1,4 +1,4 @@
-//! The witness caretaker rule (DESIGN.md, "Witness caretaker rule").
+//! The witness caretaker rule (docs/DESIGN.md §6).
 //!
 //! A voter refuses a candidate whose log is behind its own. If the witness holds entries that
 //! every live hub lacks and the leader is gone, no hub can win an election and the witness

@@ -5,7 +5,7 @@
 //! order with no holes; truncation cuts the file. `raft-meta.json` holds the vote and the last
 //! purged log id and is replaced atomically (write temp, fsync, rename, fsync directory).
 //!
-//! Durability contract (RAFT-NOTES.md §2.2): `save_vote` returns only after the vote is on disk;
+//! Durability contract (docs/DESIGN.md §8, §9): `save_vote` returns only after the vote is on disk;
 //! `append` makes entries readable before it returns and reports them flushed only after
 //! `fdatasync`. Vote and log writes are each synced before they are acknowledged, so they can
 //! never be reordered on disk.
