@@ -357,3 +357,27 @@ pub fn vote_request_bytes(term: u64, candidate: u64) -> Vec<u8> {
     );
     hearth_cluster::wire::encode(&req).expect("a vote request encodes")
 }
+
+/// The wire bytes of an InstallSnapshot request: leader `leader` of `term` sends an empty
+/// snapshot (no log id, default membership). For tests that send Raft RPCs by hand.
+pub fn snapshot_request_bytes(term: u64, leader: u64) -> Vec<u8> {
+    use openraft::alias::{SnapshotMetaOf, VoteOf};
+    let vote: VoteOf<hearth_store::TypeConfig> = openraft::Vote::new_committed(term, leader);
+    let req = (
+        vote,
+        SnapshotMetaOf::<hearth_store::TypeConfig>::default(),
+        Vec::<u8>::new(),
+    );
+    hearth_cluster::wire::encode(&req).expect("a snapshot request encodes")
+}
+
+/// The wire bytes of a TransferLeader request: leader `leader` of `term` hands leadership to
+/// node `to`, claiming an empty log. For tests that send Raft RPCs by hand.
+pub fn transfer_leader_request_bytes(term: u64, leader: u64, to: u64) -> Vec<u8> {
+    let req = openraft::raft::TransferLeaderRequest::<hearth_store::TypeConfig>::new(
+        openraft::Vote::new_committed(term, leader),
+        to,
+        None,
+    );
+    hearth_cluster::wire::encode(&req).expect("a transfer-leader request encodes")
+}
