@@ -467,7 +467,10 @@ async fn a_returning_hub_cannot_force_a_second_promotion() {
     assert!(c.node(1).promoted.is_none());
     let deadline = Instant::now() + LONG;
     while voters(&c, 1).is_empty() {
-        assert!(Instant::now() < deadline, "node 1 never loaded its membership");
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never loaded its membership"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(voters(&c, 1), vec![1, 2]);
