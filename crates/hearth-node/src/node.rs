@@ -352,8 +352,10 @@ impl Node {
                 reason: f.to_string(),
             });
         }
+        let heads = crate::startcheck::check_stored_heads(id, &config.data_dir, &log, &sm)?;
         tracing::info!(node = id, role = config.role.name(), checked = report.checked,
-            head = ?report.head.map(|(i, _)| i), fresh, "chain verified; starting Raft");
+            head = ?report.head.map(|(i, _)| i), stored_heads = heads, fresh,
+            "chain verified; starting Raft");
         let checkpoints = Arc::new(crate::checkpoint::Checkpoints::open(
             id,
             config.role,
