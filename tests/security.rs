@@ -768,3 +768,93 @@ async fn a_node_with_a_foreign_certificate_cannot_join_or_vote() {
     assert!(ok.is_ok(), "a well-identified vote was refused: {ok:?}");
     c.stop_all().await;
 }
+
+/// Issue 13 item 7: InstallSnapshot and TransferLeader are checked like vote and append — a
+/// stolen witness certificate cannot send them in a hub's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_witness_certificate_cannot_snapshot_or_transfer_in_a_hubs_name() {
+    hearth_tests::init_tracing();
+    let mut c = SecureCluster::new();
+    for id in [1, 2, 3] {
+        let cfg = c.configs[&id].clone();
+        c.start_config(id, cfg);
+    }
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let term = c.status(leader).await.unwrap().term;
+    let target = if leader == 1 { 2 } else { 1 };
+    let pki = c.pki();
+    let cluster_ca = pki.join("ca.pem");
+    let as_node = |id: u64| {
+        RaftClient::new(tls_channel(
+            &c.addrs[&target],
+            &cluster_ca,
+            &hearth_cluster::tls::node_name(target),
+            Some((
+                &pki.join(format!("node-{id}.pem")),
+                &pki.join(format!("node-{id}.key")),
+            )),
+        ))
+    };
+    let bytes = |data: Vec<u8>, from: u64| {
+        tonic::Request::new(RaftBytes {
+            format: hearth_cluster::wire::FORMAT_JSON,
+            from,
+            to: target,
+            data,
+        })
+    };
+    // The witness's certificate, as the witness, sends a snapshot in the leader's name, with
+    // a term far ahead: refused before openraft sees it.
+    let r = as_node(3)
+        .install_snapshot(bytes(
+            hearth_tests::cluster::snapshot_request_bytes(1000, leader),
+            3,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+    assert!(
+        r.message()
+            .contains(&format!("in the name of node {leader}")),
+        "{r:?}"
+    );
+    // … and hands the leadership to the other hub in the leader's name (its real vote).
+    let r = as_node(3)
+        .transfer_leader(bytes(
+            hearth_tests::cluster::transfer_leader_request_bytes(term, leader, target),
+            3,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+    assert!(
+        r.message()
+            .contains(&format!("in the name of node {leader}")),
+        "{r:?}"
+    );
+    // Nothing moved: same leader, same term (a transfer would have made `target` campaign,
+    // the snapshot would have raised the term to 1000).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.wait_leader(Duration::from_secs(10)).await, leader);
+    let s = c.status(target).await.unwrap();
+    assert_eq!(s.term, term, "a refused RPC moved the term: {s:?}");
+
+    // The control: the same transfer over the leader's own certificate is accepted and the
+    // other hub takes over, so only identity stopped the witness's.
+    let ok = as_node(leader)
+        .transfer_leader(bytes(
+            hearth_tests::cluster::transfer_leader_request_bytes(term, leader, target),
+            leader,
+        ))
+        .await;
+    assert!(ok.is_ok(), "the leader's own transfer was refused: {ok:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status(target).await.is_none_or(|s| s.state != "Leader") {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer to {target} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop_all().await;
+}

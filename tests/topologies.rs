@@ -380,3 +380,105 @@ async fn leadership_is_handed_to_a_named_hub_never_to_the_witness() {
     c.check_invariants();
     c.shutdown().await;
 }
+
+/// Issue 13 item 1, the exact sequence: two hubs, both with a reachable gateway (as `hearth dev
+/// --topology two` with an `[assist]` target); the leading hub dies; the survivor is promoted;
+/// the old hub starts again and is refused by it. Then `cluster promote` and `cluster promote
+/// --force` on the old hub are refused, naming the peer's refusal: no second one-node cluster,
+/// nothing pending, and a restart (as `serve` would do) leaves it a refused follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_hub_cannot_force_a_second_promotion() {
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = gateway.local_addr().unwrap().to_string();
+    let mut c = TestCluster::with_roles(&[(1, Role::Hub), (2, Role::Hub)]).await;
+    for id in [1, 2] {
+        c.set_assist_targets(id, vec![gw.clone()]);
+        c.stop(id).await;
+    }
+    for id in [1, 2] {
+        c.start(id).await.unwrap();
+    }
+    let leader = c.wait_for_leader(&[1, 2], LONG).await;
+    if leader != 1 {
+        c.node(leader).transfer_leadership(1).await.unwrap();
+        c.wait_for_leader(&[1], LONG).await;
+    }
+    for i in 0..5 {
+        c.write(&format!("shared {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+
+    // The leading hub dies; the survivor is promoted as documented.
+    c.stop(1).await;
+    wait_assist(&c, 2, "PEER_DOWN").await;
+    c.node(2)
+        .request_promotion("ana", "the pi in the hall is dead", false)
+        .unwrap();
+    c.stop(2).await;
+    c.start(2).await.unwrap();
+    c.wait_for_leader(&[2], LONG).await;
+    c.roles.remove(&1);
+    c.write("after promotion", LONG).await;
+    let head_2 = c.node(2).sm.head().unwrap();
+
+    // The old hub starts again: refused, as documented.
+    c.declare(1, Role::Hub);
+    c.start(1).await.unwrap();
+    let deadline = Instant::now() + LONG;
+    while c.node(1).status().await.refused_by.is_empty() {
+        assert!(Instant::now() < deadline, "node 1 was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It watches past the down window: its gateway answers and its peer never does, so on its
+    // own it looks like PEER_DOWN, but its status says promotion is refused, and why.
+    let a = wait_assist(&c, 1, "PEER_DOWN").await;
+    assert!(
+        a.checks
+            .iter()
+            .any(|c| c.starts_with("PROMOTION REFUSED") && c.contains("node 2 answered")),
+        "{a:?}"
+    );
+    // `cluster promote` and `cluster promote --force` on it: both refused, naming the evidence.
+    // (On main both were accepted: `Promotion { node: 1, removed: [2], assessed: "PEER_DOWN" … }`.)
+    for force in [false, true] {
+        let err = c
+            .node(1)
+            .request_promotion("bo", "the other hub looks dead", force)
+            .unwrap_err();
+        assert!(matches!(err, NodeError::Refused(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("alive or ahead"), "{text}");
+        assert!(
+            text.contains("node 2 answered this hub with a refusal"),
+            "{text}"
+        );
+        assert!(text.contains("promoted"), "{text}");
+    }
+    assert!(
+        !c.data_dir(1)
+            .join(hearth_node::assist::PENDING_FILE)
+            .exists(),
+        "a refused promotion left a pending file"
+    );
+    // Restarted anyway (as `serve` would after an accepted one): still a refused follower of
+    // the old pair, committing nothing; node 2 alone serves the one history.
+    c.stop(1).await;
+    c.start(1).await.unwrap();
+    assert!(c.node(1).promoted.is_none());
+    let deadline = Instant::now() + LONG;
+    while voters(&c, 1).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never loaded its membership"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(voters(&c, 1), vec![1, 2]);
+    let err = c.node(1).append_test_record("split?").await.unwrap_err();
+    assert!(matches!(err, NodeError::NoQuorum(_)), "{err}");
+    c.write("node 2 still serves", LONG).await;
+    assert!(c.node(2).sm.head().unwrap() > head_2);
+    assert_eq!(voters(&c, 2), vec![2]);
+    c.stop(1).await;
+    c.shutdown().await;
+}

@@ -357,3 +357,63 @@ pub fn vote_request_bytes(term: u64, candidate: u64) -> Vec<u8> {
     );
     hearth_cluster::wire::encode(&req).expect("a vote request encodes")
 }
+
+/// The wire bytes of an InstallSnapshot request: leader `leader` of `term` sends an empty
+/// snapshot (no log id, default membership). For tests that send Raft RPCs by hand.
+pub fn snapshot_request_bytes(term: u64, leader: u64) -> Vec<u8> {
+    use openraft::alias::{SnapshotMetaOf, VoteOf};
+    let vote: VoteOf<hearth_store::TypeConfig> = openraft::Vote::new_committed(term, leader);
+    let req = (
+        vote,
+        SnapshotMetaOf::<hearth_store::TypeConfig>::default(),
+        Vec::<u8>::new(),
+    );
+    hearth_cluster::wire::encode(&req).expect("a snapshot request encodes")
+}
+
+/// The wire bytes of a TransferLeader request: leader `leader` of `term` hands leadership to
+/// node `to`, claiming an empty log. For tests that send Raft RPCs by hand.
+pub fn transfer_leader_request_bytes(term: u64, leader: u64, to: u64) -> Vec<u8> {
+    let req = openraft::raft::TransferLeaderRequest::<hearth_store::TypeConfig>::new(
+        openraft::Vote::new_committed(term, leader),
+        to,
+        None,
+    );
+    hearth_cluster::wire::encode(&req).expect("a transfer-leader request encodes")
+}
+
+/// Rewrites entry `index` of a stopped node's `raft-log.bin` as an attacker with the disk
+/// would: decodes its record, lets `forge` change it, re-encodes it and recomputes the frame's
+/// CRC, so the log opens cleanly. Returns the forged record.
+pub fn forge_log_entry(
+    data_dir: &std::path::Path,
+    index: u64,
+    forge: impl FnOnce(&mut hearth_core::Record),
+) -> hearth_core::Record {
+    let path = data_dir.join("raft").join(hearth_store::log::LOG_FILE);
+    let bytes = std::fs::read(&path).expect("read the log");
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let mut off = 0usize;
+    let mut forge = Some(forge);
+    let mut forged = None;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        let body = &bytes[off + 8..off + 8 + len];
+        let mut rec = hearth_core::Record::decode(body).expect("a record");
+        let body = if rec.index == index
+            && let Some(forge) = forge.take()
+        {
+            forge(&mut rec);
+            forged = Some(rec.clone());
+            rec.encode()
+        } else {
+            body.to_vec()
+        };
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        off += 8 + len;
+    }
+    std::fs::write(&path, out).expect("write the log");
+    forged.expect("the log holds that index")
+}

@@ -370,8 +370,9 @@ impl RaftGrpc {
         Ok((m.from, v))
     }
 
-    /// A node campaigns and leads only in its own name: the vote inside a vote request or an
-    /// append must be the sender's (whose id its certificate proved in `open`).
+    /// A node campaigns and leads only in its own name: the vote inside a vote request, an
+    /// append, a snapshot or a leadership transfer must be the sender's (whose id its
+    /// certificate proved in `open`).
     fn in_own_name(&self, from: u64, vote: &VoteOf<TypeConfig>, what: &str) -> Result<(), Status> {
         use openraft::vote::RaftLeaderId;
         let named = *vote.leader_id().node_id();
@@ -434,7 +435,8 @@ impl RaftRpc for RaftGrpc {
         &self,
         req: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let (_, (vote, meta, data)): (u64, (VoteOf<TypeConfig>, _, Vec<u8>)) = self.open(req)?;
+        let (from, (vote, meta, data)): (u64, (VoteOf<TypeConfig>, _, Vec<u8>)) = self.open(req)?;
+        self.in_own_name(from, &vote, "snapshot")?;
         let snapshot = Snapshot {
             meta,
             snapshot: Cursor::new(data),
@@ -446,7 +448,8 @@ impl RaftRpc for RaftGrpc {
         &self,
         req: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let (_, rpc) = self.open(req)?;
+        let (from, rpc): (u64, TransferLeaderRequest<TypeConfig>) = self.open(req)?;
+        self.in_own_name(from, rpc.from_leader(), "leadership transfer")?;
         self.reply(self.handler.transfer_leader(rpc).await)
     }
 

@@ -45,6 +45,16 @@ pub fn recent(node: u64) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// Refusals of node `node` seen at or after `t` (e.g. since this incarnation started), however
+/// old: (refusing node, message). Evidence that the refusing node runs.
+pub fn since(node: u64, t: Instant) -> Vec<(u64, String)> {
+    let g = book().lock().unwrap_or_else(|p| p.into_inner());
+    g.iter()
+        .filter(|((n, _), (_, seen, _))| *n == node && *seen >= t)
+        .map(|((_, by), (_, _, m))| (*by, m.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

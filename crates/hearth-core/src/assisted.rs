@@ -156,6 +156,13 @@ pub enum PromoteRefusal {
     PeerAnswers,
     #[error("state is {0}: promotion needs PEER_DOWN, or --force after checking the peer by hand")]
     NotDown(&'static str),
+    #[error(
+        "refused, even with --force: the peer is alive or ahead, and promoting this hub would \
+         make a second one-node cluster beside it: {}. If the peer was promoted, this hub \
+         rejoins it under a new id (docs/topologies/two-hubs.md)",
+        list(.0)
+    )]
+    PeerAliveOrAhead(Vec<Evidence>),
 }
 
 /// The gate in front of a forced promotion: only from `PEER_DOWN`, or with `force` from
@@ -166,6 +173,154 @@ pub fn may_promote(state: &AssistState, force: bool) -> Result<(), PromoteRefusa
         AssistState::PeerDown(_) => Ok(()),
         _ if force => Ok(()),
         other => Err(PromoteRefusal::NotDown(other.name())),
+    }
+}
+
+/// What a hub holds about its peer besides the silence `assess` looks at: the facts that can
+/// show the peer alive or ahead even while it does not answer this hub (issue 13 item 1: an old
+/// primary that returns after its peer was promoted is refused by that peer; it must not then
+/// promote itself into a second one-node cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerFacts {
+    /// The peer's id.
+    pub peer: u64,
+    /// How long this hub has been watching its peer (since it started), ms.
+    pub watched_ms: u64,
+    /// How long ago the peer last sent this hub any Raft RPC, if it did since the start.
+    pub peer_rpc_ago_ms: Option<u64>,
+    /// What the peer said when it refused this hub's RPCs (since the start).
+    pub refusals: Vec<String>,
+    /// Promotion records in this hub's own chain that removed this hub.
+    pub promotions: Vec<String>,
+    /// The longest log the peer is known to hold (from its campaigns, or replication).
+    pub peer_known_last: Option<LogPos>,
+    /// This hub's last log position.
+    pub my_last: Option<LogPos>,
+}
+
+/// One piece of evidence that the peer is alive or ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// The peer answered this hub's RPCs with a refusal: it runs.
+    PeerRefused { peer: u64, message: String },
+    /// This hub's chain records a promotion that removed it.
+    RemovedByPromotion { record: String },
+    /// The peer sent this hub an RPC within the down window.
+    PeerHeard {
+        peer: u64,
+        ago_ms: u64,
+        window_ms: u64,
+    },
+    /// This hub has not watched for a whole down window, so it cannot know.
+    NotWatchedLongEnough { watched_ms: u64, window_ms: u64 },
+    /// The peer is known to hold a longer log than this hub.
+    PeerLogLonger {
+        peer: u64,
+        theirs: LogPos,
+        mine: Option<LogPos>,
+    },
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Evidence::PeerRefused { peer, message } => {
+                write!(
+                    f,
+                    "node {peer} answered this hub with a refusal ({message})"
+                )
+            }
+            Evidence::RemovedByPromotion { record } => {
+                write!(f, "this hub's own chain records its removal: {record}")
+            }
+            Evidence::PeerHeard {
+                peer,
+                ago_ms,
+                window_ms,
+            } => write!(
+                f,
+                "node {peer} sent this hub a Raft RPC {ago_ms} ms ago, within the down window of                  {window_ms} ms"
+            ),
+            Evidence::NotWatchedLongEnough {
+                watched_ms,
+                window_ms,
+            } => write!(
+                f,
+                "this hub started {watched_ms} ms ago and has not yet watched its peer for a                  whole down window ({window_ms} ms)"
+            ),
+            Evidence::PeerLogLonger { peer, theirs, mine } => write!(
+                f,
+                "node {peer} is known to hold a longer log (index {} term {}) than this hub ({})",
+                theirs.index,
+                theirs.term,
+                mine.map(|m| format!("index {} term {}", m.index, m.term))
+                    .unwrap_or_else(|| "nothing".into())
+            ),
+        }
+    }
+}
+
+/// The evidence in `facts` that the peer is alive or ahead. Empty: nothing known against a
+/// promotion. Pure: same facts, same list, in a fixed order.
+pub fn peer_evidence(cfg: AssistConfig, facts: &PeerFacts) -> Vec<Evidence> {
+    let mut out = Vec::new();
+    for message in &facts.refusals {
+        out.push(Evidence::PeerRefused {
+            peer: facts.peer,
+            message: message.clone(),
+        });
+    }
+    for record in &facts.promotions {
+        out.push(Evidence::RemovedByPromotion {
+            record: record.clone(),
+        });
+    }
+    match facts.peer_rpc_ago_ms {
+        Some(ago) if ago < cfg.down_after_ms => out.push(Evidence::PeerHeard {
+            peer: facts.peer,
+            ago_ms: ago,
+            window_ms: cfg.down_after_ms,
+        }),
+        _ => {}
+    }
+    if facts.watched_ms < cfg.down_after_ms {
+        out.push(Evidence::NotWatchedLongEnough {
+            watched_ms: facts.watched_ms,
+            window_ms: cfg.down_after_ms,
+        });
+    }
+    if let Some(theirs) = facts.peer_known_last
+        && Some(theirs) > facts.my_last
+    {
+        out.push(Evidence::PeerLogLonger {
+            peer: facts.peer,
+            theirs,
+            mine: facts.my_last,
+        });
+    }
+    out
+}
+
+fn list(evidence: &[Evidence]) -> String {
+    evidence
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The full gate: [`may_promote`] first (its refusals keep their words), then any evidence
+/// that the peer is alive or ahead refuses the promotion, forced or not, naming the evidence.
+pub fn may_promote_given(
+    state: &AssistState,
+    force: bool,
+    evidence: &[Evidence],
+) -> Result<(), PromoteRefusal> {
+    may_promote(state, force)?;
+    if evidence.is_empty() {
+        Ok(())
+    } else {
+        Err(PromoteRefusal::PeerAliveOrAhead(evidence.to_vec()))
     }
 }
 
@@ -328,6 +483,144 @@ mod tests {
                                 matches!(s, AssistState::PeerDown(_))
                             );
                             assert_eq!(may_promote(&s, true).is_ok(), s != AssistState::Healthy);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn facts() -> PeerFacts {
+        PeerFacts {
+            peer: 2,
+            watched_ms: 60_000,
+            peer_rpc_ago_ms: None,
+            refusals: vec![],
+            promotions: vec![],
+            peer_known_last: pos(2, 10),
+            my_last: pos(2, 10),
+        }
+    }
+
+    /// Issue 13 item 1, the exact case: the old primary returns after its peer was promoted,
+    /// watches past the down window (PEER_DOWN: its gateway answers, its peer never does) and
+    /// is refused by the peer. Neither `promote` nor `promote --force` is accepted, and the
+    /// refusal names the peer's answer.
+    #[test]
+    fn a_returning_hub_refused_by_its_promoted_peer_cannot_promote_itself() {
+        let down = assess(CFG, &obs(12_000, vec![probe(true)]));
+        assert!(matches!(down, AssistState::PeerDown(_)));
+        let mut f = facts();
+        f.refusals = vec![
+            "node 2 refuses node 1: node 1 was removed when node 2 was promoted \
+                           to a one-node cluster by \"ana\""
+                .into(),
+        ];
+        let e = peer_evidence(CFG, &f);
+        assert_eq!(e.len(), 1);
+        for force in [false, true] {
+            let err = may_promote_given(&down, force, &e).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("even with --force"), "{text}");
+            assert!(
+                text.contains("node 2 answered this hub with a refusal"),
+                "{text}"
+            );
+            assert!(text.contains("was promoted"), "{text}");
+        }
+        // The same hub without that evidence would have been allowed (the bug on main).
+        assert_eq!(may_promote_given(&down, true, &[]), Ok(()));
+    }
+
+    #[test]
+    fn each_kind_of_evidence_is_named() {
+        let mut f = facts();
+        assert!(peer_evidence(CFG, &f).is_empty());
+        f.promotions = vec!["node 2 promoted by \"ana\"; removed [1]".into()];
+        assert!(matches!(
+            &peer_evidence(CFG, &f)[..],
+            [Evidence::RemovedByPromotion { .. }]
+        ));
+        let mut f = facts();
+        f.peer_rpc_ago_ms = Some(9_999);
+        let e = peer_evidence(CFG, &f);
+        assert!(e[0].to_string().contains("9999 ms ago"), "{e:?}");
+        f.peer_rpc_ago_ms = Some(10_000);
+        assert!(peer_evidence(CFG, &f).is_empty(), "outside the window");
+        let mut f = facts();
+        f.watched_ms = 3_000;
+        let e = peer_evidence(CFG, &f);
+        assert!(e[0].to_string().contains("started 3000 ms ago"), "{e:?}");
+        let mut f = facts();
+        f.peer_known_last = pos(2, 11);
+        let e = peer_evidence(CFG, &f);
+        assert!(
+            e[0].to_string().contains("longer log (index 11 term 2)"),
+            "{e:?}"
+        );
+        f.peer_known_last = pos(3, 1);
+        assert_eq!(peer_evidence(CFG, &f).len(), 1, "a later term is longer");
+        f.my_last = None;
+        assert!(peer_evidence(CFG, &f)[0].to_string().contains("(nothing)"));
+        f.peer_known_last = None;
+        assert!(peer_evidence(CFG, &f).is_empty());
+    }
+
+    /// Exhaustive over a grid of facts and states: evidence refuses every promotion, forced or
+    /// not; without evidence the old gate decides unchanged; the refusal names every piece.
+    #[test]
+    fn exhaustive_evidence_gate() {
+        let states = [
+            AssistState::Healthy,
+            AssistState::PeerSuspect,
+            assess(CFG, &obs(12_000, vec![probe(true)])),
+            AssistState::Uncertain { reason: "x".into() },
+        ];
+        let positions = [None, pos(1, 5), pos(2, 10), pos(2, 12), pos(3, 1)];
+        for watched in [0, 9_999, 10_000, 60_000] {
+            for rpc in [None, Some(0), Some(9_999), Some(10_000), Some(60_000)] {
+                for refused in [false, true] {
+                    for removed in [false, true] {
+                        for theirs in positions {
+                            for mine in positions {
+                                let f = PeerFacts {
+                                    peer: 7,
+                                    watched_ms: watched,
+                                    peer_rpc_ago_ms: rpc,
+                                    refusals: if refused { vec!["no".into()] } else { vec![] },
+                                    promotions: if removed { vec!["p".into()] } else { vec![] },
+                                    peer_known_last: theirs,
+                                    my_last: mine,
+                                };
+                                let e = peer_evidence(CFG, &f);
+                                let alive_or_ahead = refused
+                                    || removed
+                                    || rpc.is_some_and(|a| a < CFG.down_after_ms)
+                                    || watched < CFG.down_after_ms
+                                    || theirs.is_some_and(|t| Some(t) > mine);
+                                assert_eq!(!e.is_empty(), alive_or_ahead, "{f:?}");
+                                for s in &states {
+                                    for force in [false, true] {
+                                        let r = may_promote_given(s, force, &e);
+                                        let old = may_promote(s, force);
+                                        if old.is_err() {
+                                            assert_eq!(r, old);
+                                        } else if alive_or_ahead {
+                                            let Err(PromoteRefusal::PeerAliveOrAhead(named)) = &r
+                                            else {
+                                                panic!("{r:?}")
+                                            };
+                                            assert_eq!(named, &e);
+                                            let text = r.unwrap_err().to_string();
+                                            for piece in &e {
+                                                assert!(text.contains(&piece.to_string()));
+                                            }
+                                        } else {
+                                            assert_eq!(r, Ok(()));
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

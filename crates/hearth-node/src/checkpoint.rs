@@ -103,6 +103,15 @@ pub fn load_or_create_key(dir: &Path) -> Result<Keypair, NodeError> {
 
 /// Opens the hub's checkpoint store: cuts a torn last line (never acknowledged), then parses
 /// the rest strictly.
+pub(crate) fn read_store(path: &Path) -> Result<Vec<Checkpoint>, NodeError> {
+    open_store(path)
+}
+
+/// The witness's last cosigned (index, head) per hub, as stored.
+pub(crate) fn read_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, NodeError> {
+    load_witness(path)
+}
+
 fn open_store(path: &Path) -> Result<Vec<Checkpoint>, NodeError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod server;
+pub mod startcheck;
 
 pub use config::{NodeConfig, Role};
 pub use node::{Node, NodeError, PeerProbe, StatusView};

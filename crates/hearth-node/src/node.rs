@@ -352,8 +352,10 @@ impl Node {
                 reason: f.to_string(),
             });
         }
+        let heads = crate::startcheck::check_stored_heads(id, &config.data_dir, &log, &sm)?;
         tracing::info!(node = id, role = config.role.name(), checked = report.checked,
-            head = ?report.head.map(|(i, _)| i), fresh, "chain verified; starting Raft");
+            head = ?report.head.map(|(i, _)| i), stored_heads = heads, fresh,
+            "chain verified; starting Raft");
         let checkpoints = Arc::new(crate::checkpoint::Checkpoints::open(
             id,
             config.role,
@@ -577,7 +579,16 @@ impl Node {
                 .as_ref()
                 .map(|t| t.elapsed().as_millis() as u64),
             assist: self.assist_observation().map(|(obs, state)| {
-                AssistView::of(&state, obs.peer_silent_ms, self.config.advertised())
+                let mut v = AssistView::of(&state, obs.peer_silent_ms, self.config.advertised());
+                if matches!(
+                    state,
+                    AssistState::PeerDown(_) | AssistState::Uncertain { .. }
+                ) {
+                    for e in self.promotion_evidence(&obs) {
+                        v.checks.insert(0, format!("PROMOTION REFUSED: {e}"));
+                    }
+                }
+                v
             }),
             refused_by: hearth_cluster::notices::recent(self.id),
             started_ms: self.started_ms,
@@ -700,6 +711,21 @@ impl Node {
         self.restart.send_replace(true);
     }
 
+    /// Evidence this hub holds that its peer is alive or ahead (two hubs): any of it refuses a
+    /// promotion, forced or not (`hearth_core::assisted::peer_evidence`).
+    pub fn promotion_evidence(
+        &self,
+        obs: &AssistObservation,
+    ) -> Vec<hearth_core::assisted::Evidence> {
+        let cfg = AssistConfig {
+            suspect_after_ms: self.config.timing.election_max_ms,
+            down_after_ms: self.config.assist.down_after_ms,
+        };
+        crate::assist::peer_facts(self, obs)
+            .map(|f| hearth_core::assisted::peer_evidence(cfg, &f))
+            .unwrap_or_default()
+    }
+
     /// Accepts a forced promotion of this hub (two hubs, no witness): checks the gate, writes
     /// the pending promotion durably and asks for a restart, which writes it into the log
     /// (see `assist`). The caller sees the promotion entry once the hub leads alone.
@@ -728,8 +754,11 @@ impl Node {
                  itself; a single hub is already alone"
             )));
         };
-        hearth_core::assisted::may_promote(&state, force)
-            .map_err(|r| NodeError::Refused(r.to_string()))?;
+        let evidence = self.promotion_evidence(&obs);
+        hearth_core::assisted::may_promote_given(&state, force, &evidence).map_err(|r| {
+            tracing::warn!(node = self.id, operator, force, "promotion refused: {r}");
+            NodeError::Refused(r.to_string())
+        })?;
         let removed: Vec<u64> = self
             .voters()
             .into_iter()

@@ -249,7 +249,8 @@ pub enum ClusterCmd {
         /// Why (recorded in the chain).
         #[arg(long)]
         reason: String,
-        /// Promote from PEER_SUSPECT or UNCERTAIN too (never while the peer answers).
+        /// Promote from UNCERTAIN too (never while the peer answers, nor while the hub holds
+        /// evidence that its peer is alive or ahead: the refusal names it).
         #[arg(long)]
         force: bool,
     },

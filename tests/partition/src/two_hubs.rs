@@ -9,7 +9,9 @@
 //! 3. a person promotes the survivor (`Cluster.Promote`): it leads alone and the load commits
 //!    and actuates again;
 //! 4. the old hub is started again with its old membership: it is refused, commits and
-//!    actuates nothing, and its chain is a prefix of the survivor's (one history).
+//!    actuates nothing, and its chain is a prefix of the survivor's (one history);
+//! 5. a person forces a promotion on the old hub: refused (its peer refused it), it does not
+//!    restart, and no device command comes from it.
 
 use std::time::{Duration, Instant};
 
@@ -208,6 +210,51 @@ impl Suite {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.expect_no_quorum(l.api, "two-hubs-returned", &mut bad)
+            .await;
+
+        // 5. On the returning hub a person forces a promotion (issue 13 item 1): refused, naming
+        //    its peer's refusal; it does not restart, keeps its old voters and commits nothing,
+        //    and it sends no device command (the check below: every command a device accepted
+        //    maps to an entry of the survivor's chain).
+        if let Err(e) = wait_assist(l, "PEER_DOWN").await {
+            bad.push(format!(
+                "the returning hub never looked PEER_DOWN on its own: {e}"
+            ));
+        }
+        let before = status(l.api).await.map(|x| x.started_ms).unwrap_or(0);
+        let forced = ClusterClient::new(channel(l.api))
+            .promote(pb::PromoteRequest {
+                operator: "partition-suite".into(),
+                reason: "the returning hub forces a promotion".into(),
+                force: true,
+            })
+            .await;
+        match forced {
+            Ok(p) => bad.push(format!(
+                "the returning node {} accepted a forced promotion: {:?}",
+                l.id,
+                p.into_inner()
+            )),
+            Err(e) if e.message().contains("alive or ahead") => {
+                println!(
+                    "    returning hub, forced promotion refused: {}",
+                    e.message()
+                )
+            }
+            Err(e) => bad.push(format!(
+                "the returning node's forced promotion failed for another reason: {e}"
+            )),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match status(l.api).await {
+            Some(x) if x.started_ms == before && voters(&x) == [1, 2] => {}
+            other => bad.push(format!(
+                "after a refused forced promotion the returning hub restarted or changed its \
+                 voters: {:?}",
+                other.map(|x| (x.started_ms, voters(&x)))
+            )),
+        }
+        self.expect_no_quorum(l.api, "two-hubs-forced", &mut bad)
             .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let report = load.finish().await;
