@@ -999,7 +999,7 @@ impl Node {
     }
 
     pub async fn register_device(&self, device: Device) -> Result<Applied, NodeError> {
-        device.validate().map_err(NodeError::from)?;
+        device.validate_request().map_err(NodeError::from)?;
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::RegisterDevice { device, by })
             .await
