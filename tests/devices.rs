@@ -703,3 +703,213 @@ async fn a_device_answering_exactly_as_documented_is_applied() {
     );
     device.abort();
 }
+
+fn porch_lock(adapter: Adapter, states: &[&str]) -> Device {
+    Device {
+        id: "porch-lock".into(),
+        name: "Porch lock".into(),
+        location: Location::parse("l", "home/porch").unwrap(),
+        tags: BTreeSet::new(),
+        sensors: BTreeSet::new(),
+        actuators: [(
+            "lock".to_string(),
+            states.iter().map(|s| s.to_string()).collect(),
+        )]
+        .into(),
+        emergency_capable: false,
+        adapter,
+    }
+}
+
+fn lock_porch(key: &str) -> Intent {
+    Intent {
+        class: "control_access".into(),
+        urgency: Urgency::Info,
+        subject: "lock the porch".into(),
+        location: Location::parse("l", "home/porch").unwrap(),
+        context: [("state".to_string(), "locked".to_string())].into(),
+        source: "test".into(),
+        idempotency_key: key.into(),
+    }
+}
+
+/// Issue 13, item 8, the first sequence end to end: `porch-lock` is registered, an intent
+/// locks it, no device is present, and a LAN host floods the ack topic with forged acks (the
+/// action id is predictable; tokens guessed). Anonymous it cannot even connect; with a login
+/// of its own the ACL drops what it publishes. No outcome is recorded while no device
+/// answers; when the real lock comes up, its answer is recorded, once. On main the forged ack
+/// made Hearth record `porch-lock -> locked: APPLIED` with no device present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
+    let b = SecureBroker::start();
+    let pw = b.dir.path().join("hub-password");
+    write_private(&pw, HUB.1.as_bytes());
+    let hub = MqttBrokerSettings {
+        addr: b.tls.clone(),
+        username: Some(HUB.0.into()),
+        password_file: Some(pw),
+        ca: Some(b.dir.path().join("ca.pem")),
+        client_cert: None,
+        client_key: None,
+    };
+    let c = hearth_tests::TestCluster::three_with_mqtt_on(
+        [1, 2].into_iter().map(|id| (id, hub.clone())).collect(),
+    )
+    .await;
+    let leader = c.wait_for_leader(&c.hubs(), Duration::from_secs(15)).await;
+    c.node(leader)
+        .register_device(porch_lock(porch(), &["locked", "unlocked"]))
+        .await
+        .unwrap();
+    assert!(
+        connect(&b.tls, None, Some(&b.ca_pem)).await.is_err(),
+        "anonymous client let in"
+    );
+    let r = c
+        .node(leader)
+        .submit_intent(lock_porch("porch-1"))
+        .await
+        .unwrap();
+    let action = format!("{}/0", r.id);
+    let (intruder, mut iev) = connect(&b.tls, Some(INTRUDER), Some(&b.ca_pem))
+        .await
+        .unwrap();
+    tokio::spawn(async move { while iev.poll().await.is_ok() {} });
+    let flood = tokio::spawn(async move {
+        loop {
+            for term in 1..=3 {
+                for leader in 1..=2 {
+                    for index in 1..=40 {
+                        let p = format!(
+                            r#"{{"action_id":"{action}","token":{{"term":{term},"leader":{leader},"index":{index}}},"reply":"applied"}}"#
+                        );
+                        let _ = intruder
+                            .publish("home/porch/ack", QoS::AtMostOnce, false, p)
+                            .await;
+                    }
+                }
+            }
+            let old = format!(r#"{{"action_id":"{action}","reply":{{"reply":"applied"}}}}"#);
+            let _ = intruder
+                .publish("home/porch/ack", QoS::AtMostOnce, false, old)
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Long enough for the dispatcher to send, time out (3 s) and retry while being flooded.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let now = c.node(leader).get_intent(&r.id).unwrap().unwrap();
+        assert_eq!(
+            now.actions[0].outcome, None,
+            "an outcome was recorded with no device present: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sim = DeviceSim::new(None).unwrap();
+    let device = tokio::spawn(hearth_devices::mqtt::serve_device(
+        b.login(LOCK, true),
+        PORCH.into(),
+        sim.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = c.node(leader).get_intent(&r.id).unwrap().unwrap();
+        if now.status == IntentStatus::Done {
+            assert_eq!(now.actions[0].outcome, Some(ActionOutcome::Applied));
+            break;
+        }
+        assert!(Instant::now() < deadline, "intent not done: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(applied_ids(&sim), [format!("{}/0", r.id)]);
+    flood.abort();
+    device.abort();
+    c.shutdown().await;
+}
+
+/// Issue 13, item 8, the last two sequences: on a cluster without `mqtt_broker`, registering
+/// an mqtt device succeeded (and failed only when an emergency needed it), and a manifest
+/// with `toggle` was accepted. Now both are refused with the field named, as are webhook
+/// URLs that cannot work, and nothing is registered. A hub with a broker registers the
+/// device; a hub without one names it in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_what_cannot_work() {
+    let c = hearth_tests::TestCluster::three().await;
+    let leader = c.wait_for_leader(&c.hubs(), Duration::from_secs(15)).await;
+    let sim = || Adapter::Sim {
+        address: "local:porch".into(),
+    };
+    let cases = [
+        (porch_lock(porch(), &["locked", "unlocked"]), "adapter.kind"),
+        (porch_lock(sim(), &["locked", "toggle"]), "actuators.lock"),
+        (
+            porch_lock(
+                Adapter::Http {
+                    url: "https://bridge.local/porch".into(),
+                },
+                &["locked"],
+            ),
+            "adapter.url",
+        ),
+        (
+            porch_lock(
+                Adapter::Http {
+                    url: "http://admin:hunter2@bridge.local/porch".into(),
+                },
+                &["locked"],
+            ),
+            "adapter.url",
+        ),
+    ];
+    for (d, field) in cases {
+        let e = c
+            .node(leader)
+            .register_device(d.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{:?}: {e}", d.adapter);
+    }
+    let e = c
+        .node(leader)
+        .register_device(porch_lock(porch(), &["locked"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mqtt_broker"), "{e}");
+    let n = c.node(leader).sm.with_domain(|d| d.devices.len()).unwrap();
+    assert_eq!(n, 0, "a refused device was registered");
+    c.shutdown().await;
+
+    // Hub 1 has a broker, hub 2 has none.
+    let broker = Broker::start();
+    let c = hearth_tests::TestCluster::three_with_mqtt_on(
+        [(1, MqttBrokerSettings::plain(&broker.addr))].into(),
+    )
+    .await;
+    let leader = c.wait_for_leader(&c.hubs(), Duration::from_secs(15)).await;
+    let r = c
+        .node(leader)
+        .register_device(porch_lock(porch(), &["locked", "unlocked"]))
+        .await;
+    if leader == 1 {
+        r.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.node(2).sm.with_domain(|d| d.devices.len()).unwrap() == 0 {
+            assert!(Instant::now() < deadline, "registration not replicated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let w = c.node(2).status().await.device_warnings;
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("porch-lock") && w[0].contains("mqtt_broker"),
+            "{w:?}"
+        );
+        assert!(c.node(1).status().await.device_warnings.is_empty());
+        assert!(c.node(3).status().await.device_warnings.is_empty());
+    } else {
+        assert!(r.unwrap_err().to_string().contains("adapter.kind"));
+    }
+    c.shutdown().await;
+}

@@ -791,6 +791,112 @@ role = "witness"
         NodeConfig::parse(text).unwrap_err().to_string()
     }
 
+    /// GOOD as a secure node (TLS and tokens), with `extra` appended.
+    fn secure(extra: &str) -> String {
+        format!(
+            "{}\n[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n[auth]\ntokens_file = \"t.toml\"\n{extra}",
+            GOOD.replace("insecure = true\n", "")
+        )
+    }
+
+    #[test]
+    fn mqtt_broker_is_an_address_or_a_logged_in_table() {
+        // The plain string form: anonymous, so only for insecure setups.
+        let lab = GOOD.replace(
+            "bootstrap = true",
+            "bootstrap = true\nmqtt_broker = \"10.0.0.2:1883\"",
+        );
+        let c = NodeConfig::parse(&lab).unwrap();
+        assert_eq!(
+            c.mqtt_broker,
+            Some(MqttBrokerSettings::plain("10.0.0.2:1883"))
+        );
+        let e = err_of(&GOOD.replace(
+            "bootstrap = true",
+            "bootstrap = true\nmqtt_broker = \"nowhere\"",
+        ));
+        assert!(e.contains("mqtt_broker.addr"), "{e}");
+        // A secure node: the string form is refused (an anonymous broker lets any LAN host
+        // answer for a device), and so is a login without TLS to a broker on another host.
+        let top =
+            |t: &str| secure("").replacen("bootstrap = true", &format!("bootstrap = true\n{t}"), 1);
+        let e = err_of(&top("mqtt_broker = \"10.0.0.2:1883\""));
+        assert!(e.contains("`mqtt_broker`") && e.contains("ack"), "{e}");
+        let login =
+            "[mqtt_broker]\naddr = \"10.0.0.2:8883\"\nusername = \"hub\"\npassword_file = \"pw\"\n";
+        let e = err_of(&secure(login));
+        assert!(e.contains("mqtt_broker.ca"), "{e}");
+        let c = NodeConfig::parse(&secure(&format!("{login}ca = \"mqtt-ca.pem\"\n"))).unwrap();
+        let m = c.mqtt_broker.unwrap();
+        assert_eq!((m.username.as_deref(), m.ca.is_some()), (Some("hub"), true));
+        // On this machine, a login without TLS is enough.
+        NodeConfig::parse(&secure(&login.replace("10.0.0.2:8883", "127.0.0.1:1883"))).unwrap();
+        for (table, field) in [
+            (
+                "addr = \"h:1\"\nusername = \"hub\"\nca = \"c\"",
+                "mqtt_broker.password_file",
+            ),
+            (
+                "addr = \"h:1\"\npassword_file = \"p\"\nca = \"c\"",
+                "mqtt_broker.username",
+            ),
+            (
+                "addr = \"h:1\"\nclient_cert = \"c\"",
+                "mqtt_broker.client_key",
+            ),
+            (
+                "addr = \"h:1\"\nclient_key = \"k\"",
+                "mqtt_broker.client_cert",
+            ),
+            (
+                "addr = \"h:1\"\nclient_cert = \"c\"\nclient_key = \"k\"",
+                "mqtt_broker.ca",
+            ),
+            ("addr = \"h:1\"\npassword = \"in-the-file\"", "password"),
+            ("username = \"hub\"", "addr"),
+        ] {
+            let e = err_of(&secure(&format!("[mqtt_broker]\n{table}\n")));
+            assert!(e.contains(field), "{table}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_mqtt_password_comes_from_a_private_file_and_is_never_printed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret-pass\nignored\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut m = MqttBrokerSettings::plain("127.0.0.1:1883");
+        m.username = Some("hub".into());
+        m.password_file = Some(pw.clone());
+        let e = m.load().unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt_broker.password_file") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let b = m.load().unwrap();
+        assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
+        assert!(!format!("{m:?}").contains("s3cret"));
+        std::fs::write(&pw, "\n").unwrap();
+        assert!(m.load().unwrap_err().to_string().contains("empty"));
+        m.password_file = Some(dir.path().join("missing"));
+        assert!(
+            m.load()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_broker.password_file")
+        );
+        // A CA file that holds no certificate is refused when the node starts.
+        std::fs::write(&pw, "x\n").unwrap();
+        m.password_file = Some(pw);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        m.ca = Some(ca);
+        assert!(m.load().unwrap_err().to_string().contains("mqtt_broker"));
+    }
+
     #[test]
     fn every_invalid_field_is_named() {
         let cases: &[(&str, &str, &str)] = &[
