@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_core::Hash;
-use hearth_node::config::{AssistSettings, CheckpointSettings, Peer, TimingConfig};
+use hearth_node::config::{
+    AssistSettings, CheckpointSettings, MqttBrokerSettings, Peer, TimingConfig,
+};
 use hearth_node::{Node, NodeConfig, NodeError, Role};
 use openraft::raft::ReadPolicy;
 
@@ -43,7 +45,7 @@ pub struct TestCluster {
     nodes: BTreeMap<u64, Arc<Node>>,
     pub acked: Vec<Ack>,
     timing: TimingConfig,
-    mqtt_broker: Option<String>,
+    mqtt: BTreeMap<u64, MqttBrokerSettings>,
     assist: BTreeMap<u64, AssistSettings>,
     checkpoint: BTreeMap<u64, CheckpointSettings>,
 }
@@ -55,19 +57,27 @@ impl TestCluster {
     }
 
     pub async fn with_roles(roles: &[(u64, Role)]) -> Self {
-        Self::build(roles, None).await
+        Self::build(roles, BTreeMap::new()).await
     }
 
     /// Hubs 1 and 2 and witness 3, with an MQTT broker configured on every node.
     pub async fn three_with_mqtt(broker: &str) -> Self {
-        Self::build(
-            &[(1, Role::Hub), (2, Role::Hub), (3, Role::Witness)],
-            Some(broker.to_string()),
+        Self::three_with_mqtt_on(
+            [1, 2, 3]
+                .into_iter()
+                .map(|id| (id, MqttBrokerSettings::plain(broker)))
+                .collect(),
         )
         .await
     }
 
-    async fn build(roles: &[(u64, Role)], mqtt_broker: Option<String>) -> Self {
+    /// Hubs 1 and 2 and witness 3, each node with the broker settings given for it (none for
+    /// a node not in the map).
+    pub async fn three_with_mqtt_on(mqtt: BTreeMap<u64, MqttBrokerSettings>) -> Self {
+        Self::build(&[(1, Role::Hub), (2, Role::Hub), (3, Role::Witness)], mqtt).await
+    }
+
+    async fn build(roles: &[(u64, Role)], mqtt: BTreeMap<u64, MqttBrokerSettings>) -> Self {
         crate::init_tracing();
         let mut c = TestCluster {
             router: Router::default(),
@@ -76,7 +86,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             acked: Vec::new(),
             timing: test_timing(),
-            mqtt_broker,
+            mqtt,
             assist: BTreeMap::new(),
             checkpoint: BTreeMap::new(),
         };
@@ -116,7 +126,7 @@ impl TestCluster {
             listen: format!("127.0.0.1:{}", 17000 + id),
             advertise: None,
             metrics_listen: None,
-            mqtt_broker: self.mqtt_broker.clone(),
+            mqtt_broker: self.mqtt.get(&id).cloned(),
             data_dir: self.data_dir(id),
             bootstrap: id == first,
             peers: self

@@ -285,6 +285,194 @@ impl Device {
         }
         Ok(())
     }
+
+    /// What a new registration must pass before anything is appended: [`Device::validate`]
+    /// plus absolute states only and an adapter address that can work. `apply` re-checks
+    /// committed entries with `validate` only, which must not change: replaying an older log
+    /// must give the same state.
+    pub fn validate_request(&self) -> Result<(), FieldError> {
+        self.validate()?;
+        check_text("name", &self.name, MAX_NAME)?;
+        for (cap, states) in &self.actuators {
+            for s in states {
+                if let Some(word) = relative_word(s) {
+                    return Err(FieldError::new(
+                        format!("actuators.{cap}"),
+                        format!(
+                            "{s:?} is not an absolute state ({word:?} says what to change, not \
+                             what to be); a command may be sent again after a failover, so \
+                             list only states that mean the same the second time, e.g. \
+                             on/off, locked/unlocked"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.adapter.validate()
+    }
+}
+
+/// Words that make a state relative to the current one: sent twice, such a command does not
+/// do the same thing twice.
+const RELATIVE_WORDS: &[&str] = &[
+    "toggle",
+    "toggled",
+    "invert",
+    "inverse",
+    "flip",
+    "cycle",
+    "next",
+    "prev",
+    "previous",
+    "increment",
+    "decrement",
+    "increase",
+    "decrease",
+    "incr",
+    "decr",
+    "opposite",
+    "reverse",
+    "swap",
+    "alternate",
+];
+
+/// The relative word in a state name (`toggle`, `light-toggle`, `next_scene`), if any.
+pub fn relative_word(state: &str) -> Option<&'static str> {
+    state
+        .split(['_', '-', '.'])
+        .find_map(|w| RELATIVE_WORDS.iter().find(|r| **r == w).copied())
+}
+
+/// Splits an `http://host[:port][/path]` URL into `host:port` and the path. Only plain
+/// `http://` (the webhook adapter speaks HTTP/1.1 to a LAN device or a local bridge), and no
+/// `user:password@` (a manifest is in the chain: no secret may be in it).
+pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{url:?} contains spaces or control characters"));
+    }
+    let rest = match url.strip_prefix("http://") {
+        Some(r) => r,
+        None if url.starts_with("https://") => {
+            return Err(format!(
+                "{url:?}: https is not supported by the http adapter (plain HTTP to a LAN \
+                 device or a local bridge); use http:// or the mqtt adapter with TLS"
+            ));
+        }
+        None => return Err(format!("{url:?} must start with http://")),
+    };
+    let (hostport, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if hostport.contains('@') {
+        return Err(format!(
+            "{url:?} carries credentials (user@host); a manifest is recorded in the audit \
+             chain, so it must hold no secret"
+        ));
+    }
+    // `[v6]:port`, `host:port`, or a bare host (port 80).
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return Err(format!("{url:?} has a malformed [address]")),
+            },
+            None => return Err(format!("{url:?} has a malformed [address]")),
+        },
+        None => match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{url:?} has no valid port (1-65535)"))?,
+    };
+    let host = if hostport.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((format!("{host}:{port}"), path))
+}
+
+/// Checks an MQTT topic a device is reached at: Hearth publishes on `<topic>/command` and
+/// reads `<topic>/ack`, so no wildcard, no `$` (broker-reserved), no empty level.
+fn check_mqtt_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 256 {
+        return Err("must be 1 to 256 bytes".into());
+    }
+    if topic.chars().any(|c| c.is_control()) {
+        return Err(format!("{topic:?} contains control characters"));
+    }
+    if topic.contains(['+', '#']) {
+        return Err(format!(
+            "{topic:?} contains an MQTT wildcard (+ or #); name one device's topic"
+        ));
+    }
+    if topic.starts_with('$') {
+        return Err(format!(
+            "{topic:?}: topics starting with $ are the broker's"
+        ));
+    }
+    if topic.split('/').any(str::is_empty) {
+        return Err(format!(
+            "{topic:?} has an empty level (a leading, trailing or double /)"
+        ));
+    }
+    Ok(())
+}
+
+impl Adapter {
+    /// Can this address work at all? (Whether this hub has the adapter configured is the
+    /// node's check.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            Adapter::Sim { address } => match address.strip_prefix("local:") {
+                Some(name) => check_id("adapter.address", name),
+                None => {
+                    let ok = address.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(FieldError::new(
+                            "adapter.address",
+                            format!(
+                                "{address:?} is neither local:<name> nor host:port of a \
+                                 hearth device-sim"
+                            ),
+                        ))
+                    }
+                }
+            },
+            Adapter::Mqtt { topic } => {
+                check_mqtt_topic(topic).map_err(|e| FieldError::new("adapter.topic", e))
+            }
+            Adapter::Http { url } => parse_http_url(url)
+                .map(|_| ())
+                .map_err(|e| FieldError::new("adapter.url", e)),
+        }
+    }
+
+    /// The adapter's kind as the manifest names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Adapter::Sim { .. } => "sim",
+            Adapter::Mqtt { .. } => "mqtt",
+            Adapter::Http { .. } => "http",
+        }
+    }
 }
 
 /// Where a step's target state comes from.
@@ -488,6 +676,210 @@ mod tests {
         assert!(Location::parse("l", "home//x").is_err());
         assert!(Location::parse("l", "home/../x").is_err());
         assert!(Location::parse("l", &["a"; 9].join("/")).is_err());
+    }
+
+    fn lock(states: &[&str], adapter: Adapter) -> Device {
+        Device {
+            id: "porch-lock".into(),
+            name: "Porch".into(),
+            location: Location::parse("l", "home/porch").unwrap(),
+            tags: BTreeSet::new(),
+            sensors: BTreeSet::new(),
+            actuators: [(
+                "lock".to_string(),
+                states.iter().map(|s| s.to_string()).collect(),
+            )]
+            .into(),
+            emergency_capable: false,
+            adapter,
+        }
+    }
+
+    fn mqtt(topic: &str) -> Adapter {
+        Adapter::Mqtt {
+            topic: topic.into(),
+        }
+    }
+
+    #[test]
+    fn relative_states_are_refused_at_registration_with_the_field_named() {
+        for bad in [
+            "toggle",
+            "invert",
+            "flip",
+            "light-toggle",
+            "next_scene",
+            "cycle",
+            "increase",
+            "previous",
+        ] {
+            let d = lock(&["locked", bad], mqtt("home/porch"));
+            // `validate` (what apply re-checks) still accepts it: an older log replays as it did.
+            d.validate().unwrap();
+            let e = d.validate_request().unwrap_err();
+            assert_eq!(e.field, "actuators.lock", "{bad}");
+            assert!(e.problem.contains(bad), "{e}");
+        }
+        for good in [
+            "locked", "unlocked", "on", "off", "up", "down", "open", "closed", "50",
+        ] {
+            lock(&[good], mqtt("home/porch"))
+                .validate_request()
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn adapter_addresses_that_cannot_work_are_refused_with_the_field_named() {
+        let bad: &[(Adapter, &str, &str)] = &[
+            (mqtt(""), "adapter.topic", "1 to 256"),
+            (mqtt("home/+/door"), "adapter.topic", "wildcard"),
+            (mqtt("home/#"), "adapter.topic", "wildcard"),
+            (mqtt("$SYS/door"), "adapter.topic", "$"),
+            (mqtt("/home/door"), "adapter.topic", "empty level"),
+            (mqtt("home/door/"), "adapter.topic", "empty level"),
+            (mqtt("home//door"), "adapter.topic", "empty level"),
+            (
+                Adapter::Http {
+                    url: "https://bridge/x".into(),
+                },
+                "adapter.url",
+                "https",
+            ),
+            (
+                Adapter::Http {
+                    url: "ftp://bridge/x".into(),
+                },
+                "adapter.url",
+                "http://",
+            ),
+            (
+                Adapter::Http {
+                    url: "bridge:80/x".into(),
+                },
+                "adapter.url",
+                "http://",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://".into(),
+                },
+                "adapter.url",
+                "no host",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://:80/x".into(),
+                },
+                "adapter.url",
+                "no host",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://bridge:0/x".into(),
+                },
+                "adapter.url",
+                "port",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://bridge:99999/x".into(),
+                },
+                "adapter.url",
+                "port",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://bridge:http/x".into(),
+                },
+                "adapter.url",
+                "port",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://admin:pw@bridge/x".into(),
+                },
+                "adapter.url",
+                "credentials",
+            ),
+            (
+                Adapter::Http {
+                    url: "http://bridge/a b".into(),
+                },
+                "adapter.url",
+                "spaces",
+            ),
+            (
+                Adapter::Sim {
+                    address: "local:".into(),
+                },
+                "adapter.address",
+                "",
+            ),
+            (
+                Adapter::Sim {
+                    address: "http://h:1".into(),
+                },
+                "adapter.address",
+                "neither",
+            ),
+            (
+                Adapter::Sim {
+                    address: "h".into(),
+                },
+                "adapter.address",
+                "neither",
+            ),
+            (
+                Adapter::Sim {
+                    address: "h:0".into(),
+                },
+                "adapter.address",
+                "neither",
+            ),
+        ];
+        for (a, field, needle) in bad {
+            let e = lock(&["locked"], a.clone()).validate_request().unwrap_err();
+            assert_eq!(e.field, *field, "{a:?}");
+            assert!(e.problem.contains(needle), "{a:?}: {e}");
+        }
+        for good in [
+            mqtt("home/porch/lock"),
+            mqtt("porch"),
+            Adapter::Http {
+                url: "http://bridge.local:8080/siren".into(),
+            },
+            Adapter::Http {
+                url: "http://10.0.0.5".into(),
+            },
+            Adapter::Http {
+                url: "http://[::1]:81/x?y=1".into(),
+            },
+            Adapter::Sim {
+                address: "local:dev".into(),
+            },
+            Adapter::Sim {
+                address: "127.0.0.1:7301".into(),
+            },
+        ] {
+            lock(&["locked"], good.clone()).validate_request().unwrap();
+        }
+        assert_eq!(
+            parse_http_url("http://a:81/x/y").unwrap(),
+            ("a:81".into(), "/x/y".into())
+        );
+        assert_eq!(
+            parse_http_url("http://a").unwrap(),
+            ("a:80".into(), "/".into())
+        );
+        assert_eq!(
+            parse_http_url("http://a?q").unwrap(),
+            ("a:80".into(), "/?q".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]").unwrap(),
+            ("[::1]:80".into(), "/".into())
+        );
     }
 
     #[test]

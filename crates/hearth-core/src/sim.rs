@@ -40,6 +40,83 @@ pub enum Reply {
     },
 }
 
+/// What a device publishes on `<topic>/ack` (docs/INTENTS.md): the action id and fencing
+/// token of the command it answers, and its reply, flat:
+/// `{"action_id": "i-…/0", "token": {"term": 3, "leader": 1, "index": 42}, "reply": "applied"}`
+/// (`"reason"` with `refused`; `"highest_term"`, `"highest_leader"` with `stale_token`).
+/// Other fields are ignored (a device may add its own, e.g. a timestamp).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub action_id: String,
+    pub token: FencingToken,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// Largest ack read (bytes).
+pub const MAX_ACK_BYTES: usize = 4096;
+
+/// What an adapter waiting for the answer to `cmd` makes of a message on the ack topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckVerdict {
+    /// The answer to this command: record it.
+    Ours(Reply),
+    /// Not an answer to this command; ignore it (and count it), keep waiting.
+    Ignored(IgnoredAck),
+}
+
+/// Why a message on the ack topic was not taken as the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoredAck {
+    /// A retained message: the broker's memory, not an answer to a command sent just now.
+    Retained,
+    TooLarge(usize),
+    Unreadable(String),
+    /// For another action (a late answer to an earlier command, or a forgery).
+    OtherAction(String),
+    /// This action id with another fencing token: not the command this hub sent.
+    WrongToken(FencingToken),
+}
+
+impl std::fmt::Display for IgnoredAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IgnoredAck::Retained => write!(f, "a retained message"),
+            IgnoredAck::TooLarge(n) => write!(f, "{n} bytes (at most {MAX_ACK_BYTES})"),
+            IgnoredAck::Unreadable(e) => write!(f, "unreadable: {e}"),
+            IgnoredAck::OtherAction(id) => write!(f, "for another action ({id:?})"),
+            IgnoredAck::WrongToken(t) => write!(
+                f,
+                "this action id with another fencing token ({}, {}, {})",
+                t.term, t.leader, t.index
+            ),
+        }
+    }
+}
+
+/// Binds an ack to its command: only an ack naming the command's action id *and* its fencing
+/// token is its answer. (Who may publish on the ack topic at all is the broker's ACL.)
+pub fn judge_ack(cmd: &DeviceCommand, payload: &[u8], retained: bool) -> AckVerdict {
+    let ignored = AckVerdict::Ignored;
+    if retained {
+        return ignored(IgnoredAck::Retained);
+    }
+    if payload.len() > MAX_ACK_BYTES {
+        return ignored(IgnoredAck::TooLarge(payload.len()));
+    }
+    let ack: Ack = match serde_json::from_slice(payload) {
+        Ok(a) => a,
+        Err(e) => return ignored(IgnoredAck::Unreadable(e.to_string())),
+    };
+    if ack.action_id != cmd.action_id {
+        return ignored(IgnoredAck::OtherAction(ack.action_id));
+    }
+    if ack.token != cmd.token {
+        return ignored(IgnoredAck::WrongToken(ack.token));
+    }
+    AckVerdict::Ours(ack.reply)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub seq: u64,
@@ -113,6 +190,101 @@ impl SimDevices {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ack_is_the_answer_only_with_its_action_id_and_token() {
+        let c = cmd("i-1/0", 3, 1, "locked");
+        let tok = r#""token":{"term":3,"leader":1,"index":7}"#;
+        // Exactly as docs/INTENTS.md documents it.
+        let doc = format!(r#"{{"action_id":"i-1/0",{tok},"reply":"applied"}}"#);
+        assert_eq!(
+            judge_ack(&c, doc.as_bytes(), false),
+            AckVerdict::Ours(Reply::Applied)
+        );
+        let refused =
+            format!(r#"{{"action_id":"i-1/0",{tok},"reply":"refused","reason":"jammed","at":1}}"#);
+        assert_eq!(
+            judge_ack(&c, refused.as_bytes(), false),
+            AckVerdict::Ours(Reply::Refused {
+                reason: "jammed".into()
+            })
+        );
+        let stale = format!(
+            r#"{{"action_id":"i-1/0",{tok},"reply":"stale_token","highest_term":4,"highest_leader":2}}"#
+        );
+        assert_eq!(
+            judge_ack(&c, stale.as_bytes(), false),
+            AckVerdict::Ours(Reply::StaleToken {
+                highest_term: 4,
+                highest_leader: 2
+            })
+        );
+        // What an adapter sends is what it reads.
+        let ours = serde_json::to_vec(&Ack {
+            action_id: "i-1/0".into(),
+            token: c.token,
+            reply: Reply::AlreadyApplied,
+        })
+        .unwrap();
+        assert_eq!(
+            judge_ack(&c, &ours, false),
+            AckVerdict::Ours(Reply::AlreadyApplied)
+        );
+        let ignored = |p: &str, retained| match judge_ack(&c, p.as_bytes(), retained) {
+            AckVerdict::Ignored(why) => why,
+            other => panic!("{p} taken as {other:?}"),
+        };
+        assert_eq!(ignored(&doc, true), IgnoredAck::Retained);
+        // The forged ack of the issue: right action id, no token.
+        assert!(matches!(
+            ignored(r#"{"action_id":"i-1/0","reply":"applied"}"#, false),
+            IgnoredAck::Unreadable(_)
+        ));
+        // The shape the adapter used to read (reply nested): not the documented format.
+        assert!(matches!(
+            ignored(
+                &format!(r#"{{"action_id":"i-1/0",{tok},"reply":{{"reply":"applied"}}}}"#),
+                false
+            ),
+            IgnoredAck::Unreadable(_)
+        ));
+        assert_eq!(
+            ignored(
+                &format!(r#"{{"action_id":"i-2/0",{tok},"reply":"applied"}}"#),
+                false
+            ),
+            IgnoredAck::OtherAction("i-2/0".into())
+        );
+        for t in [
+            r#"{"term":3,"leader":1,"index":8}"#,
+            r#"{"term":4,"leader":1,"index":7}"#,
+            r#"{"term":3,"leader":2,"index":7}"#,
+        ] {
+            let p = format!(r#"{{"action_id":"i-1/0","token":{t},"reply":"applied"}}"#);
+            assert!(
+                matches!(ignored(&p, false), IgnoredAck::WrongToken(_)),
+                "{t}"
+            );
+        }
+        for junk in ["", "null", "{}", "[1]", r#"{"action_id":"i-1/0"}"#] {
+            assert!(
+                matches!(ignored(junk, false), IgnoredAck::Unreadable(_)),
+                "{junk}"
+            );
+        }
+        let big = format!(
+            r#"{{"action_id":"i-1/0",{tok},"reply":"refused","reason":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        assert!(matches!(ignored(&big, false), IgnoredAck::TooLarge(_)));
+        assert!(matches!(
+            ignored(
+                &format!(r#"{{"action_id":"i-1/0",{tok},"reply":"done"}}"#),
+                false
+            ),
+            IgnoredAck::Unreadable(_)
+        ));
+    }
 
     fn cmd(id: &str, term: u64, leader: u64, state: &str) -> DeviceCommand {
         DeviceCommand {

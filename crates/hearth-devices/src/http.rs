@@ -11,25 +11,8 @@ use crate::AdapterError;
 /// Largest reply body read.
 const MAX_REPLY: usize = 64 * 1024;
 
-/// Splits `http://host:port/path`.
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} must start with http://"))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if hostport.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
-}
+/// Splits `http://host:port/path` (the check registration runs too).
+pub use hearth_core::intent::parse_http_url as parse_url;
 
 pub async fn post_command(url: &str, cmd: &DeviceCommand) -> Result<Reply, AdapterError> {
     let dev = || cmd.device.clone();
@@ -73,20 +56,4 @@ pub async fn post_command(url: &str, cmd: &DeviceCommand) -> Result<Reply, Adapt
         ));
     }
     serde_json::from_str(body).map_err(|e| AdapterError::BadReply(dev(), e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse() {
-        assert_eq!(
-            parse_url("http://a:81/x/y").unwrap(),
-            ("a:81".into(), "/x/y".into())
-        );
-        assert_eq!(parse_url("http://a").unwrap(), ("a:80".into(), "/".into()));
-        assert!(parse_url("https://a").is_err());
-        assert!(parse_url("http:///x").is_err());
-    }
 }

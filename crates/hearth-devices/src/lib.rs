@@ -4,7 +4,8 @@
 //! - `sim` with address `local:<name>`: a simulator inside this process, shared by every node
 //!   of the process ([`SimBus`]; the dev cluster and in-process tests use it);
 //! - `sim` with address `host:port`: a `hearth device-sim` over gRPC;
-//! - `http` with a URL: a webhook receiving the command as JSON (`POST`), answering a reply.
+//! - `http` with a URL: a webhook receiving the command as JSON (`POST`), answering a reply;
+//! - `mqtt` with a topic: through the household's broker ([`mqtt`]).
 //!
 //! This crate never decides *whether* to send: the dispatcher on the leading hub does.
 
@@ -125,8 +126,8 @@ impl SimBus {
 pub struct Devices {
     pub bus: SimBus,
     pub timeout: Duration,
-    /// `host:port` of the household's MQTT broker, for `mqtt` devices.
-    pub mqtt_broker: Option<String>,
+    /// The household's MQTT broker, for `mqtt` devices (address, login, TLS).
+    pub mqtt: Option<mqtt::MqttBroker>,
 }
 
 impl Default for Devices {
@@ -134,7 +135,7 @@ impl Default for Devices {
         Self {
             bus: SimBus::global(),
             timeout: Duration::from_secs(3),
-            mqtt_broker: None,
+            mqtt: None,
         }
     }
 }
@@ -230,7 +231,7 @@ impl Gateway for Devices {
                         }
                     },
                     Adapter::Http { url } => http::post_command(url, &cmd).await,
-                    Adapter::Mqtt { topic } => match &self.mqtt_broker {
+                    Adapter::Mqtt { topic } => match &self.mqtt {
                         Some(b) => mqtt::send(b, topic, &cmd).await,
                         None => Err(AdapterError::Unsupported(
                             "mqtt",

@@ -1,24 +1,152 @@
 //! The MQTT adapter. A command is published (QoS 1) as JSON to `<topic>/command`; the device
-//! (or its bridge) answers on `<topic>/ack` with `{"action_id": …, "reply": …}`. The adapter
-//! subscribes to the ack topic before publishing and waits for the ack of its action id.
+//! (or its bridge) answers on `<topic>/ack` with the command's action id and fencing token and
+//! its reply, flat (`hearth_core::sim::Ack`, docs/INTENTS.md). The adapter subscribes to the
+//! ack topic before publishing and takes as the answer only an ack naming its action id *and*
+//! token; anything else on the topic is ignored, counted and logged.
+//!
+//! Who may publish on `<topic>/ack` is the broker's business: the hub logs in with a username
+//! and password (and over TLS, optionally with a client certificate), so that the broker's
+//! ACL can let only the device write its ack topic (docs/SECURITY.md).
 //!
 //! One short-lived connection per command: simple and robust for a household's command rate;
 //! a pooled connection is a later optimisation.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hearth_core::sim::{DeviceCommand, Reply};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde::{Deserialize, Serialize};
+use hearth_core::sim::{Ack, AckVerdict, DeviceCommand, MAX_ACK_BYTES, Reply, judge_ack};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::AdapterError;
 use crate::server::DeviceSim;
 
-/// What a device publishes on `<topic>/ack`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    pub action_id: String,
-    pub reply: Reply,
+/// A password, never printed (Debug and Display say `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How this process reaches the household's MQTT broker.
+#[derive(Clone)]
+pub struct MqttBroker {
+    /// `host:port`; with TLS the broker's certificate must be valid for `host`.
+    pub addr: String,
+    /// Username and password to log in with (the broker's ACL is written for this user).
+    pub login: Option<(String, Secret)>,
+    /// TLS to the broker (see [`tls_client_config`]); plain TCP when `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Messages on an ack topic that were not the answer being waited for (another action id
+    /// or token, unreadable, retained): forged, stale or misdirected.
+    pub ignored_acks: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttBroker")
+            .field("addr", &self.addr)
+            .field("username", &self.login.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl MqttBroker {
+    /// An anonymous, plain-TCP broker (a lab setup; anyone on the LAN can then forge acks).
+    pub fn plain(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            login: None,
+            tls: None,
+            ignored_acks: Arc::default(),
+        }
+    }
+
+    pub fn with_login(mut self, username: impl Into<String>, password: Secret) -> Self {
+        self.login = Some((username.into(), password));
+        self
+    }
+
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How many acks were ignored so far.
+    pub fn ignored_acks(&self) -> u64 {
+        self.ignored_acks.load(Ordering::Relaxed)
+    }
+
+    fn options(&self, prefix: &str) -> Result<MqttOptions, String> {
+        let (host, port) = split_broker(&self.addr)?;
+        let mut opts = MqttOptions::new(client_id(prefix), host, port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(MAX_ACK_BYTES + 1024, 64 * 1024);
+        if let Some((user, password)) = &self.login {
+            opts.set_credentials(user.clone(), password.expose().to_string());
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        Ok(opts)
+    }
+}
+
+/// A rustls client configuration (ring provider) trusting the CA certificates in `ca_pem`,
+/// with a client certificate and key (PEM) if given.
+pub fn tls_client_config(
+    ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| format!("CA file: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("CA file: a certificate rustls refuses: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("CA file holds no certificate".into());
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            if certs.is_empty() {
+                return Err("client certificate file holds no certificate".into());
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate and key: {e}"))?
+        }
+    };
+    Ok(Arc::new(cfg))
 }
 
 fn split_broker(broker: &str) -> Result<(String, u16), String> {
@@ -39,12 +167,22 @@ fn client_id(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// Publishes `cmd` and waits for its ack.
-pub async fn send(broker: &str, topic: &str, cmd: &DeviceCommand) -> Result<Reply, AdapterError> {
+fn suback_refused(s: &rumqttc::SubAck) -> bool {
+    s.return_codes
+        .iter()
+        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+}
+
+/// Publishes `cmd` and waits for its ack (the caller bounds the wait).
+pub async fn send(
+    broker: &MqttBroker,
+    topic: &str,
+    cmd: &DeviceCommand,
+) -> Result<Reply, AdapterError> {
     let dev = || cmd.device.clone();
-    let (host, port) = split_broker(broker).map_err(|e| AdapterError::Unreachable(dev(), e))?;
-    let mut opts = MqttOptions::new(client_id("hearth"), host, port);
-    opts.set_keep_alive(Duration::from_secs(5));
+    let opts = broker
+        .options("hearth")
+        .map_err(|e| AdapterError::Unreachable(dev(), e))?;
     let (client, mut events) = AsyncClient::new(opts, 10);
     let ack_topic = format!("{topic}/ack");
     client
@@ -60,11 +198,20 @@ pub async fn send(broker: &str, topic: &str, cmd: &DeviceCommand) -> Result<Repl
             Err(e) => {
                 break Err(AdapterError::Unreachable(
                     dev(),
-                    format!("mqtt broker {broker}: {e}"),
+                    format!("mqtt broker {}: {e}", broker.addr),
                 ));
             }
         };
         match ev {
+            Event::Incoming(Packet::SubAck(s)) if suback_refused(&s) => {
+                break Err(AdapterError::Unreachable(
+                    dev(),
+                    format!(
+                        "mqtt broker {} refused this hub's subscription to {ack_topic} (check its ACL)",
+                        broker.addr
+                    ),
+                ));
+            }
             Event::Incoming(Packet::SubAck(_)) if !published => {
                 published = true;
                 if let Err(e) = client
@@ -80,11 +227,16 @@ pub async fn send(broker: &str, topic: &str, cmd: &DeviceCommand) -> Result<Repl
                 }
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
-                match serde_json::from_slice::<Ack>(&p.payload) {
-                    Ok(ack) if ack.action_id == cmd.action_id => break Ok(ack.reply),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic = %p.topic, "ignoring an unreadable ack")
+                match judge_ack(cmd, &p.payload, p.retain) {
+                    AckVerdict::Ours(reply) => break Ok(reply),
+                    AckVerdict::Ignored(why) => {
+                        broker.ignored_acks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            topic = %p.topic,
+                            action = %cmd.action_id,
+                            %why,
+                            "ignoring a message on the ack topic: not the answer to this command (forged, stale or misdirected)"
+                        );
                     }
                 }
             }
@@ -96,14 +248,15 @@ pub async fn send(broker: &str, topic: &str, cmd: &DeviceCommand) -> Result<Repl
 }
 
 /// Serves a simulated device over MQTT until the task is aborted: reads `<topic>/command`,
-/// answers on `<topic>/ack`. Reconnects after broker errors.
-pub async fn serve_device(broker: String, topic: String, sim: DeviceSim) {
-    let Ok((host, port)) = split_broker(&broker) else {
-        tracing::error!(broker, "invalid mqtt broker address");
-        return;
+/// answers on `<topic>/ack` in the documented format. Reconnects after broker errors.
+pub async fn serve_device(broker: MqttBroker, topic: String, sim: DeviceSim) {
+    let opts = match broker.options("hearth-device-sim") {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid mqtt broker address");
+            return;
+        }
     };
-    let mut opts = MqttOptions::new(client_id("hearth-device-sim"), host, port);
-    opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = AsyncClient::new(opts, 64);
     let cmd_topic = format!("{topic}/command");
     let ack_topic = format!("{topic}/ack");
@@ -119,9 +272,13 @@ pub async fn serve_device(broker: String, topic: String, sim: DeviceSim) {
                     tracing::warn!("device-sim ignores an unreadable command");
                     continue;
                 };
-                let action_id = cmd.action_id.clone();
+                let (action_id, token) = (cmd.action_id.clone(), cmd.token);
                 let reply = sim.receive(cmd);
-                let ack = Ack { action_id, reply };
+                let ack = Ack {
+                    action_id,
+                    token,
+                    reply,
+                };
                 if let Ok(bytes) = serde_json::to_vec(&ack)
                     && let Err(e) = client
                         .publish(&ack_topic, QoS::AtLeastOnce, false, bytes)

@@ -99,6 +99,7 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             .collect(),
         started_ms: s.started_ms,
         checkpoint_key: s.checkpoint_key.clone(),
+        device_warnings: s.device_warnings.clone(),
     }
 }
 
@@ -154,6 +155,7 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .collect(),
         started_ms: p.started_ms,
         checkpoint_key: p.checkpoint_key.clone(),
+        device_warnings: p.device_warnings.clone(),
     }
 }
 

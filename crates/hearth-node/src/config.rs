@@ -6,7 +6,7 @@
 //! listen = "0.0.0.0:7101"   # gRPC: Raft transport and public API
 //! advertise = "pi.local:7101"  # optional: the address peers use (default: listen)
 //! metrics_listen = "0.0.0.0:9101"  # optional: Prometheus GET /metrics
-//! mqtt_broker = "127.0.0.1:1883"   # optional: for devices with the mqtt adapter
+//! mqtt_broker = "127.0.0.1:1883"   # optional, for mqtt devices: anonymous (insecure only) …
 //! data_dir = "/var/lib/hearth"
 //! bootstrap = true          # exactly one hub: forms the cluster once
 //!
@@ -29,6 +29,14 @@
 //! id = 3
 //! addr = "witness.local:7101"
 //! role = "witness"
+//!
+//! [mqtt_broker]             # … or logged in, so the broker's ACL decides who may answer
+//! addr = "broker.local:8883"
+//! username = "hearth-hub-1"
+//! password_file = "secrets/mqtt-password"   # mode 0600; the first line is the password
+//! ca = "pki/mqtt-ca.pem"    # TLS; needed unless the broker is on this machine (loopback)
+//! client_cert = "pki/mqtt-hub-1.pem"        # optional, with client_key
+//! client_key = "pki/mqtt-hub-1.key"
 //!
 //! [assist]                  # two hubs without a witness (docs/topologies/two-hubs.md)
 //! targets = ["192.168.1.1:80"]  # independent targets a hub probes (TCP connect)
@@ -143,9 +151,9 @@ pub struct NodeConfig {
     pub listen: String,
     #[serde(default)]
     pub advertise: Option<String>,
-    /// `host:port` of the household's MQTT broker, for devices with the `mqtt` adapter.
-    #[serde(default)]
-    pub mqtt_broker: Option<String>,
+    /// The household's MQTT broker, for devices with the `mqtt` adapter.
+    #[serde(default, deserialize_with = "de_mqtt_broker")]
+    pub mqtt_broker: Option<MqttBrokerSettings>,
     /// Optional `IP:port` for the Prometheus `GET /metrics` endpoint.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -168,6 +176,222 @@ pub struct NodeConfig {
     pub tls: Option<TlsSettings>,
     #[serde(default)]
     pub auth: Option<AuthSettings>,
+}
+
+/// How a hub reaches the household's MQTT broker: `mqtt_broker = "host:port"` (anonymous,
+/// plain TCP: accepted only with `insecure = true`) or a table. The password is read from
+/// `password_file` when the node starts; it is never in this struct, a log or the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttBrokerSettings {
+    /// `host:port`; with TLS the broker's certificate must be valid for `host`.
+    pub addr: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed the broker's certificate: TLS to the broker.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl MqttBrokerSettings {
+    /// An anonymous plain-TCP broker (lab setups, `insecure = true`).
+    pub fn plain(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            username: None,
+            password_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    fn is_loopback(&self) -> bool {
+        let host = self
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&self.addr);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    fn validate(&self, insecure: bool) -> Result<(), ConfigError> {
+        check_addr("mqtt_broker.addr", &self.addr)?;
+        match (&self.username, &self.password_file) {
+            (Some(u), Some(_)) if u.is_empty() || u.chars().any(char::is_control) => {
+                return Err(invalid("mqtt_broker.username", "must be a non-empty name"));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "mqtt_broker.password_file",
+                    "missing: username needs a password_file (the password is never written in this file)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "mqtt_broker.username",
+                    "missing: password_file needs a username",
+                ));
+            }
+            _ => {}
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "mqtt_broker.client_key",
+                    "missing: client_cert needs it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "mqtt_broker.client_cert",
+                    "missing: client_key needs it",
+                ));
+            }
+            (Some(_), Some(_)) if self.ca.is_none() => {
+                return Err(invalid(
+                    "mqtt_broker.ca",
+                    "missing: a client certificate is only sent over TLS; name the broker's CA",
+                ));
+            }
+            _ => {}
+        }
+        if insecure {
+            return Ok(());
+        }
+        if self.username.is_none() && self.client_cert.is_none() {
+            return Err(invalid(
+                "mqtt_broker",
+                "the hub must log in to the broker (username and password_file, or \
+                 client_cert/client_key): on an anonymous broker any host on the LAN can \
+                 publish a device's ack and make Hearth record an action that never happened \
+                 (docs/SECURITY.md: broker ACLs); or set insecure = true for a lab setup",
+            ));
+        }
+        if self.ca.is_none() && !self.is_loopback() {
+            return Err(invalid(
+                "mqtt_broker.ca",
+                format!(
+                    "missing: the broker {} is not on this machine, so the hub talks to it \
+                     over TLS (name the CA of the broker's certificate); a password sent in \
+                     plain text on the LAN lets anyone who hears it answer for the devices",
+                    self.addr
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the password, CA and client certificate: the broker as the device adapter uses
+    /// it. The password file must not be readable by group or others.
+    pub fn load(&self) -> Result<hearth_devices::mqtt::MqttBroker, ConfigError> {
+        let read = |field: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| invalid(field, format!("{}: {e}", p.display())))
+        };
+        let mut b = hearth_devices::mqtt::MqttBroker::plain(self.addr.clone());
+        if let (Some(user), Some(pf)) = (&self.username, &self.password_file) {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(pf)
+                    .map_err(|e| {
+                        invalid(
+                            "mqtt_broker.password_file",
+                            format!("{}: {e}", pf.display()),
+                        )
+                    })?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(invalid(
+                        "mqtt_broker.password_file",
+                        format!(
+                            "{} is readable by other users (mode {:o}); chmod 600 it",
+                            pf.display(),
+                            mode & 0o777
+                        ),
+                    ));
+                }
+            }
+            let text = read("mqtt_broker.password_file", pf)?;
+            let text = String::from_utf8(text).map_err(|_| {
+                invalid(
+                    "mqtt_broker.password_file",
+                    format!("{} is not UTF-8", pf.display()),
+                )
+            })?;
+            let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if password.is_empty() {
+                return Err(invalid(
+                    "mqtt_broker.password_file",
+                    format!("{}: the first line (the password) is empty", pf.display()),
+                ));
+            }
+            b = b.with_login(user.clone(), hearth_devices::mqtt::Secret::new(password));
+        }
+        if let Some(ca) = &self.ca {
+            let ca_pem = read("mqtt_broker.ca", ca)?;
+            let client = match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((
+                    read("mqtt_broker.client_cert", c)?,
+                    read("mqtt_broker.client_key", k)?,
+                )),
+                _ => None,
+            };
+            let tls = hearth_devices::mqtt::tls_client_config(
+                &ca_pem,
+                client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            )
+            .map_err(|e| invalid("mqtt_broker", e))?;
+            b = b.with_tls(tls);
+        }
+        Ok(b)
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttBrokerSettingsOrAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MqttBrokerSettingsOrAddr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "\"host:port\" or a table with addr, username, password_file, ca, \
+                     client_cert, client_key",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MqttBrokerSettingsOrAddr(MqttBrokerSettings::plain(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                MqttBrokerSettings::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(MqttBrokerSettingsOrAddr)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `mqtt_broker` as written: a string or a table.
+struct MqttBrokerSettingsOrAddr(MqttBrokerSettings);
+
+fn de_mqtt_broker<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<MqttBrokerSettings>, D::Error> {
+    Ok(Some(MqttBrokerSettingsOrAddr::deserialize(d)?.0))
 }
 
 /// The PEM files `hearth init-pki` wrote for this node.
@@ -321,6 +545,19 @@ impl NodeConfig {
         if let Some(a) = &mut self.auth {
             fix(&mut a.tokens_file);
         }
+        if let Some(m) = &mut self.mqtt_broker {
+            for p in [
+                &mut m.password_file,
+                &mut m.ca,
+                &mut m.client_cert,
+                &mut m.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(p);
+            }
+        }
     }
 
     /// The transport security this configuration asks for, with its files loaded and checked.
@@ -373,7 +610,7 @@ impl NodeConfig {
             check_addr("advertise", a)?;
         }
         if let Some(b) = &self.mqtt_broker {
-            check_addr("mqtt_broker", b)?;
+            b.validate(self.insecure)?;
         }
         if let Some(m) = &self.metrics_listen {
             m.parse::<SocketAddr>().map_err(|_| {
@@ -552,6 +789,112 @@ role = "witness"
 
     fn err_of(text: &str) -> String {
         NodeConfig::parse(text).unwrap_err().to_string()
+    }
+
+    /// GOOD as a secure node (TLS and tokens), with `extra` appended.
+    fn secure(extra: &str) -> String {
+        format!(
+            "{}\n[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n[auth]\ntokens_file = \"t.toml\"\n{extra}",
+            GOOD.replace("insecure = true\n", "")
+        )
+    }
+
+    #[test]
+    fn mqtt_broker_is_an_address_or_a_logged_in_table() {
+        // The plain string form: anonymous, so only for insecure setups.
+        let lab = GOOD.replace(
+            "bootstrap = true",
+            "bootstrap = true\nmqtt_broker = \"10.0.0.2:1883\"",
+        );
+        let c = NodeConfig::parse(&lab).unwrap();
+        assert_eq!(
+            c.mqtt_broker,
+            Some(MqttBrokerSettings::plain("10.0.0.2:1883"))
+        );
+        let e = err_of(&GOOD.replace(
+            "bootstrap = true",
+            "bootstrap = true\nmqtt_broker = \"nowhere\"",
+        ));
+        assert!(e.contains("mqtt_broker.addr"), "{e}");
+        // A secure node: the string form is refused (an anonymous broker lets any LAN host
+        // answer for a device), and so is a login without TLS to a broker on another host.
+        let top =
+            |t: &str| secure("").replacen("bootstrap = true", &format!("bootstrap = true\n{t}"), 1);
+        let e = err_of(&top("mqtt_broker = \"10.0.0.2:1883\""));
+        assert!(e.contains("`mqtt_broker`") && e.contains("ack"), "{e}");
+        let login =
+            "[mqtt_broker]\naddr = \"10.0.0.2:8883\"\nusername = \"hub\"\npassword_file = \"pw\"\n";
+        let e = err_of(&secure(login));
+        assert!(e.contains("mqtt_broker.ca"), "{e}");
+        let c = NodeConfig::parse(&secure(&format!("{login}ca = \"mqtt-ca.pem\"\n"))).unwrap();
+        let m = c.mqtt_broker.unwrap();
+        assert_eq!((m.username.as_deref(), m.ca.is_some()), (Some("hub"), true));
+        // On this machine, a login without TLS is enough.
+        NodeConfig::parse(&secure(&login.replace("10.0.0.2:8883", "127.0.0.1:1883"))).unwrap();
+        for (table, field) in [
+            (
+                "addr = \"h:1\"\nusername = \"hub\"\nca = \"c\"",
+                "mqtt_broker.password_file",
+            ),
+            (
+                "addr = \"h:1\"\npassword_file = \"p\"\nca = \"c\"",
+                "mqtt_broker.username",
+            ),
+            (
+                "addr = \"h:1\"\nclient_cert = \"c\"",
+                "mqtt_broker.client_key",
+            ),
+            (
+                "addr = \"h:1\"\nclient_key = \"k\"",
+                "mqtt_broker.client_cert",
+            ),
+            (
+                "addr = \"h:1\"\nclient_cert = \"c\"\nclient_key = \"k\"",
+                "mqtt_broker.ca",
+            ),
+            ("addr = \"h:1\"\npassword = \"in-the-file\"", "password"),
+            ("username = \"hub\"", "addr"),
+        ] {
+            let e = err_of(&secure(&format!("[mqtt_broker]\n{table}\n")));
+            assert!(e.contains(field), "{table}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_mqtt_password_comes_from_a_private_file_and_is_never_printed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret-pass\nignored\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut m = MqttBrokerSettings::plain("127.0.0.1:1883");
+        m.username = Some("hub".into());
+        m.password_file = Some(pw.clone());
+        let e = m.load().unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt_broker.password_file") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let b = m.load().unwrap();
+        assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
+        assert!(!format!("{m:?}").contains("s3cret"));
+        std::fs::write(&pw, "\n").unwrap();
+        assert!(m.load().unwrap_err().to_string().contains("empty"));
+        m.password_file = Some(dir.path().join("missing"));
+        assert!(
+            m.load()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_broker.password_file")
+        );
+        // A CA file that holds no certificate is refused when the node starts.
+        std::fs::write(&pw, "x\n").unwrap();
+        m.password_file = Some(pw);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        m.ca = Some(ca);
+        assert!(m.load().unwrap_err().to_string().contains("mqtt_broker"));
     }
 
     #[test]

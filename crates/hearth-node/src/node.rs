@@ -15,7 +15,7 @@ use hearth_cluster::{HearthRaft, RaftHandler, settings};
 use hearth_core::assisted::{AssistConfig, AssistObservation, AssistState, TargetProbe};
 use hearth_core::caretaker::{CaretakerConfig, LogPos};
 use hearth_core::domain::{Command as DomainCommand, IntentRecord, Outcome, Promotion};
-use hearth_core::intent::{Device, Intent, IntentClass};
+use hearth_core::intent::{Adapter, Device, Intent, IntentClass};
 use hearth_core::policy::Policy;
 use hearth_core::resolver::{Clock, Plan};
 use hearth_core::{Hash, Record};
@@ -147,6 +147,9 @@ pub struct StatusView {
     pub started_ms: u64,
     /// This node's checkpoint public key (lower-case hex).
     pub checkpoint_key: String,
+    /// Registered devices this hub could not drive if it led (an adapter it has not
+    /// configured).
+    pub device_warnings: Vec<String>,
 }
 
 /// The assisted-failover assessment as reported.
@@ -312,8 +315,21 @@ impl Node {
         N::Network:
             openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
     {
+        let mqtt = match &config.mqtt_broker {
+            Some(m) => Some(m.load().map_err(|e| NodeError::Settings(e.to_string()))?),
+            None => None,
+        };
+        if let Some(m) = &mqtt
+            && m.login.is_none()
+        {
+            tracing::warn!(
+                node = config.node_id,
+                broker = %m.addr,
+                "the mqtt broker is used anonymously: any host that reaches it can answer for the devices (insecure lab setup)"
+            );
+        }
         let devices = hearth_devices::Devices {
-            mqtt_broker: config.mqtt_broker.clone(),
+            mqtt,
             ..Default::default()
         };
         Self::start_with(config, network, Arc::new(devices)).await
@@ -593,6 +609,7 @@ impl Node {
             refused_by: hearth_cluster::notices::recent(self.id),
             started_ms: self.started_ms,
             checkpoint_key: hex::encode(self.checkpoints.public_key()),
+            device_warnings: self.device_warnings(),
         }
     }
 
@@ -1027,8 +1044,54 @@ impl Node {
         }
     }
 
+    /// Why this hub could not drive a device reached through `adapter`, if it could not.
+    fn unreachable_adapter(&self, adapter: &Adapter) -> Option<String> {
+        match adapter {
+            Adapter::Mqtt { .. } if self.config.mqtt_broker.is_none() => Some(format!(
+                "mqtt: node {} has no mqtt_broker in its config, so it cannot reach this device \
+                 while it leads",
+                self.id
+            )),
+            _ => None,
+        }
+    }
+
+    /// Registered devices this hub could not drive if it led (a hub that may lead one day
+    /// says so in its status, loudly).
+    pub fn device_warnings(&self) -> Vec<String> {
+        if self.role == Role::Witness {
+            return Vec::new();
+        }
+        let devices = self
+            .sm
+            .with_domain(|d| d.devices.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        devices
+            .iter()
+            .filter_map(|d| {
+                self.unreachable_adapter(&d.adapter)
+                    .map(|why| format!("device {}: {why}", d.id))
+            })
+            .collect()
+    }
+
+    /// Registers a device. The leader that registers it refuses an adapter it has not
+    /// configured (an mqtt device without `mqtt_broker`): it would fail only when an
+    /// emergency needs it. Other hubs lead later only if configured alike; one that is not
+    /// names the device in its status (`device_warnings`).
     pub async fn register_device(&self, device: Device) -> Result<Applied, NodeError> {
-        device.validate().map_err(NodeError::from)?;
+        device.validate_request().map_err(NodeError::from)?;
+        let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.id);
+        if leads && let Some(why) = self.unreachable_adapter(&device.adapter) {
+            return Err(NodeError::from(hearth_core::intent::FieldError::new(
+                "adapter.kind",
+                format!(
+                    "{why} (it is the leader registering it); a device Hearth cannot reach \
+                     fails only when an emergency needs it: add mqtt_broker to every hub's \
+                     config (any hub may lead), restart them, then register again"
+                ),
+            )));
+        }
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::RegisterDevice { device, by })
             .await

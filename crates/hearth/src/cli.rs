@@ -718,12 +718,14 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     );
     let mut reachable = 0;
     let mut keys = Vec::new();
+    let mut warnings = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
             Ok(s) => {
                 reachable += 1;
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
+                warnings.extend(s.device_warnings.iter().map(|w| (s.node_id, w.clone())));
                 if let Some(l) = s.leader {
                     leaders.insert(l);
                 }
@@ -794,6 +796,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     }
     for r in &first.refusals {
         println!("REFUSED by node {}: {}", r.by, r.message);
+    }
+    for (id, w) in &warnings {
+        println!("DEVICE UNREACHABLE from node {id}: {w}");
     }
     for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
         println!("checkpoint key of node {id} ({role}): {key}");

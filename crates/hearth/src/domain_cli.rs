@@ -381,7 +381,7 @@ pub async fn device_sim(
     if let Some((broker, topic)) = mqtt {
         println!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
         tokio::spawn(hearth_devices::mqtt::serve_device(
-            broker,
+            hearth_devices::mqtt::MqttBroker::plain(broker),
             topic,
             sim.clone(),
         ));
