@@ -62,6 +62,17 @@ pub enum StoreError {
     CorruptState { key: String, reason: String },
 }
 
+impl StoreError {
+    /// Whether this is damage to the state machine database itself (sled reports corruption,
+    /// or a record does not decode): the state machine can then be rebuilt from the log.
+    pub fn is_state_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Corruption { .. }) | StoreError::CorruptState { .. }
+        )
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.to_path_buf(),
