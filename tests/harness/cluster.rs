@@ -99,7 +99,29 @@ impl TestCluster {
             .await
             .expect("bootstrap");
         c.wait_for_leader(&c.hubs(), Duration::from_secs(10)).await;
+        c.wait_votes(Duration::from_secs(10)).await;
         c
+    }
+
+    /// Waits until no running node's vote is held (every new node has been caught up).
+    pub async fn wait_votes(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let held: Vec<u64> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.handler.hold().is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            if held.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {held:?} still hold their vote after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn ids(&self) -> Vec<u64> {

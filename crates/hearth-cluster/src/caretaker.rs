@@ -92,6 +92,12 @@ pub async fn run(
         }
         match decision {
             Decision::Wait | Decision::KeepReplicating => {}
+            Decision::Campaign if handler.vote_refusal().is_some() => {
+                // A held witness (new, copied or restored data) neither votes nor leads.
+                tracing::warn!(node = handler.id, why = ?handler.vote_refusal(),
+                    "caretaker: would campaign, but this witness's vote is held");
+                last_action = Some((now, Decision::Campaign));
+            }
             Decision::Campaign => {
                 tracing::warn!(node = handler.id, ?obs.my_last, "caretaker: no leader and this witness holds entries no live hub has; campaigning once");
                 last_action = Some((now, Decision::Campaign));

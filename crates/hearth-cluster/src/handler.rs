@@ -23,6 +23,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::async_runtime::WatchReceiver;
 
 use hearth_store::types::LogIdT;
 
@@ -43,7 +44,12 @@ struct Seen {
     last_heard: BTreeMap<u64, Instant>,
     /// The last node that replicated to this one as leader.
     last_leader: Option<u64>,
+    /// Highest commit index a leader other than this node announced in a successful append.
+    leader_commit: Option<u64>,
 }
+
+/// Why this node must not vote or campaign yet (`hearth_node::datadir` sets and lifts it).
+pub use hearth_core::datadir::Hold;
 
 /// Decides whether RPCs from a node id are refused, and why.
 pub type Gate = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
@@ -76,6 +82,7 @@ pub struct RaftHandler {
     seen: Arc<Mutex<Seen>>,
     gate: Arc<Mutex<Option<Gate>>>,
     cosigner: Arc<Mutex<Option<Arc<dyn CosignHandler>>>>,
+    hold: Arc<Mutex<Option<Hold>>>,
 }
 
 impl RaftHandler {
@@ -88,7 +95,64 @@ impl RaftHandler {
             seen: Arc::new(Mutex::new(Seen::default())),
             gate: Arc::default(),
             cosigner: Arc::default(),
+            hold: Arc::default(),
         }
+    }
+
+    /// Holds (or releases) this node's vote. While held it grants no vote or pre-vote; its
+    /// owner also turns its election timer off.
+    pub fn set_hold(&self, hold: Option<Hold>) {
+        *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+    }
+
+    /// The hold on this node's vote, if any.
+    pub fn hold(&self) -> Option<Hold> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Highest commit index announced by a leader (not this node) that replicated to it.
+    pub fn leader_commit(&self) -> Option<u64> {
+        self.with_seen(|s| s.leader_commit)
+    }
+
+    /// Why this node refuses to vote now, if it does: it holds no log naming it a voter (an
+    /// empty or wiped data directory, or a node not yet added), or it is held.
+    pub fn vote_refusal(&self) -> Option<String> {
+        if let Some(h) = self.hold() {
+            return Some(h.reason);
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+        {
+            return Some(format!(
+                "node {} holds no log naming it a voter (empty or wiped data directory)",
+                self.id
+            ));
+        }
+        None
+    }
+
+    /// A refusal the candidate does not count: this node's current vote (never the
+    /// candidate's) and its last log id.
+    fn refuse_vote(&self, req: &VoteRequest<TypeConfig>, why: &str) -> VoteResponse<TypeConfig> {
+        let vote = self.raft.metrics().borrow_watched().vote;
+        if vote == req.vote {
+            // Granted before the hold: repeating it changes nothing.
+            return VoteResponse::new(vote, None, true);
+        }
+        tracing::warn!(
+            node = self.id,
+            candidate = req.vote.leader_id.node_id,
+            term = req.vote.leader_id.term,
+            why,
+            "refusing to vote"
+        );
+        // `vote` differs from the candidate's, so the candidate does not count it.
+        VoteResponse::new(vote, None, false)
     }
 
     /// Installs the rule that refuses RPCs from retired node ids.
@@ -151,14 +215,19 @@ impl RaftHandler {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
         let leader = req.vote.leader_id.node_id;
         self.heard(leader);
+        let commit = req.leader_commit.map(|l| l.index);
         let resp = self.raft.append_entries(req).await;
         if matches!(
             resp,
             Ok(AppendEntriesResponse::Success) | Ok(AppendEntriesResponse::PartialSuccess(_))
         ) {
+            let me = self.id;
             self.with_seen(|s| {
                 s.last_leader_contact = Some(Instant::now());
                 s.last_leader = Some(leader);
+                if leader != me {
+                    s.leader_commit = s.leader_commit.max(commit);
+                }
             });
         }
         resp
@@ -179,6 +248,9 @@ impl RaftHandler {
         req: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
         self.observe(&req);
+        if let Some(why) = self.vote_refusal() {
+            return Ok(self.refuse_vote(&req, &why));
+        }
         self.raft.vote(req).await
     }
 
@@ -187,6 +259,9 @@ impl RaftHandler {
         req: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
         self.observe(&req);
+        if let Some(why) = self.vote_refusal() {
+            return Ok(self.refuse_vote(&req, &why));
+        }
         self.raft.pre_vote(req).await
     }
 
@@ -212,6 +287,13 @@ impl RaftHandler {
                 node = self.id,
                 "ignoring a leadership transfer aimed at this witness"
             );
+            return Ok(Ok(()));
+        }
+        if *req.to_node_id() == self.id
+            && let Some(h) = self.hold()
+        {
+            tracing::warn!(node = self.id, reason = %h.reason,
+                "ignoring a leadership transfer to this node: its vote is held");
             return Ok(Ok(()));
         }
         self.raft.handle_transfer_leader(req).await

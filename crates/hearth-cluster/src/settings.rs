@@ -34,6 +34,7 @@ pub const SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
 /// - Pre-Vote on (the transport implements it for real), leader restore off (a restarted
 ///   ex-leader holds an election instead of resuming with possibly stale state).
 /// - A witness never campaigns from its election timer (`enable_elect: false`).
+/// - A follower's log going backwards resets its replication (`allow_log_reversion`).
 /// - Snapshots are never built automatically and the log is never purged: the log *is* the
 ///   audit history.
 pub fn raft_config(t: &Timing, witness: bool) -> Result<Config, openraft::ConfigError> {
@@ -48,6 +49,11 @@ pub fn raft_config(t: &Timing, witness: bool) -> Result<Config, openraft::Config
         enable_elect: !witness,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
+        // A follower whose log went backwards (a restored or damaged data directory) makes
+        // the leader start its replication over instead of asserting or resending forever.
+        // Safe here because such a node neither votes nor campaigns until it has caught up
+        // (`RaftHandler::vote_refusal`, `hearth_node::datadir`).
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()

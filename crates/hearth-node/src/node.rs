@@ -36,6 +36,9 @@ use crate::config::{NodeConfig, Role};
 /// Largest test record accepted.
 pub const MAX_TEST_RECORD: usize = 4096;
 const IDENTITY_FILE: &str = "node.json";
+/// Present while the bootstrap hub is forming the cluster (between its first entry and the
+/// membership that makes every configured member a voter).
+const FORMING_FILE: &str = "forming";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -279,25 +282,6 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
     }
 }
 
-/// Opens the state machine, waiting up to 5 s while the previous incarnation of this node in
-/// the same process (an in-place restart) still holds sled's lock: its Raft workers end
-/// shortly after shutdown returns. Any other error, or a lock held longer, is returned.
-async fn open_state_machine(dir: &Path) -> Result<StateMachine, NodeError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match StateMachine::open(dir) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                tracing::debug!(dir = %dir.display(), "state machine still locked; waiting");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 /// Verifies the chain of a stopped node's data directory without starting or changing
 /// anything in the log.
 pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
@@ -360,7 +344,18 @@ impl Node {
         }
         let fresh = claim_data_dir(&config.data_dir, id)?;
         let log = LogStore::open(&config.data_dir.join("raft"))?;
-        let sm = open_state_machine(&config.data_dir.join("state")).await?;
+        let sm = crate::datadir::open_state(&config.data_dir.join("state")).await?;
+        let own_checkpoint = match config.role {
+            Role::Witness => None,
+            _ => {
+                crate::checkpoint::Checkpoints::open(id, config.role, &config.data_dir, sm.clone())?
+                    .last()
+                    .await
+                    .map(|c| c.index)
+            }
+        };
+        let (sm, hold) =
+            crate::datadir::prepare(&config.data_dir, id, fresh, &log, sm, own_checkpoint).await?;
         let report = audit::verify(&log, &sm)?;
         if let Some(f) = report.failure {
             return Err(NodeError::ChainBroken {
@@ -385,6 +380,10 @@ impl Node {
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let handler = RaftHandler::new(raft.clone(), id, witness);
+        if let Some(h) = hold {
+            raft.runtime_config().elect(false);
+            handler.set_hold(Some(h));
+        }
         if witness {
             handler.set_cosigner(checkpoints.clone());
         }
@@ -402,6 +401,14 @@ impl Node {
         }
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::datadir::watch(
+            handler.clone(),
+            raft.clone(),
+            sm.clone(),
+            config.data_dir.clone(),
+            witness,
+            rx.clone(),
+        )));
         let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
         if !witness && !config.assist.targets.is_empty() {
             tasks.push(tokio::spawn(crate::assist::probe_targets(
@@ -486,16 +493,27 @@ impl Node {
     /// Forms the cluster, exactly once, on the configured bootstrap hub. Waits until every
     /// configured peer answers and none has a log yet; refuses if any already has a cluster
     /// (this node's data was then wiped, or it is misconfigured).
+    ///
+    /// A node votes only once it holds a log naming it a voter, so the cluster is formed in
+    /// steps: this hub alone first, then each peer added as a learner (it receives the log),
+    /// then all made voters. A restart in the middle resumes the remaining steps.
     #[tracing::instrument(skip_all, fields(node = self.id))]
     pub async fn bootstrap(&self, probe: &dyn PeerProbe, retry: Duration) -> Result<(), NodeError> {
-        if !self.config.bootstrap
-            || self
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Fatal(e.to_string()))?
-        {
+        if !self.config.bootstrap {
             return Ok(());
+        }
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        if initialized {
+            let alone = self.voters() == vec![self.id];
+            let members = self.initial_members();
+            if !alone || members.len() == 1 || !self.fresh_formation_pending() {
+                return Ok(());
+            }
+            return self.finish_formation(members).await;
         }
         loop {
             let mut missing = Vec::new();
@@ -522,35 +540,132 @@ impl Node {
             );
             tokio::time::sleep(retry).await;
         }
-        match self.raft.initialize(self.initial_members()).await {
-            Ok(()) => {
-                tracing::info!(node = self.id, "cluster formed");
-                Ok(())
-            }
+        let members = self.initial_members();
+        let me: BTreeMap<u64, Member> = members
+            .iter()
+            .filter(|(id, _)| **id == self.id)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        // This hub forms the cluster: its new data directory votes (for itself) from now on.
+        crate::datadir::release(&self.handler, &self.config.data_dir, false)?;
+        std::fs::write(self.config.data_dir.join(FORMING_FILE), b"")?;
+        match self.raft.initialize(me).await {
+            Ok(()) => tracing::info!(node = self.id, "cluster formed with this hub alone"),
             Err(RaftError::APIError(e)) => {
                 tracing::info!(node = self.id, error = %e, "cluster already initialized");
-                Ok(())
+                return Ok(());
             }
-            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+            Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
         }
+        if members.len() == 1 {
+            let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
+            return Ok(());
+        }
+        self.finish_formation(members).await
+    }
+
+    fn fresh_formation_pending(&self) -> bool {
+        self.config.data_dir.join(FORMING_FILE).exists()
+    }
+
+    /// The steps of forming after this hub leads alone: every configured peer a learner, then
+    /// all voters.
+    async fn finish_formation(&self, members: BTreeMap<u64, Member>) -> Result<(), NodeError> {
+        let patience = Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20);
+        let deadline = tokio::time::Instant::now() + patience;
+        let fatal = |e: String| NodeError::Fatal(e);
+        loop {
+            if self.raft.as_leader().is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(NodeError::NoQuorum(format!(
+                    "node {} formed the cluster alone but did not become its leader within {} ms",
+                    self.id,
+                    patience.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (id, m) in &members {
+            if *id == self.id {
+                continue;
+            }
+            match tokio::time::timeout(patience, self.raft.add_learner(*id, m.clone(), true)).await
+            {
+                Err(_) => {
+                    return Err(NodeError::NoQuorum(format!(
+                        "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
+                        patience.as_millis(),
+                        m.addr
+                    )));
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f.to_string())),
+                Ok(Err(RaftError::APIError(e))) => {
+                    return Err(NodeError::Refused(format!(
+                        "forming the cluster: adding node {id}: {e}"
+                    )));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        let ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
+        match self.raft.change_membership(ids, false).await {
+            Ok(_) => {}
+            Err(RaftError::Fatal(f)) => return Err(fatal(f.to_string())),
+            Err(RaftError::APIError(e)) => {
+                return Err(NodeError::Refused(format!(
+                    "forming the cluster: making every member a voter: {e}"
+                )));
+            }
+        }
+        let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
+        tracing::info!(node = self.id, voters = ?self.voters(), "cluster formed");
+        Ok(())
     }
 
     /// On a node whose data directory is new, refuses to go on if a leader reports that it
-    /// already replicated entries to this node id: the directory was wiped.
+    /// already replicated entries to this node id: the directory was wiped. On any node, a
+    /// leader that had replicated more to this node id than its log now holds means the log
+    /// went backwards (a restored backup, lost writes): the node's vote is held until it has
+    /// been caught up (`datadir`).
     pub async fn check_not_wiped(&self, probe: &dyn PeerProbe) -> Result<(), NodeError> {
-        if !self.fresh {
-            return Ok(());
-        }
+        let mine = self.log.last_log_id()?.map(|l| l.index);
         for p in &self.config.peers {
             if let Some(s) = probe.status(p.id, &p.addr).await
                 && s.state == "Leader"
                 && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
             {
-                return Err(NodeError::Wiped {
-                    self_id: self.id,
-                    leader: p.id,
-                    matched: *m,
-                });
+                if self.fresh {
+                    return Err(NodeError::Wiped {
+                        self_id: self.id,
+                        leader: p.id,
+                        matched: *m,
+                    });
+                }
+                if mine.is_none_or(|i| i < *m) {
+                    let reason = format!(
+                        "leader {} had replicated index {m} to node {}, but its Raft log ends at \
+                         {}: its data went backwards (restored from an older copy, or lost writes)",
+                        p.id,
+                        self.id,
+                        mine.map_or("no entry".to_string(), |i| format!("index {i}"))
+                    );
+                    tracing::error!(
+                        node = self.id,
+                        leader = p.id,
+                        matched = *m,
+                        ?mine,
+                        "NODE {} WILL NOT VOTE OR LEAD until caught up: {reason}",
+                        self.id
+                    );
+                    let floor = self.handler.hold().and_then(|h| h.floor).max(Some(*m));
+                    crate::datadir::hold(
+                        &self.handler,
+                        &self.config.data_dir,
+                        hearth_core::datadir::Hold { floor, reason },
+                    )?;
+                }
             }
         }
         Ok(())

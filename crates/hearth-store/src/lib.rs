@@ -42,10 +42,35 @@ pub enum StoreError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error(
+        "the vote file {path} is {}, but the Raft log holds entries of term {log_term} (up to \
+         index {last_index}): this node has forgotten whom it voted for and could vote twice in \
+         one term. It refuses to start. Restore the file only if you have the exact copy taken \
+         with this log; otherwise move the data directory aside and rejoin the node under a new \
+         id (docs/OPERATIONS.md, \"Lost vote file\")",
+        match vote_term { None => "missing".to_string(), Some(t) => format!("at term {t}, older than the log") }
+    )]
+    VoteLost {
+        path: std::path::PathBuf,
+        vote_term: Option<u64>,
+        log_term: u64,
+        last_index: u64,
+    },
     #[error("state machine database error: {0}")]
     Sled(#[from] sled::Error),
     #[error("state machine record {key} is unreadable: {reason}")]
     CorruptState { key: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether this is damage to the state machine database itself (sled reports corruption,
+    /// or a record does not decode): the state machine can then be rebuilt from the log.
+    pub fn is_state_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Corruption { .. }) | StoreError::CorruptState { .. }
+        )
+    }
 }
 
 pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> StoreError {

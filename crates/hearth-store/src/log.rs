@@ -107,6 +107,34 @@ fn spawn_flusher(file: File) -> io::Result<mpsc::Sender<IOFlushed<TypeConfig>>> 
     Ok(tx)
 }
 
+/// A node that is about to serve its log must still know its vote: without it, it could vote
+/// twice in one term (two leaders). A log holding entries of a term above 0 means a vote of at
+/// least that term was saved first (a leader saves its own, a follower its leader's), so a
+/// missing vote file, or a vote of an older term, is damage, never a state Hearth writes.
+/// (Term 0 is the cluster-forming entry, written before any vote.)
+fn check_vote(
+    meta_path: &Path,
+    meta_present: bool,
+    vote: Option<&VoteOf<TypeConfig>>,
+    last: Option<&LogIdT>,
+) -> Result<(), StoreError> {
+    let Some(last) = last else { return Ok(()) };
+    let log_term = last.leader_id.term;
+    if log_term == 0 {
+        return Ok(());
+    }
+    let vote_term = vote.map(|v| v.leader_id.term);
+    if !meta_present || vote_term.is_none_or(|t| t < log_term) {
+        return Err(StoreError::VoteLost {
+            path: meta_path.to_path_buf(),
+            vote_term,
+            log_term,
+            last_index: last.index,
+        });
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// Opens (or creates) the log in `dir`, checking every frame; cuts a torn last frame.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -124,12 +152,15 @@ impl LogStore {
         }
         let path = dir.join(LOG_FILE);
         let meta_path = dir.join(META_FILE);
-        let meta: Meta = match std::fs::read(&meta_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::CorruptMeta {
-                path: meta_path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+        let (meta, meta_present): (Meta, bool) = match std::fs::read(&meta_path) {
+            Ok(b) => (
+                serde_json::from_slice(&b).map_err(|e| StoreError::CorruptMeta {
+                    path: meta_path.clone(),
+                    reason: e.to_string(),
+                })?,
+                true,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Meta::default(), false),
             Err(e) => return Err(io_err(&meta_path, e)),
         };
         let mut file = OpenOptions::new()
@@ -211,6 +242,9 @@ impl LogStore {
         if pos < data.len() && writable {
             file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
             file.sync_all().map_err(|e| io_err(&path, e))?;
+        }
+        if writable {
+            check_vote(&meta_path, meta_present, meta.vote.as_ref(), last.as_ref())?;
         }
         let flusher = if writable {
             let f = file.try_clone().map_err(|e| io_err(&path, e))?;
@@ -517,8 +551,14 @@ mod tests {
         }
     }
 
+    /// Appends entries of term 1, saving a vote of term 1 first as openraft does.
     async fn append(log: &mut LogStore, range: std::ops::Range<u64>) {
         use openraft::type_config::TypeConfigExt;
+        if log.read_vote().await.unwrap().is_none() {
+            log.save_vote(&openraft::impls::Vote::new(1, 1))
+                .await
+                .unwrap();
+        }
         let (tx, rx) = TypeConfig::oneshot();
         log.append(range.map(entry), IOFlushed::signal(tx))
             .await
@@ -546,6 +586,9 @@ mod tests {
         use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogStore::open(dir.path()).unwrap();
+        log.save_vote(&openraft::impls::Vote::new(1, 1))
+            .await
+            .unwrap();
         // Queue several appends without waiting: each is readable at once.
         let mut flushed = Vec::new();
         for b in 0..5u64 {
@@ -594,5 +637,56 @@ mod tests {
             Err(e) => panic!("wrong error {e}"),
             Ok(_) => panic!("a corrupt log must not open"),
         }
+    }
+
+    /// Issue 14.3: a log without its vote file, or with a vote older than its last term, is
+    /// refused at open (and named); read-only inspection still opens it.
+    #[tokio::test]
+    async fn a_lost_or_stale_vote_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 0..3).await; // entries of term 1
+        log.save_vote(&openraft::impls::Vote::new(1, 1))
+            .await
+            .unwrap();
+        drop(log);
+        let meta = dir.path().join(META_FILE);
+        let saved = std::fs::read(&meta).unwrap();
+
+        std::fs::remove_file(&meta).unwrap();
+        match LogStore::open(dir.path()) {
+            Err(e @ StoreError::VoteLost { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("missing") && msg.contains(META_FILE), "{msg}");
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("a log without its vote must not open for writing"),
+        }
+        assert!(!meta.exists(), "refusing must not write a vote file");
+        assert!(LogStore::open_read_only(dir.path()).is_ok());
+
+        // A vote of an older term than the log (an old copy of the file).
+        let old = serde_json::to_vec(&Meta {
+            vote: Some(openraft::impls::Vote::new(0, 1)),
+            last_purged: None,
+        })
+        .unwrap();
+        std::fs::write(&meta, old).unwrap();
+        match LogStore::open(dir.path()) {
+            Err(StoreError::VoteLost {
+                vote_term: Some(0),
+                log_term: 1,
+                last_index: 2,
+                ..
+            }) => {}
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("a stale vote must not open"),
+        }
+
+        // The right file opens again; a new, empty log needs no vote.
+        std::fs::write(&meta, saved).unwrap();
+        assert!(LogStore::open(dir.path()).is_ok());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(LogStore::open(empty.path()).is_ok());
     }
 }

@@ -216,7 +216,8 @@ impl StateMachine {
         Ok(())
     }
 
-    async fn flush(&self) -> io::Result<()> {
+    /// Makes everything applied so far durable (sled `flush`).
+    pub async fn flush(&self) -> io::Result<()> {
         self.db.flush_async().await.map_err(other)?;
         Ok(())
     }

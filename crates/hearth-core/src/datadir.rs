@@ -1,0 +1,258 @@
+//! What a node's data directory says about itself at startup, and what the node must do about
+//! it (issue 14.1, 14.2, 14.5). Pure: the node gathers the facts, this decides.
+//!
+//! Two outcomes, independent of each other:
+//! - **rebuild the state machine** from the log when it cannot be trusted: it claims entries
+//!   the log no longer holds (a torn or restored log), or it lost entries it had reported
+//!   durable (sled's silent rollback). The state machine is derived data; the log is the truth.
+//! - **hold the vote**: the node neither votes nor campaigns until a leader elected without it
+//!   has caught it up. A node whose log may be missing entries it acknowledged could otherwise
+//!   elect a leader without them (acknowledged writes lost).
+
+/// What the node found in its data directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub node_id: u64,
+    /// The directory was created by this start (no identity file).
+    pub fresh: bool,
+    /// The directory's marker file is not the one Hearth wrote (another inode): the directory
+    /// was copied or restored from a backup.
+    pub copied: bool,
+    /// Last index in the Raft log.
+    pub log_last: Option<u64>,
+    /// Last index the state machine reports applied.
+    pub sm_applied: Option<u64>,
+    /// The durable applied high-water mark (written after the state machine was flushed).
+    pub high_water: Option<u64>,
+    /// Index of this node's own last signed checkpoint.
+    pub own_checkpoint: Option<u64>,
+    /// A hold persisted by an earlier start that has not been lifted yet.
+    pub pending: Option<Hold>,
+}
+
+/// Why a node's vote is held, and what its log must reach before it is released.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hold {
+    /// Index the log must hold (the most this node is known to have held), if known.
+    pub floor: Option<u64>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Rebuild the state machine from the log, for this reason.
+    pub rebuild_state: Option<String>,
+    pub hold: Option<Hold>,
+}
+
+fn above(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a > b,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Decides what a node must do before it serves Raft.
+pub fn assess(f: &Facts) -> Verdict {
+    let id = f.node_id;
+    let mut v = Verdict::default();
+    let log = f
+        .log_last
+        .map_or("no entry".to_string(), |i| format!("index {i}"));
+    if above(f.sm_applied, f.log_last) {
+        v.rebuild_state = Some(format!(
+            "the state machine reports index {} applied but the Raft log ends at {log}",
+            f.sm_applied.unwrap_or(0)
+        ));
+    } else if above(f.high_water, f.sm_applied) {
+        v.rebuild_state = Some(format!(
+            "the state machine reports {} applied but had durably applied index {} \
+             (high-water mark): it lost entries",
+            f.sm_applied
+                .map_or("nothing".to_string(), |i| format!("index {i}")),
+            f.high_water.unwrap_or(0)
+        ));
+    }
+    let held = [f.sm_applied, f.high_water, f.own_checkpoint]
+        .into_iter()
+        .flatten()
+        .max();
+    let mut reasons = Vec::new();
+    let mut floor = None;
+    if let Some(p) = &f.pending {
+        reasons.push(p.reason.clone());
+        floor = p.floor;
+    }
+    if above(held, f.log_last) {
+        reasons.push(format!(
+            "node {id}'s Raft log ends at {log} but this node had held index {} \
+             (its data went backwards: restored from an older copy, or the disk lost writes)",
+            held.unwrap_or(0)
+        ));
+        floor = floor.max(held);
+    }
+    if f.copied && f.pending.is_none() {
+        reasons.push(format!(
+            "node {id}'s data directory was copied or restored (its marker file is not the one \
+             this node wrote); it may be older than what the node acknowledged"
+        ));
+    }
+    if f.fresh && f.pending.is_none() {
+        reasons.push(format!(
+            "node {id}'s data directory is new (first start, or wiped)"
+        ));
+    }
+    if !reasons.is_empty() {
+        v.hold = Some(Hold {
+            floor,
+            reason: reasons.join("; "),
+        });
+    }
+    v
+}
+
+/// Whether a held node may vote again: a leader other than itself has replicated to it, and
+/// it has applied both what that leader had committed and its own floor.
+pub fn may_release(hold: &Hold, leader_commit: Option<u64>, applied: Option<u64>) -> bool {
+    let Some(c) = leader_commit else { return false };
+    let target = hold.floor.map_or(c, |f| f.max(c));
+    applied.is_some_and(|a| a >= target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            node_id: 2,
+            log_last: Some(10),
+            sm_applied: Some(10),
+            high_water: Some(8),
+            own_checkpoint: Some(9),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_restart_changes_nothing() {
+        assert_eq!(assess(&facts()), Verdict::default());
+        // The state machine may lag the log after a crash (it is re-applied).
+        let f = Facts {
+            sm_applied: Some(9),
+            high_water: Some(9),
+            ..facts()
+        };
+        assert_eq!(assess(&f), Verdict::default());
+    }
+
+    #[test]
+    fn a_state_machine_ahead_of_its_log_is_rebuilt_and_the_vote_held() {
+        let f = Facts {
+            log_last: Some(7),
+            ..facts()
+        };
+        let v = assess(&f);
+        assert!(v.rebuild_state.unwrap().contains("ends at index 7"));
+        let h = v.hold.unwrap();
+        assert_eq!(h.floor, Some(10));
+        assert!(h.reason.contains("went backwards"), "{}", h.reason);
+        // An empty log with applied state: same.
+        let v = assess(&Facts {
+            log_last: None,
+            ..facts()
+        });
+        assert!(v.rebuild_state.is_some() && v.hold.unwrap().floor == Some(10));
+    }
+
+    #[test]
+    fn a_rolled_back_state_machine_is_rebuilt_without_holding_an_intact_log() {
+        let f = Facts {
+            sm_applied: Some(3),
+            high_water: Some(8),
+            ..facts()
+        };
+        let v = assess(&f);
+        assert!(v.rebuild_state.unwrap().contains("lost entries"));
+        assert_eq!(v.hold, None, "the log still holds index 10");
+        let v = assess(&Facts {
+            sm_applied: None,
+            ..f
+        });
+        assert!(v.rebuild_state.unwrap().contains("nothing"));
+    }
+
+    #[test]
+    fn a_checkpoint_or_high_water_beyond_the_log_holds_the_vote() {
+        for f in [
+            Facts {
+                own_checkpoint: Some(12),
+                ..facts()
+            },
+            Facts {
+                high_water: Some(11),
+                sm_applied: Some(11),
+                ..facts()
+            },
+        ] {
+            let v = assess(&f);
+            assert!(v.hold.unwrap().floor.unwrap() > 10, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn new_and_copied_directories_are_held_without_a_floor() {
+        let fresh = Facts {
+            node_id: 3,
+            fresh: true,
+            ..Facts::default()
+        };
+        let h = assess(&fresh).hold.unwrap();
+        assert_eq!(h.floor, None);
+        assert!(h.reason.contains("node 3") && h.reason.contains("new"));
+        let h = assess(&Facts {
+            copied: true,
+            ..facts()
+        })
+        .hold
+        .unwrap();
+        assert!(h.reason.contains("copied or restored"));
+        assert_eq!(h.floor, None);
+    }
+
+    #[test]
+    fn a_pending_hold_survives_a_restart_and_keeps_its_floor() {
+        let pending = Hold {
+            floor: Some(40),
+            reason: "earlier".into(),
+        };
+        let v = assess(&Facts {
+            pending: Some(pending.clone()),
+            copied: true,
+            ..facts()
+        });
+        assert_eq!(v.hold, Some(pending));
+    }
+
+    #[test]
+    fn release_needs_a_leader_and_both_the_floor_and_its_commit() {
+        let h = Hold {
+            floor: Some(10),
+            reason: String::new(),
+        };
+        assert!(!may_release(&h, None, Some(100)), "no leader yet");
+        assert!(!may_release(&h, Some(5), Some(9)), "below the floor");
+        assert!(
+            !may_release(&h, Some(12), Some(11)),
+            "below the leader's commit"
+        );
+        assert!(may_release(&h, Some(12), Some(12)));
+        let open = Hold {
+            floor: None,
+            reason: String::new(),
+        };
+        assert!(!may_release(&open, Some(3), None));
+        assert!(may_release(&open, Some(3), Some(3)));
+    }
+}

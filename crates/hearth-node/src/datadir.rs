@@ -1,0 +1,287 @@
+//! What a node's data directory says about itself at startup, and the hold on its vote
+//! (issue 14.1, 14.2, 14.5). The decisions are `hearth_core::datadir`; this is the I/O.
+//!
+//! Files it keeps in the data directory:
+//! - `incarnation.json`: records its own inode. A copy or a restore from a backup writes new
+//!   files, so the inode no longer matches: the directory may be older than what the node
+//!   acknowledged.
+//! - `high-water.json`: the last index the state machine had durably applied (written after a
+//!   sled flush, about once a second). Applied means committed, so the log never legitimately
+//!   ends below it, and sled never legitimately reports less.
+//! - `hold.json`: a hold on the node's vote that has not been lifted yet (survives restarts).
+//!
+//! A held node grants no vote or pre-vote and does not campaign (its election timer is off);
+//! the hold is lifted, with a log line, once a leader elected without it has replicated to it
+//! and it has applied that leader's commit index and its own floor.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hearth_cluster::{HearthRaft, RaftHandler};
+use hearth_core::datadir::{Facts, Hold, assess, may_release};
+use hearth_store::{LogStore, StateMachine, StoreError};
+use openraft::type_config::async_runtime::WatchReceiver;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::node::NodeError;
+
+pub const MARKER_FILE: &str = "incarnation.json";
+pub const HIGH_WATER_FILE: &str = "high-water.json";
+pub const HOLD_FILE: &str = "hold.json";
+
+/// State machines rebuilt from the log since this process started (a metric).
+pub static STATE_REBUILDS: AtomicU64 = AtomicU64::new(0);
+/// 1 while this node's vote is held (a metric).
+pub static VOTE_HELD: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    node_id: u64,
+    inode: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HighWater {
+    applied: u64,
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, NodeError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            NodeError::Store(StoreError::CorruptMeta {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the marker: the file records the inode it was created with (renaming keeps it).
+pub fn write_marker(dir: &Path, node_id: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    let inode = f.metadata()?.ino();
+    f.write_all(&serde_json::to_vec(&Marker { node_id, inode }).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether the marker is not the file this node wrote (`None`: there is no marker yet).
+fn copied(dir: &Path) -> Result<Option<bool>, NodeError> {
+    let path = dir.join(MARKER_FILE);
+    let Some(m) = read_json::<Marker>(&path)? else {
+        return Ok(None);
+    };
+    Ok(Some(std::fs::metadata(&path)?.ino() != m.inode))
+}
+
+/// Opens the state machine in `dir`. Waits up to 5 s while an earlier incarnation of this node
+/// in the same process still holds sled's lock. A database sled reports corrupt, or whose
+/// records do not decode, is moved aside (named in the log) and rebuilt empty: openraft
+/// re-applies it from the Raft log, which is the truth. Other errors are returned.
+pub async fn open_state(dir: &Path) -> Result<StateMachine, NodeError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match StateMachine::open(dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(dir = %dir.display(), "state machine still locked; waiting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) if e.is_state_damage() => {
+                return rebuild_state(dir, &format!("it is unreadable ({e})"));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Moves the state machine directory aside and opens an empty one in its place.
+fn rebuild_state(dir: &Path, why: &str) -> Result<StateMachine, NodeError> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = PathBuf::from(format!("{}.damaged-{ms}", dir.display()));
+    std::fs::rename(dir, &aside)?;
+    STATE_REBUILDS.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(state = %dir.display(), moved_to = %aside.display(), why,
+        "REBUILDING the state machine from the Raft log: {why}; the old database is kept at \
+         {} for inspection and can be deleted", aside.display());
+    Ok(StateMachine::open(dir)?)
+}
+
+/// Gathers the facts of the data directory, rebuilds the state machine if it cannot be
+/// trusted, and returns the (possibly new) state machine with the hold on the vote, if any
+/// (also persisted in `hold.json`).
+pub async fn prepare(
+    data_dir: &Path,
+    node_id: u64,
+    fresh: bool,
+    log: &LogStore,
+    sm: StateMachine,
+    own_checkpoint: Option<u64>,
+) -> Result<(StateMachine, Option<Hold>), NodeError> {
+    let copied = match copied(data_dir)? {
+        Some(c) => c,
+        None => {
+            // New directory, or one written before markers existed: mark it now.
+            write_marker(data_dir, node_id)?;
+            false
+        }
+    };
+    let high_water = read_json::<HighWater>(&data_dir.join(HIGH_WATER_FILE))?.map(|h| h.applied);
+    let facts = Facts {
+        node_id,
+        fresh,
+        copied,
+        log_last: log.last_log_id()?.map(|l| l.index),
+        sm_applied: sm.applied()?.map(|l| l.index),
+        high_water,
+        own_checkpoint,
+        pending: read_json::<Hold>(&data_dir.join(HOLD_FILE))?,
+    };
+    let verdict = assess(&facts);
+    let mut sm = sm;
+    if let Some(why) = &verdict.rebuild_state {
+        let state_dir = data_dir.join("state");
+        drop(sm);
+        sm = rebuild_state(&state_dir, why)?;
+    }
+    if let Some(h) = &verdict.hold {
+        persist_hold(data_dir, h)?;
+        if fresh && !copied && facts.log_last.is_none() {
+            tracing::info!(
+                node = node_id,
+                "new data directory: this node votes once a leader \
+                has given it a log naming it a voter (or once it forms the cluster)"
+            );
+        } else {
+            tracing::error!(node = node_id, floor = ?h.floor, reason = %h.reason,
+                "NODE {node_id} WILL NOT VOTE OR LEAD until a leader elected without it has \
+                 caught it up: {}", h.reason);
+        }
+    }
+    Ok((sm, verdict.hold))
+}
+
+/// Records a hold so that it survives a restart.
+pub fn persist_hold(data_dir: &Path, h: &Hold) -> std::io::Result<()> {
+    VOTE_HELD.store(1, Ordering::Relaxed);
+    write_atomic(
+        data_dir,
+        HOLD_FILE,
+        &serde_json::to_vec(h).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Holds the vote of a running node (and turns its election timer off).
+pub fn hold(handler: &RaftHandler, data_dir: &Path, h: Hold) -> std::io::Result<()> {
+    persist_hold(data_dir, &h)?;
+    handler.raft.runtime_config().elect(false);
+    handler.set_hold(Some(h));
+    Ok(())
+}
+
+/// Lifts the hold: the node votes again, and a hub campaigns again.
+pub fn release(handler: &RaftHandler, data_dir: &Path, witness: bool) -> std::io::Result<()> {
+    match std::fs::remove_file(data_dir.join(HOLD_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // The directory is this node's own again (a copy is now caught up).
+    write_marker(data_dir, handler.id)?;
+    handler.set_hold(None);
+    VOTE_HELD.store(0, Ordering::Relaxed);
+    if !witness {
+        handler.raft.runtime_config().elect(true);
+    }
+    Ok(())
+}
+
+/// Runs for the node's lifetime: lifts the hold once the node has been caught up, and keeps
+/// `high-water.json` at the durably applied index.
+pub async fn watch(
+    handler: RaftHandler,
+    raft: HearthRaft,
+    sm: StateMachine,
+    data_dir: PathBuf,
+    witness: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut written = read_json::<HighWater>(&data_dir.join(HIGH_WATER_FILE))
+        .ok()
+        .flatten()
+        .map(|h| h.applied);
+    let mut last_mark = std::time::Instant::now();
+    let mut last_warn = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.as_ref().map(|l| l.index);
+        if let Some(h) = handler.hold() {
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == handler.id);
+            let commit = handler.leader_commit();
+            if voter && may_release(&h, commit, applied) {
+                match release(&handler, &data_dir, witness) {
+                    Ok(()) => tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
+                        applied = ?applied, was = %h.reason,
+                        "node {} was caught up by the cluster and votes again", handler.id),
+                    Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
+                }
+            } else if last_warn.elapsed() > Duration::from_secs(30) {
+                last_warn = std::time::Instant::now();
+                tracing::warn!(node = handler.id, floor = ?h.floor, leader_commit = ?commit,
+                    applied = ?applied, reason = %h.reason,
+                    "this node's vote is still held: waiting for a leader elected without it to \
+                     catch it up");
+            }
+        }
+        if applied > written && last_mark.elapsed() >= Duration::from_secs(1) {
+            last_mark = std::time::Instant::now();
+            // Only what sled has made durable may go into the mark.
+            let durable = match sm.flush().await {
+                Ok(()) => sm.applied().ok().flatten().map(|l| l.index),
+                Err(_) => None,
+            };
+            if let Some(a) = durable
+                && Some(a) > written
+            {
+                let bytes = serde_json::to_vec(&HighWater { applied: a }).unwrap_or_default();
+                match write_atomic(&data_dir, HIGH_WATER_FILE, &bytes) {
+                    Ok(()) => written = Some(a),
+                    Err(e) => tracing::warn!(error = %e, "could not write {HIGH_WATER_FILE}"),
+                }
+            }
+        }
+    }
+}
