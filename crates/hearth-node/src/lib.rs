@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dispatcher;
 pub mod domain_api;
+pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod pki;
