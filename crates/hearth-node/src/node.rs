@@ -1036,6 +1036,11 @@ impl Node {
         }
     }
 
+    /// The largest clock offset to a peer the last clock check measured (ms, absolute).
+    pub fn clock_offset_max_ms(&self) -> u64 {
+        self.clock_watch.max_offset_ms()
+    }
+
     /// The chain's time: the latest time an applied entry was planned at.
     pub fn chain_ms(&self) -> u64 {
         self.sm.with_domain(|d| d.rates.chain_ms).unwrap_or(0)
