@@ -94,12 +94,13 @@ async fn submit(c: &TestCluster, i: &Intent) -> IntentRecord {
     }
 }
 
-/// Waits until `node` has recorded an outcome for every action of `id`.
+/// Waits until `node` has recorded an outcome for every action of `id` (final: done, or
+/// failed when an action did not apply).
 async fn wait_done(c: &TestCluster, node: u64, id: &str) -> IntentRecord {
     let deadline = Instant::now() + LONG;
     loop {
         if let Some(r) = c.node(node).get_intent(id).unwrap()
-            && r.status == IntentStatus::Done
+            && r.status.is_final()
         {
             return r;
         }
@@ -312,6 +313,7 @@ async fn a_class_that_must_not_repeat_records_outcome_unknown_after_failover() {
         ),
         "{done:?}"
     );
+    assert_eq!(done.status, IntentStatus::Failed, "unknown is not done");
     assert!(
         bus.journal("t-unknown").is_empty(),
         "nothing may be sent again"

@@ -49,9 +49,29 @@ pub enum Command {
         intent: Intent,
         at_ms: u64,
         minute_of_day: u16,
+        /// How long after it becomes dispatchable its actions may still be sent (ms); a leader
+        /// that finds one later records it `EXPIRED`. Absent in entries older than deadlines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
     },
-    /// A person approves an intent that waits for confirmation.
-    Approve { intent_id: String, by: String },
+    /// A person approves an intent that waits for confirmation. `at_ms`: the leader's stamp
+    /// (absent in older entries); the intent's deadline runs from then.
+    Approve {
+        intent_id: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+    },
+    /// An administrator re-fences devices after the cluster was re-formed: each device is sent
+    /// a `hearth.refence` command under the current leadership, which resets the highest
+    /// token it remembers (from an older cluster) to this one. Recorded as an intent of class
+    /// `hearth.refence` whose actions are the devices' answers.
+    Refence {
+        devices: Vec<String>,
+        by: String,
+        reason: String,
+        at_ms: u64,
+    },
     /// The leading hub records what a device answered (a conditional write: it commits only
     /// while the leadership that dispatched still leads).
     RecordOutcome {
@@ -120,7 +140,21 @@ pub enum ActionOutcome {
     /// A class that must not repeat an action lost track of it across a leader change: a human
     /// must check the device.
     OutcomeUnknown { reason: String },
+    /// Not dispatched before its deadline: never sent (the client had been told it failed).
+    Expired { reason: String },
 }
+
+impl ActionOutcome {
+    /// Whether the device is in the state the action asked for.
+    pub fn applied(&self) -> bool {
+        matches!(self, ActionOutcome::Applied | ActionOutcome::AlreadyApplied)
+    }
+}
+
+/// The capability of a re-fence command (see [`Command::Refence`]).
+pub const REFENCE_CAPABILITY: &str = "hearth.refence";
+/// The class name re-fence records carry.
+pub const REFENCE_CLASS: &str = "hearth.refence";
 
 /// Where an entry sits in the log: what `apply` knows beyond the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,8 +213,30 @@ pub enum IntentStatus {
     AwaitingApproval,
     /// Planned and committed; actions wait for the dispatcher.
     Accepted,
-    /// Every action has an outcome.
+    /// Every action has an outcome and every one applied.
     Done,
+    /// Every action has an outcome and at least one did not apply (refused, stale token,
+    /// failed, expired, unknown): never "done".
+    Failed,
+}
+
+impl IntentStatus {
+    /// Nothing more will happen to the intent.
+    pub fn is_final(self) -> bool {
+        matches!(self, IntentStatus::Done | IntentStatus::Failed)
+    }
+}
+
+/// The final status of an intent whose every action has an outcome.
+pub fn final_status(actions: &[ActionRecord]) -> IntentStatus {
+    if actions
+        .iter()
+        .all(|a| a.outcome.as_ref().is_some_and(ActionOutcome::applied))
+    {
+        IntentStatus::Done
+    } else {
+        IntentStatus::Failed
+    }
 }
 
 /// An action in the outbox.
@@ -214,6 +270,22 @@ pub struct IntentRecord {
     pub actions: Vec<ActionRecord>,
     #[serde(default)]
     pub approved_by: Option<String>,
+    /// The dispatch deadline (ms after `dispatchable_ms`); absent in older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Chain time at which the actions became dispatchable (accepted, or approved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatchable_ms: Option<u64>,
+}
+
+impl IntentRecord {
+    /// Whether an action of this intent must no longer be sent, judged at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        match self.dispatchable_ms {
+            Some(since) => crate::clock::expired(since, self.deadline_ms, now_ms),
+            None => false,
+        }
+    }
 }
 
 /// What applying a command answers. Business refusals are answers, never errors.
@@ -333,7 +405,17 @@ impl DomainState {
                 intent,
                 at_ms,
                 minute_of_day,
+                deadline_ms,
             } => {
+                // Chain time never runs backwards: an entry stamped earlier than the chain's
+                // time is planned (rate windows, quiet hours) at the chain's time.
+                let chain = self.rates.chain_ms;
+                let now = crate::clock::effective(*at_ms, chain);
+                let minute_of_day = if now == *at_ms {
+                    *minute_of_day
+                } else {
+                    crate::clock::minute_of_day(now)
+                };
                 let id = intent_id(&intent.idempotency_key);
                 let hash = body_hash(intent);
                 if let Some(existing) = self.intents.get(&id) {
@@ -344,8 +426,8 @@ impl DomainState {
                     };
                 }
                 let clock = Clock {
-                    now_ms: *at_ms,
-                    minute_of_day: *minute_of_day,
+                    now_ms: now,
+                    minute_of_day,
                 };
                 let plan = match self.plan(intent, clock) {
                     Ok(p) => p,
@@ -366,10 +448,11 @@ impl DomainState {
                         token: None,
                     })
                     .collect();
+                self.rates.chain_ms = now;
                 self.rates.record(
                     &intent.source,
                     actions.iter().map(|a| a.action.device.as_str()),
-                    *at_ms,
+                    now,
                     RATE_MEMORY_SECS,
                 );
                 let status = if plan.needs_confirmation {
@@ -389,15 +472,21 @@ impl DomainState {
                         term: pos.term,
                         leader: pos.leader,
                         at_ms: *at_ms,
+                        dispatchable_ms: (status == IntentStatus::Accepted).then_some(now),
                         plan,
                         status,
                         actions,
                         approved_by: None,
+                        deadline_ms: *deadline_ms,
                     },
                 );
                 Outcome::Accepted { intent_id: id }
             }
-            Command::Approve { intent_id, by } => match self.intents.get_mut(intent_id) {
+            Command::Approve {
+                intent_id,
+                by,
+                at_ms,
+            } => match self.intents.get_mut(intent_id) {
                 Some(r) if r.status == IntentStatus::AwaitingApproval => {
                     r.status = if r.actions.is_empty() {
                         IntentStatus::Done
@@ -405,6 +494,9 @@ impl DomainState {
                         IntentStatus::Accepted
                     };
                     r.approved_by = Some(by.clone());
+                    // The deadline runs from the approval (older entries: no stamp, no expiry).
+                    r.dispatchable_ms =
+                        at_ms.map(|t| crate::clock::effective(t, self.rates.chain_ms));
                     Outcome::Done
                 }
                 Some(r) => Outcome::Refused {
@@ -442,11 +534,98 @@ impl DomainState {
                 a.outcome = Some(outcome.clone());
                 a.token = Some(*token);
                 if r.actions.iter().all(|a| a.outcome.is_some()) {
-                    r.status = IntentStatus::Done;
+                    r.status = final_status(&r.actions);
                 }
                 Outcome::Done
             }
+            Command::Refence {
+                devices,
+                by,
+                reason,
+                at_ms,
+            } => self.refence(devices, by, reason, *at_ms, pos),
         }
+    }
+
+    /// The id of the re-fence record decided at `index`.
+    pub fn refence_id(index: u64) -> String {
+        intent_id(&format!("{REFENCE_CLASS}@{index}"))
+    }
+
+    fn refence(
+        &mut self,
+        devices: &[String],
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        pos: EntryPos,
+    ) -> Outcome {
+        if devices.is_empty() {
+            return Outcome::Refused {
+                reason: "no device to re-fence".into(),
+            };
+        }
+        if let Some(d) = devices.iter().find(|d| !self.devices.contains_key(*d)) {
+            return Outcome::Refused {
+                reason: format!("no device {d:?} is registered"),
+            };
+        }
+        let now = crate::clock::effective(at_ms, self.rates.chain_ms);
+        self.rates.chain_ms = now;
+        let id = Self::refence_id(pos.index);
+        let actions: Vec<ActionRecord> = devices
+            .iter()
+            .enumerate()
+            .map(|(n, d)| ActionRecord {
+                id: format!("{id}/{n}"),
+                action: PlannedAction {
+                    device: d.clone(),
+                    capability: REFENCE_CAPABILITY.into(),
+                    state: "reset".into(),
+                    adapter: self.devices[d.as_str()].adapter.clone(),
+                },
+                outcome: None,
+                token: None,
+            })
+            .collect();
+        let intent = Intent {
+            class: REFENCE_CLASS.into(),
+            urgency: crate::intent::Urgency::Info,
+            subject: reason.to_string(),
+            // Descriptive only: where the first device is.
+            location: self.devices[&devices[0]].location.clone(),
+            context: BTreeMap::new(),
+            source: by.to_string(),
+            idempotency_key: format!("{REFENCE_CLASS}@{}", pos.index),
+        };
+        let plan = Plan {
+            class: REFENCE_CLASS.into(),
+            urgency: crate::intent::Urgency::Info,
+            actions: actions.iter().map(|a| a.action.clone()).collect(),
+            reads: Vec::new(),
+            verdicts: Vec::new(),
+            needs_confirmation: false,
+        };
+        self.intents.insert(
+            id.clone(),
+            IntentRecord {
+                id: id.clone(),
+                body_hash: body_hash(&intent),
+                intent,
+                index: pos.index,
+                term: pos.term,
+                leader: pos.leader,
+                at_ms,
+                plan,
+                status: IntentStatus::Accepted,
+                actions,
+                approved_by: None,
+                // Re-fencing is not urgent and repeat-safe: no deadline.
+                deadline_ms: None,
+                dispatchable_ms: Some(now),
+            },
+        );
+        Outcome::Accepted { intent_id: id }
     }
 
     /// Actions committed for dispatch that have no outcome yet, in intent order.
@@ -548,6 +727,7 @@ mod tests {
             intent: i,
             at_ms: 1000,
             minute_of_day: 600,
+            deadline_ms: None,
         }
     }
 
@@ -640,7 +820,8 @@ mod tests {
             s.apply(
                 &Command::Approve {
                     intent_id: id.clone(),
-                    by: "alice".into()
+                    by: "alice".into(),
+                    at_ms: None,
                 },
                 at(4)
             ),
@@ -651,7 +832,8 @@ mod tests {
             s.apply(
                 &Command::Approve {
                     intent_id: id,
-                    by: "bob".into()
+                    by: "bob".into(),
+                    at_ms: None,
                 },
                 at(5)
             ),
@@ -695,6 +877,244 @@ mod tests {
             s.intents[&id].actions[0].outcome,
             Some(ActionOutcome::Applied)
         );
+    }
+
+    fn with_siren() -> DomainState {
+        let mut s = DomainState::default();
+        s.apply(
+            &Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
+            at(1),
+        );
+        s
+    }
+
+    fn submit_at(key: &str, at_ms: u64, deadline_ms: Option<u64>) -> Command {
+        Command::SubmitIntent {
+            intent: intent(key, "smoke"),
+            at_ms,
+            minute_of_day: crate::clock::minute_of_day(at_ms),
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn an_intent_carries_its_deadline_and_expires_after_it() {
+        let mut s = with_siren();
+        s.apply(&submit_at("d1", 10_000, Some(5_000)), at(2));
+        let r = &s.intents[&intent_id("d1")];
+        assert_eq!(
+            (r.deadline_ms, r.dispatchable_ms),
+            (Some(5_000), Some(10_000))
+        );
+        assert!(!r.expired(15_000) && r.expired(15_001));
+        // An entry without a deadline (older logs) never expires.
+        s.apply(&submit_at("d2", 10_000, None), at(3));
+        assert!(!s.intents[&intent_id("d2")].expired(u64::MAX));
+        // The deadline survives encoding, and an entry without it still decodes.
+        let c = submit_at("d3", 1, Some(7));
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        let old = br#"{"type":"submit_intent","intent":{"class":"notify","urgency":"info","subject":"","location":"home","context":{},"source":"a","idempotency_key":"k"},"at_ms":5,"minute_of_day":0}"#;
+        assert!(matches!(
+            Command::decode(old),
+            Ok(Command::SubmitIntent {
+                deadline_ms: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_approval_restarts_the_deadline() {
+        let mut s = with_siren();
+        let ask = Policy {
+            id: "ask".into(),
+            rule: Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        };
+        s.apply(
+            &Command::ApplyPolicies {
+                by: None,
+                policies: vec![ask],
+            },
+            at(2),
+        );
+        let mut i = intent("d4", "smoke?");
+        i.urgency = Urgency::Alert;
+        s.apply(
+            &Command::SubmitIntent {
+                intent: i,
+                at_ms: 1_000,
+                minute_of_day: 0,
+                deadline_ms: Some(5_000),
+            },
+            at(3),
+        );
+        let id = intent_id("d4");
+        assert_eq!(s.intents[&id].dispatchable_ms, None);
+        assert!(!s.intents[&id].expired(u64::MAX), "waiting is not expiring");
+        s.apply(
+            &Command::Approve {
+                intent_id: id.clone(),
+                by: "ana".into(),
+                at_ms: Some(3_600_000),
+            },
+            at(4),
+        );
+        assert!(!s.intents[&id].expired(3_605_000));
+        assert!(s.intents[&id].expired(3_605_001));
+    }
+
+    #[test]
+    fn chain_time_never_runs_backwards_and_rate_windows_count_it() {
+        // 12 intents from one source while leadership moves between hubs whose clocks are
+        // real, +1 y and -1 y: the chain's time sticks at the latest, so a limit of 3 per
+        // 5 min holds.
+        const YEAR: u64 = 365 * 24 * 3600 * 1000;
+        const NOW: u64 = 1_780_000_000_000;
+        let mut s = with_siren();
+        s.apply(
+            &Command::ApplyPolicies {
+                by: None,
+                policies: vec![Policy {
+                    id: "rate".into(),
+                    rule: Rule::RateLimitSource {
+                        max: 3,
+                        window_secs: 300,
+                    },
+                }],
+            },
+            at(2),
+        );
+        let clocks = [NOW, NOW + YEAR, NOW - YEAR];
+        let mut accepted = 0;
+        for n in 0..12u64 {
+            let wall = clocks[n as usize % 3] + n * 5_000;
+            // The leader stamps at least the chain's time.
+            let stamped = crate::clock::stamp(wall, s.rates.chain_ms);
+            let mut i = intent(&format!("r{n}"), "x");
+            i.urgency = Urgency::Alert;
+            let before = s.rates.chain_ms;
+            let out = s.apply(
+                &Command::SubmitIntent {
+                    intent: i,
+                    at_ms: stamped,
+                    minute_of_day: crate::clock::minute_of_day(stamped),
+                    deadline_ms: None,
+                },
+                at(3 + n),
+            );
+            assert!(s.rates.chain_ms >= before, "chain time ran backwards");
+            if matches!(out, Outcome::Accepted { .. }) {
+                accepted += 1;
+            }
+        }
+        // 3 before the +1 y leader's first stamp, 1 after its forward jump (the window of the
+        // real time lies a year behind): a clock that jumps forward is caught by
+        // `clock::judge` on the node, which then neither leads nor stamps. Backward jumps
+        // gain nothing: without monotone stamps this was 12.
+        assert_eq!(
+            accepted, 4,
+            "the rate limit holds across backward clock jumps"
+        );
+        // An entry stamped behind the chain (an older leader's, or one written before
+        // stamping was monotone) is planned at the chain's time.
+        let mut i = intent("late", "x");
+        i.urgency = Urgency::Alert;
+        i.source = "other".into();
+        s.apply(
+            &Command::SubmitIntent {
+                intent: i,
+                at_ms: 5,
+                minute_of_day: 0,
+                deadline_ms: None,
+            },
+            at(40),
+        );
+        assert!(s.rates.by_source["other"][0] >= NOW + YEAR);
+    }
+
+    #[test]
+    fn an_intent_with_a_refused_action_is_never_done() {
+        let token = FencingToken {
+            term: 1,
+            leader: 1,
+            index: 2,
+        };
+        for (outcome, status) in [
+            (ActionOutcome::Applied, IntentStatus::Done),
+            (ActionOutcome::AlreadyApplied, IntentStatus::Done),
+            (ActionOutcome::StaleToken, IntentStatus::Failed),
+            (
+                ActionOutcome::Failed { reason: "x".into() },
+                IntentStatus::Failed,
+            ),
+            (
+                ActionOutcome::Expired { reason: "x".into() },
+                IntentStatus::Failed,
+            ),
+            (
+                ActionOutcome::OutcomeUnknown { reason: "x".into() },
+                IntentStatus::Failed,
+            ),
+        ] {
+            let mut s = with_siren();
+            s.apply(&submit(intent("f", "smoke")), at(2));
+            let id = intent_id("f");
+            s.apply(
+                &Command::RecordOutcome {
+                    intent_id: id.clone(),
+                    action_id: format!("{id}/0"),
+                    outcome: outcome.clone(),
+                    token,
+                },
+                at(3),
+            );
+            assert_eq!(s.intents[&id].status, status, "{outcome:?}");
+            assert!(s.intents[&id].status.is_final());
+            assert!(s.outbox().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_refence_puts_one_action_per_device_in_the_outbox() {
+        let mut s = with_siren();
+        let before = s.clone();
+        let rf = |devices: Vec<String>| Command::Refence {
+            devices,
+            by: "admin".into(),
+            reason: "cluster re-formed".into(),
+            at_ms: 50,
+        };
+        assert!(matches!(
+            s.apply(&rf(vec![]), at(2)),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(
+            s.apply(&rf(vec!["siren".into(), "ghost".into()]), at(2)),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(s, before, "a refused re-fence changes nothing");
+        assert_eq!(
+            Command::decode(&rf(vec!["siren".into()]).encode()).unwrap(),
+            rf(vec!["siren".into()])
+        );
+        let out = s.apply(&rf(vec!["siren".into()]), at(3));
+        let id = DomainState::refence_id(3);
+        assert_eq!(
+            out,
+            Outcome::Accepted {
+                intent_id: id.clone()
+            }
+        );
+        let ob = s.outbox();
+        assert_eq!(ob.len(), 1);
+        assert_eq!(ob[0].1.action.capability, REFENCE_CAPABILITY);
+        assert_eq!(ob[0].0.intent.source, "admin");
+        assert!(!ob[0].0.expired(u64::MAX));
     }
 
     #[test]

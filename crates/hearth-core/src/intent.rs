@@ -508,6 +508,12 @@ pub struct IntentClass {
     /// A new leader may re-send an action of this class that has no recorded outcome. When
     /// false, it records `OUTCOME_UNKNOWN` for a human instead.
     pub repeat_safe: bool,
+    /// How long after an intent of this class becomes dispatchable its actions may still be
+    /// sent (ms). A leader that finds one later (a write that committed only when a partition
+    /// healed) records it `EXPIRED` and sends nothing. Never longer than the node's write
+    /// timeout (what the client was told); absent: the write timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// Most steps in one intent class.
@@ -519,6 +525,12 @@ impl IntentClass {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_id("name", &self.name)?;
         check_text("description", &self.description, 512)?;
+        if self.deadline_ms == Some(0) {
+            return Err(FieldError::new(
+                "deadline_ms",
+                "must be above 0 (ms after the intent is accepted or approved)",
+            ));
+        }
         if self.steps.len() > MAX_STEPS {
             return Err(FieldError::new(
                 "steps",
@@ -589,6 +601,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                 },
             ],
             repeat_safe: true,
+            deadline_ms: None,
         },
         IntentClass {
             name: "alert_anomaly".into(),
@@ -607,6 +620,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                 },
             ],
             repeat_safe: true,
+            deadline_ms: None,
         },
         IntentClass {
             name: "control_access".into(),
@@ -622,12 +636,14 @@ pub fn default_classes() -> Vec<IntentClass> {
                 tags: BTreeSet::new(),
             }],
             repeat_safe: true,
+            deadline_ms: None,
         },
         IntentClass {
             name: "report_status".into(),
             description: "Read every sensor in scope; actuates nothing.".into(),
             steps: vec![],
             repeat_safe: true,
+            deadline_ms: None,
         },
         IntentClass {
             name: "notify".into(),
@@ -638,6 +654,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                 tags: BTreeSet::new(),
             }],
             repeat_safe: false,
+            deadline_ms: None,
         },
     ]
 }

@@ -7,6 +7,7 @@ pub mod caretaker;
 pub mod chain;
 pub mod checkpoint;
 pub mod datadir;
+pub mod clock;
 pub mod domain;
 pub mod export;
 pub mod intent;

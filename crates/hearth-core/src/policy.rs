@@ -121,6 +121,11 @@ pub fn in_window(start: u16, end: u16, minute: u16) -> bool {
 pub struct RateWindows {
     pub by_source: BTreeMap<String, Vec<u64>>,
     pub by_device: BTreeMap<String, Vec<u64>>,
+    /// The chain's time: the latest time any applied entry was planned at (ms). Windows count
+    /// against it, never against a leader's clock, and it never runs backwards
+    /// (`clock::effective`). 0 in states older than it.
+    #[serde(default)]
+    pub chain_ms: u64,
 }
 
 impl RateWindows {

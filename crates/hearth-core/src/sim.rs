@@ -4,6 +4,9 @@
 //! Per device id it keeps the highest `(term, leader)` of any token it accepted and refuses
 //! older ones (a stale leader cannot drive it), applies each action id at most once (a re-send
 //! after a failover is acknowledged, not repeated), and journals every command with its reply.
+//! A `hearth.refence` command (an administrator's audited `hearth device refence`, after the
+//! cluster was re-formed and its terms started again from 1) replaces the remembered
+//! high-water mark by the command's own leadership, once per action id.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,7 +144,17 @@ impl SimDevices {
     /// Handles one command received at `at_ms` (wall clock, ms since the Unix epoch).
     pub fn receive(&mut self, cmd: DeviceCommand, at_ms: u64) -> Reply {
         let lead = cmd.token.leadership();
+        let refence = cmd.capability == crate::domain::REFENCE_CAPABILITY;
         let reply = match self.highest.get(&cmd.device) {
+            // A re-fence from a re-formed cluster: forget the older cluster's high-water mark
+            // and take this token's leadership as the new one. Each re-fence (action id) is
+            // applied once, so a late re-send of an old re-fence cannot lower the mark again.
+            _ if refence && self.applied.contains(&cmd.action_id) => Reply::AlreadyApplied,
+            _ if refence => {
+                self.highest.insert(cmd.device.clone(), lead);
+                self.applied.insert(cmd.action_id.clone());
+                Reply::Applied
+            }
             Some(h) if lead < *h => Reply::StaleToken {
                 highest_term: h.0,
                 highest_leader: h.1,
@@ -326,5 +339,35 @@ mod tests {
             .filter(|j| j.reply == Reply::Applied)
             .count();
         assert_eq!(applied, 2);
+    }
+
+    #[test]
+    fn a_refence_resets_the_mark_once() {
+        let mut d = SimDevices::default();
+        // An older cluster reached term 9.
+        assert_eq!(d.receive(cmd("old/0", 9, 2, "locked"), 0), Reply::Applied);
+        // The re-formed cluster, term 2: refused until re-fenced.
+        assert!(matches!(
+            d.receive(cmd("new/0", 2, 1, "unlocked"), 0),
+            Reply::StaleToken { .. }
+        ));
+        let mut rf = cmd("rf/0", 2, 1, "reset");
+        rf.capability = crate::domain::REFENCE_CAPABILITY.into();
+        assert_eq!(d.receive(rf.clone(), 0), Reply::Applied);
+        assert_eq!(
+            d.state("door", "lock"),
+            Some("locked"),
+            "a re-fence actuates nothing"
+        );
+        assert_eq!(d.receive(cmd("new/1", 2, 1, "unlocked"), 0), Reply::Applied);
+        assert_eq!(d.receive(cmd("new/2", 3, 1, "locked"), 0), Reply::Applied);
+        // The same re-fence again (a zombie's late re-send) does not lower the mark.
+        let mut late = rf;
+        late.token.term = 1;
+        assert_eq!(d.receive(late, 0), Reply::AlreadyApplied);
+        assert!(matches!(
+            d.receive(cmd("stale/0", 2, 1, "unlocked"), 0),
+            Reply::StaleToken { .. }
+        ));
     }
 }

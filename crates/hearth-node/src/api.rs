@@ -100,6 +100,14 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
         started_ms: s.started_ms,
         checkpoint_key: s.checkpoint_key.clone(),
         device_warnings: s.device_warnings.clone(),
+        health: Some(pb::Health {
+            now_ms: s.health.now_ms,
+            clock: s.health.clock.clone(),
+            clock_detail: s.health.clock_detail.clone(),
+            core_stopped: s.health.core_stopped.clone(),
+            disk_free_bytes: s.health.disk_free_bytes,
+            disk_warning: s.health.disk_warning.clone(),
+        }),
     }
 }
 
@@ -156,6 +164,18 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
         started_ms: p.started_ms,
         checkpoint_key: p.checkpoint_key.clone(),
         device_warnings: p.device_warnings.clone(),
+        health: p
+            .health
+            .as_ref()
+            .map(|h| crate::health::HealthView {
+                now_ms: h.now_ms,
+                clock: h.clock.clone(),
+                clock_detail: h.clock_detail.clone(),
+                core_stopped: h.core_stopped.clone(),
+                disk_free_bytes: h.disk_free_bytes,
+                disk_warning: h.disk_warning.clone(),
+            })
+            .unwrap_or_default(),
     }
 }
 

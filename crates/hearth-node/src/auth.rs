@@ -99,6 +99,7 @@ fn listed(path: &str) -> Option<Need> {
         ("hearth.v1.Intents", "Approve") => Need::Role(Operator),
         ("hearth.v1.Devices", "List" | "Get") => Need::Role(Agent),
         ("hearth.v1.Devices", "Register") => Need::Role(Operator),
+        ("hearth.v1.Devices", "Refence") => Need::Role(Admin),
         ("hearth.v1.Policies", "ApplyClass" | "ApplyPolicies" | "Show") => Need::Role(Operator),
         _ => return None,
     })

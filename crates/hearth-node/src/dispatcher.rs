@@ -13,6 +13,13 @@
 //! under its own (higher) token: devices apply each action id once. For classes that must not
 //! repeat an action, an action accepted under an earlier leadership is not re-sent; it is
 //! recorded as `OUTCOME_UNKNOWN` for a human.
+//!
+//! Deadlines: an intent carries a dispatch deadline (its class's, at most the write timeout the
+//! client waited). An action a leader is about to send for the first time after that deadline
+//! (a write that committed only when a partition healed, minutes after the client was told it
+//! failed) is recorded `EXPIRED` and never sent — by whichever leader finds it. "Now" is this
+//! hub's wall clock, never less than the chain's time; a hub whose clock is judged wrong does
+//! not dispatch at all (it hands leadership over).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +59,8 @@ pub struct Dispatcher {
     pub raft: HearthRaft,
     pub sm: StateMachine,
     pub gateway: Arc<dyn Gateway>,
+    pub wall: crate::health::WallClock,
+    pub clock_watch: Arc<crate::health::ClockWatch>,
 }
 
 fn outcome_of(reply: Reply) -> ActionOutcome {
@@ -121,6 +130,18 @@ impl Dispatcher {
             if leader.node_id != self.id {
                 continue;
             }
+            if self.clock_watch.is_off() {
+                tracing::warn!(
+                    node = self.id,
+                    "dispatcher: this hub's clock is judged wrong; sending nothing"
+                );
+                continue;
+            }
+            let chain_ms = self
+                .sm
+                .with_domain(|d| d.rates.chain_ms)
+                .unwrap_or_default();
+            let now_ms = hearth_core::clock::stamp(self.wall.now_ms(), chain_ms);
             // 2. Send every due action concurrently (a slow device does not hold up the others).
             let now = Instant::now();
             let due: Vec<_> = pending
@@ -134,7 +155,21 @@ impl Dispatcher {
                     leader: leader.node_id,
                     index: intent.index,
                 };
+                // A first send (no failed attempt under this leadership yet) after the deadline
+                // never happens. A retry of a device that did not answer is not a first send:
+                // it was dispatched in time and keeps its retry window.
+                let first_send = !retries.contains_key(&action.id);
                 async move {
+                    if first_send && intent.expired(now_ms) {
+                        let since = intent.dispatchable_ms.unwrap_or(intent.at_ms);
+                        let reason = format!(
+                            "not dispatched within its deadline of {} ms (dispatchable at {since}                              ms, found at {now_ms} ms by node {me} in term {}): never sent",
+                            intent.deadline_ms.unwrap_or_default(),
+                            leader.term
+                        );
+                        tracing::warn!(node = me, intent = %intent.id, action = %action.id, "{reason}");
+                        return (intent, action, token, Ok(ActionOutcome::Expired { reason }));
+                    }
                     if !repeat_safe && intent.term < leader.term {
                         let reason = format!(
                             "accepted under the leadership of term {} and left without an outcome; class {} must not repeat actions: check device {}",

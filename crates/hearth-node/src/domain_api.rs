@@ -127,6 +127,7 @@ fn outcome_view(o: &Option<ActionOutcome>) -> (String, String) {
         Some(ActionOutcome::OutcomeUnknown { reason }) => {
             ("OUTCOME_UNKNOWN".into(), reason.clone())
         }
+        Some(ActionOutcome::Expired { reason }) => ("EXPIRED".into(), reason.clone()),
     }
 }
 
@@ -170,6 +171,15 @@ pub fn record_view(r: &IntentRecord) -> pb::IntentView {
             IntentStatus::AwaitingApproval => "awaiting_approval",
             IntentStatus::Accepted => "accepted",
             IntentStatus::Done => "done",
+            // Some action did not apply: "partial" when others did, else "failed".
+            IntentStatus::Failed
+                if r.actions
+                    .iter()
+                    .any(|a| a.outcome.as_ref().is_some_and(ActionOutcome::applied)) =>
+            {
+                "partial"
+            }
+            IntentStatus::Failed => "failed",
         }
         .into(),
         index: r.index,
@@ -430,7 +440,7 @@ impl pb::intents_server::Intents for DomainApi {
                             ));
                         }
                     }
-                    let finished = r.status == IntentStatus::Done;
+                    let finished = r.status.is_final();
                     if finished {
                         let ok = r
                             .actions
@@ -582,6 +592,30 @@ impl pb::devices_server::Devices for DomainApi {
                     "no device {id:?}; `hearth device list` shows the registered ones"
                 ))
             })
+    }
+
+    async fn refence(
+        &self,
+        req: Request<pb::RefenceRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::RefenceRequest| {
+                let node = node.clone();
+                let m = m.clone();
+                async move {
+                    node.refence(m.devices.clone(), m.all, &m.reason)
+                        .await
+                        .map(|r| record_view(&r))
+                }
+            },
+            |addr, msg| async move {
+                DevicesClient::new(leader_channel(&self.node, &addr)?)
+                    .refence(forward(msg))
+                    .await
+            }
+        )
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod datadir;
 pub mod dispatcher;
 pub mod domain_api;
+pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod pki;

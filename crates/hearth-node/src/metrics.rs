@@ -71,6 +71,31 @@ pub async fn render(node: &Node, c: &Counters) -> String {
         "Hub: index of the last checkpoint it signed (0: none).",
         last_checkpoint,
     );
+    gauge(
+        "hearth_core_running",
+        "1 while the Raft core runs; 0 once it stopped (the process then exits).",
+        u64::from(s.health.core_stopped.is_empty()),
+    );
+    gauge(
+        "hearth_disk_free_bytes",
+        "Free bytes on the data directory's file system.",
+        s.health.disk_free_bytes.unwrap_or(0),
+    );
+    gauge(
+        "hearth_disk_low",
+        "1 when free space is below the warning threshold.",
+        u64::from(!s.health.disk_warning.is_empty()),
+    );
+    gauge(
+        "hearth_clock_off",
+        "1 when this hub's clock is judged wrong (it neither leads nor stamps).",
+        u64::from(s.health.clock_off()),
+    );
+    gauge(
+        "hearth_clock_offset_max_ms",
+        "Largest measured clock offset to a peer (ms, absolute).",
+        node.clock_offset_max_ms(),
+    );
     if let Some(a) = &s.assist {
         let name = "hearth_assist_state";
         out.push_str(&format!(

@@ -153,6 +153,8 @@ pub struct StatusView {
     /// Registered devices this hub could not drive if it led (an adapter it has not
     /// configured).
     pub device_warnings: Vec<String>,
+    /// Its clock, whether its Raft core runs, its free disk space.
+    pub health: crate::health::HealthView,
 }
 
 /// The assisted-failover assessment as reported.
@@ -236,6 +238,9 @@ pub struct Node {
     security: hearth_cluster::tls::Security,
     /// Signed checkpoints: this hub's signing, or this witness's cosigning.
     pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
+    /// This node's wall clock (a seam for tests) and what it concludes about it.
+    wall: crate::health::WallClock,
+    clock_watch: Arc<crate::health::ClockWatch>,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -409,6 +414,8 @@ impl Node {
             witness,
             rx.clone(),
         )));
+        let wall = crate::health::WallClock::default();
+        let clock_watch = Arc::new(crate::health::ClockWatch::default());
         let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
         if !witness && !config.assist.targets.is_empty() {
             tasks.push(tokio::spawn(crate::assist::probe_targets(
@@ -436,6 +443,8 @@ impl Node {
                 raft: raft.clone(),
                 sm: sm.clone(),
                 gateway,
+                wall: wall.clone(),
+                clock_watch: clock_watch.clone(),
             };
             tasks.push(tokio::spawn(crate::checkpoint::schedule(
                 checkpoints.clone(),
@@ -459,9 +468,11 @@ impl Node {
             targets,
             restart: watch::channel(false).0,
             promoted,
-            started_ms: Self::clock().now_ms,
+            started_ms: wall.now_ms(),
             security,
             checkpoints,
+            wall,
+            clock_watch,
         })
     }
 
@@ -685,10 +696,37 @@ impl Node {
             .ok()
             .flatten()
             .map(|l| (l.leader_id.term, l.index));
+        let core_stopped = m
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let (disk_free_bytes, disk_warning) = crate::health::disk(&self.config.data_dir);
+        let verdict = self.clock_watch.verdict();
+        let health = crate::health::HealthView {
+            now_ms: self.wall.now_ms(),
+            clock: verdict
+                .as_ref()
+                .map(|v| v.name().to_string())
+                .unwrap_or_default(),
+            clock_detail: verdict
+                .as_ref()
+                .map(|v| v.reason().to_string())
+                .unwrap_or_default(),
+            core_stopped: core_stopped.clone(),
+            disk_free_bytes,
+            disk_warning,
+        };
         StatusView {
             node_id: self.id,
             role: self.role,
-            state: format!("{:?}", m.state),
+            // A stopped core keeps its last metrics (it may still say Leader): say Stopped.
+            state: if core_stopped.is_empty() {
+                format!("{:?}", m.state)
+            } else {
+                "Stopped".to_string()
+            },
             term: m.current_term,
             last_log,
             applied: m.last_applied.as_ref().map(|l| l.index),
@@ -725,6 +763,7 @@ impl Node {
             started_ms: self.started_ms,
             checkpoint_key: hex::encode(self.checkpoints.public_key()),
             device_warnings: self.device_warnings(),
+            health,
         }
     }
 
@@ -916,7 +955,7 @@ impl Node {
             destructive,
             last,
             last_hash,
-            at_ms: Self::clock().now_ms,
+            at_ms: self.clock().now_ms,
         };
         crate::assist::write_pending(
             &self.config.data_dir,
@@ -1146,16 +1185,15 @@ impl Node {
         Ok(a)
     }
 
-    /// The time the leader fixes for planning: now, and the minute of the day (UTC until
+    /// The time the leader fixes for planning: its wall clock but never before the chain's
+    /// time (time in the chain never runs backwards), and the minute of the day (UTC until
     /// Hearth has a time-zone setting).
-    fn clock() -> Clock {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+    fn clock(&self) -> Clock {
+        let chain = self.chain_ms();
+        let now_ms = hearth_core::clock::stamp(self.wall.now_ms(), chain);
         Clock {
             now_ms,
-            minute_of_day: ((now_ms / 60_000) % 1440) as u16,
+            minute_of_day: hearth_core::clock::minute_of_day(now_ms),
         }
     }
 
@@ -1194,6 +1232,41 @@ impl Node {
     /// configured (an mqtt device without `mqtt_broker`): it would fail only when an
     /// emergency needs it. Other hubs lead later only if configured alike; one that is not
     /// names the device in its status (`device_warnings`).
+    /// The largest clock offset to a peer the last clock check measured (ms, absolute).
+    pub fn clock_offset_max_ms(&self) -> u64 {
+        self.clock_watch.max_offset_ms()
+    }
+
+    /// The chain's time: the latest time an applied entry was planned at.
+    pub fn chain_ms(&self) -> u64 {
+        self.sm.with_domain(|d| d.rates.chain_ms).unwrap_or(0)
+    }
+
+    /// This node's wall clock (tests skew it through [`crate::health::WallClock::set_skew_ms`]).
+    pub fn wall(&self) -> &crate::health::WallClock {
+        &self.wall
+    }
+
+    /// The time to stamp into a new entry, on the leader: refused while this hub's clock is
+    /// judged wrong (a hub whose clock is far off never stamps). On a follower the request is
+    /// forwarded and the leader stamps.
+    fn stamp(&self) -> Result<Clock, NodeError> {
+        if self.clock_watch.is_off()
+            && self.raft.metrics().borrow_watched().state == ServerState::Leader
+        {
+            let why = self
+                .clock_watch
+                .verdict()
+                .map(|v| v.reason().to_string())
+                .unwrap_or_default();
+            return Err(NodeError::Refused(format!(
+                "CLOCK_OFF: node {}'s clock is wrong, so it stamps nothing and hands leadership                  over: {why}. Retry in a few seconds (another hub leads then), and fix this                  hub's time (NTP, RTC)",
+                self.id
+            )));
+        }
+        Ok(self.clock())
+    }
+
     pub async fn register_device(&self, device: Device) -> Result<Applied, NodeError> {
         device.validate_request().map_err(NodeError::from)?;
         let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.id);
@@ -1232,7 +1305,7 @@ impl Node {
     pub fn explain(&self, intent: &Intent) -> Result<Plan, NodeError> {
         intent.validate_request().map_err(NodeError::from)?;
         self.sm
-            .with_domain(|d| d.plan(intent, Self::clock()))?
+            .with_domain(|d| d.plan(intent, self.clock()))?
             .map_err(NodeError::from)
     }
 
@@ -1251,15 +1324,21 @@ impl Node {
             Some(_) => return Err(NodeError::KeyConflict(id)),
             None => {}
         }
-        let clock = Self::clock();
-        self.sm
-            .with_domain(|d| d.plan(&intent, clock))?
-            .map_err(NodeError::from)?;
+        let clock = self.stamp()?;
+        let class_deadline = self.sm.with_domain(|d| {
+            d.plan(&intent, clock)
+                .map(|_| d.classes.get(&intent.class).and_then(|c| c.deadline_ms))
+        })?;
+        let class_deadline = class_deadline.map_err(NodeError::from)?;
+        // At most what the client is told: after the write timeout it hears "not confirmed".
+        let wait = self.config.timing.write_timeout_ms;
+        let deadline_ms = hearth_core::clock::deadline(class_deadline, wait, wait);
         let a = self
             .propose(&DomainCommand::SubmitIntent {
                 intent,
                 at_ms: clock.now_ms,
                 minute_of_day: clock.minute_of_day,
+                deadline_ms: Some(deadline_ms),
             })
             .await?;
         match a.outcome {
@@ -1295,13 +1374,176 @@ impl Node {
                 Some(_) => {}
             }
         }
+        let at_ms = self.stamp()?.now_ms;
         self.propose_checked(&DomainCommand::Approve {
             intent_id: intent_id.to_string(),
             by: crate::auth::actor(by),
+            at_ms: Some(at_ms),
         })
         .await?;
         self.get_intent(intent_id)?
             .ok_or_else(|| NodeError::Fatal(format!("intent {intent_id} vanished after commit")))
+    }
+
+    /// Re-fences devices after the cluster was re-formed (an admin's audited act): appends a
+    /// `Refence` entry naming who and why; the dispatcher then sends each device a
+    /// `hearth.refence` command under the current leadership, which makes a device that
+    /// remembers an older cluster's higher token accept this cluster's commands again.
+    /// `devices` empty and `all`: every registered device.
+    pub async fn refence(
+        &self,
+        devices: Vec<String>,
+        all: bool,
+        reason: &str,
+    ) -> Result<IntentRecord, NodeError> {
+        if reason.trim().is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(NodeError::Invalid {
+                field: "reason",
+                problem: "say why in 1-500 printable characters".into(),
+            });
+        }
+        let known: Vec<String> = self
+            .sm
+            .with_domain(|d| d.devices.keys().cloned().collect())?;
+        let devices = match (all, devices.is_empty()) {
+            (true, true) => known.clone(),
+            (false, false) => devices,
+            (true, false) => {
+                return Err(NodeError::Invalid {
+                    field: "devices",
+                    problem: "name devices or say --all, not both".into(),
+                });
+            }
+            (false, true) => {
+                return Err(NodeError::Invalid {
+                    field: "devices",
+                    problem: "name the devices to re-fence, or --all".into(),
+                });
+            }
+        };
+        if devices.is_empty() {
+            return Err(NodeError::Refused("no device is registered".into()));
+        }
+        for d in &devices {
+            hearth_core::intent::check_id("devices", d).map_err(NodeError::from)?;
+            if !known.contains(d) {
+                return Err(NodeError::Invalid {
+                    field: "devices",
+                    problem: format!("no device {d:?} is registered"),
+                });
+            }
+        }
+        let by = crate::auth::current_name().unwrap_or_else(|| "operator".to_string());
+        let at_ms = self.stamp()?.now_ms;
+        let a = self
+            .propose_checked(&DomainCommand::Refence {
+                devices,
+                by,
+                reason: reason.to_string(),
+                at_ms,
+            })
+            .await?;
+        let id = hearth_core::domain::DomainState::refence_id(a.index);
+        self.get_intent(&id)?
+            .ok_or_else(|| NodeError::Fatal(format!("re-fence record {id} missing after commit")))
+    }
+
+    /// Probes every peer once, measures its clock against this node's and judges this hub's
+    /// clock (`hearth_core::clock::judge`). A hub judged `OFF` stops campaigning and hands
+    /// leadership over; judged right again, it campaigns again. Returns the verdict.
+    pub async fn check_clock(&self, probe: &dyn PeerProbe) -> hearth_core::clock::Verdict {
+        let mut samples = Vec::new();
+        for p in &self.config.peers {
+            let sent_ms = self.wall.now_ms();
+            if let Some(s) = probe.status(p.id, &p.addr).await
+                && s.health.now_ms > 0
+            {
+                samples.push(hearth_core::clock::Sample {
+                    peer: p.id,
+                    sent_ms,
+                    recv_ms: self.wall.now_ms(),
+                    peer_ms: s.health.now_ms,
+                });
+            }
+        }
+        let verdict = hearth_core::clock::judge(
+            self.wall.now_ms(),
+            self.chain_ms(),
+            &samples,
+            hearth_core::clock::DEFAULT_TOLERANCE_MS,
+        );
+        let before = self.clock_watch.set(verdict.clone(), samples);
+        if self.role == Role::Hub {
+            let changed = before.as_ref().map(|b| b.name()) != Some(verdict.name());
+            if verdict.is_off() {
+                if changed {
+                    tracing::error!(
+                        node = self.id,
+                        reason = verdict.reason(),
+                        "CLOCK_OFF: this hub's clock is wrong; it stops campaigning, hands                          leadership over and stamps nothing until its clock is right"
+                    );
+                }
+                self.raft.runtime_config().elect(false);
+                self.hand_over_leadership(Duration::from_millis(
+                    self.config.timing.election_max_ms * 2,
+                ))
+                .await;
+            } else {
+                if changed && before.as_ref().is_some_and(|b| b.is_off()) {
+                    tracing::info!(
+                        node = self.id,
+                        "this hub's clock is right again; it campaigns again"
+                    );
+                }
+                if changed && let hearth_core::clock::Verdict::Unsure { reason } = &verdict {
+                    tracing::warn!(node = self.id, %reason, "clock offset to a peer");
+                }
+                self.raft.runtime_config().elect(true);
+            }
+        }
+        verdict
+    }
+
+    /// Runs [`Node::check_clock`] every `every` until the node shuts down. Holds the node only
+    /// while a round runs.
+    pub fn spawn_clock_watch(
+        self: &Arc<Self>,
+        probe: Arc<dyn PeerProbe>,
+        every: Duration,
+    ) -> JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match weak.upgrade() {
+                    Some(n) => {
+                        n.check_clock(probe.as_ref()).await;
+                    }
+                    None => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Resolves when this node's Raft core has stopped (a fatal storage error such as ENOSPC,
+    /// an openraft panic), with the reason. `hearth serve` then exits non-zero.
+    pub async fn core_stopped(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core ended".to_string();
+            }
+        }
     }
 
     pub fn devices(&self) -> Result<Vec<Device>, NodeError> {
@@ -1716,9 +1958,15 @@ pub fn describe(rec: &Record) -> String {
                 intent.location,
                 intent.source
             ),
-            Ok(DomainCommand::Approve { intent_id, by }) => {
+            Ok(DomainCommand::Approve { intent_id, by, .. }) => {
                 format!("intent {intent_id} approved by {by}")
             }
+            Ok(DomainCommand::Refence {
+                devices,
+                by,
+                reason,
+                ..
+            }) => format!("devices {devices:?} re-fenced by {by:?} ({reason:?})"),
             Ok(DomainCommand::Promote { promotion: p }) => format!(
                 "node {} promoted to a one-node cluster by {:?} ({:?}){}{}; removed {:?}; last entry it had: {}",
                 p.node,

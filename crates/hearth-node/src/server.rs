@@ -36,7 +36,14 @@ pub enum ServeError {
     Node(#[from] NodeError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(
+        "the Raft core of this node stopped ({0}); the process exits so that its service          manager restarts it (systemd: Restart=on-failure). If the disk is full, free space first"
+    )]
+    CoreStopped(String),
 }
+
+/// How often a node compares its clock with its peers'.
+const CLOCK_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs a node until `shutdown` completes or a startup check fails. When the node asks for a
 /// restart (a forced promotion, `hearth cluster restart`), it is stopped like on a planned stop
@@ -136,6 +143,32 @@ async fn serve_once(
         })
     };
 
+    // Peers' clocks, every 5 s: a hub whose clock is wrong neither leads nor stamps.
+    let clock_watch = node.spawn_clock_watch(
+        Arc::new(GrpcProbe {
+            timeout: Duration::from_secs(2),
+            security: node.security().clone(),
+        }),
+        CLOCK_EVERY,
+    );
+    // Free disk space, every 30 s: warned about before the log cannot be written.
+    let disk_watch = {
+        let dir = node.config().data_dir.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                let (free, warning) = crate::health::disk(&dir);
+                if !warning.is_empty() && !warned {
+                    tracing::warn!(node = id, free_bytes = ?free, "DISK_LOW: {warning}");
+                } else if warning.is_empty() && warned {
+                    tracing::info!(node = id, free_bytes = ?free, "disk space is back above the warning threshold");
+                }
+                warned = !warning.is_empty();
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        })
+    };
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = security.server_config() {
@@ -173,8 +206,16 @@ async fn serve_once(
         _ = shutdown.as_mut() => Ok(Exit::Stopped),
         Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
         _ = restart.wait_for(|r| *r) => Ok(Exit::Restart),
+        // A node whose Raft core stopped (ENOSPC, any fatal storage error, a panic in the
+        // core) must not stay up answering "stopped": exit non-zero, systemd restarts it.
+        why = node.core_stopped() => {
+            tracing::error!(node = id, reason = %why, "CORE_STOPPED: the Raft core has stopped; exiting so the service manager restarts this node");
+            Err(ServeError::CoreStopped(why))
+        }
     };
     checker.abort();
+    clock_watch.abort();
+    disk_watch.abort();
     // A planned stop: hand leadership over while the Raft service still answers.
     node.hand_over_leadership(Duration::from_millis(
         node.config().timing.election_max_ms * 2,

@@ -84,6 +84,18 @@ fn other(e: impl ToString) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Test seam for a full disk, usable in real processes: when the environment variable
+/// `HEARTH_FAILPOINT_ENOSPC` names a path and that path exists, every append fails with
+/// ENOSPC before writing anything (a test creates the file to fill the "disk", removes it to
+/// free it). Unset (always, outside tests): one relaxed load per append.
+fn enospc_failpoint() -> bool {
+    static TRIGGER: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    TRIGGER
+        .get_or_init(|| std::env::var_os("HEARTH_FAILPOINT_ENOSPC").map(PathBuf::from))
+        .as_ref()
+        .is_some_and(|p| p.exists())
+}
+
 /// Starts the thread that makes appends durable: it waits for a queued append, takes every
 /// other one queued meanwhile, runs one `fdatasync` (which covers all bytes written before
 /// it), and completes their callbacks in queue order. It ends when the store is dropped.
@@ -485,6 +497,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if new_frames.is_empty() {
                 callback.io_completed(Ok(()));
                 return Ok(());
+            }
+            if enospc_failpoint() {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "No space left on device (os error 28) [failpoint HEARTH_FAILPOINT_ENOSPC]",
+                ));
             }
             // Visible to readers when this returns; durable only after the sync below.
             g.file.write_all(&buf)?;

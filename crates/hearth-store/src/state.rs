@@ -458,6 +458,13 @@ fn apply_command(
             }
             batch.insert(K_RATES, json(&domain.rates)?);
         }
+        Command::Refence { .. } => {
+            let id = hearth_core::domain::DomainState::refence_id(pos.index);
+            if let Some(r) = domain.intents.get(&id) {
+                batch.insert(format!("{INTENT_PREFIX}{id}").as_bytes(), json(r)?);
+            }
+            batch.insert(K_RATES, json(&domain.rates)?);
+        }
         Command::Approve { intent_id, .. } | Command::RecordOutcome { intent_id, .. } => {
             if let Some(r) = domain.intents.get(intent_id) {
                 batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);

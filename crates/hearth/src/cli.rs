@@ -717,13 +717,46 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         "REACHABLE"
     );
     let mut reachable = 0;
+    let mut notes: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     let mut warnings = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
+            // It answers, but its Raft core is dead: it is down (and about to exit).
+            Ok(s)
+                if s.health
+                    .as_ref()
+                    .is_some_and(|h| !h.core_stopped.is_empty()) =>
+            {
+                let why = s.health.map(|h| h.core_stopped).unwrap_or_default();
+                println!(
+                    "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {} (Raft core stopped: {why})",
+                    s.node_id,
+                    s.role,
+                    "Stopped",
+                    s.term,
+                    opt(s.last_index),
+                    opt(s.applied_index),
+                    short(&s.head_hash),
+                    "-",
+                    "NO",
+                    maddr
+                );
+            }
             Ok(s) => {
                 reachable += 1;
+                if let Some(h) = &s.health {
+                    if h.clock == "OFF" {
+                        notes.push(format!(
+                            "node {}: CLOCK_OFF — {}",
+                            s.node_id, h.clock_detail
+                        ));
+                    }
+                    if !h.disk_warning.is_empty() {
+                        notes.push(format!("node {}: DISK_LOW — {}", s.node_id, h.disk_warning));
+                    }
+                }
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
                 warnings.extend(s.device_warnings.iter().map(|w| (s.node_id, w.clone())));
                 if let Some(l) = s.leader {
@@ -761,6 +794,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     }
     let n = members.len();
     println!();
+    for note in &notes {
+        println!("{note}");
+    }
     match leaders.len() {
         0 => println!("no leader known: writes fail with NO_QUORUM until a majority can elect one"),
         1 => println!(

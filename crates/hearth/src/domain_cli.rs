@@ -119,6 +119,20 @@ pub enum DeviceCmd {
         target: Target,
         file: PathBuf,
     },
+    /// Admin: re-fence devices after the cluster was re-formed (they remember an older
+    /// cluster's tokens and refuse this one's as stale). Audited: writes a chain entry, then
+    /// sends each device a `hearth.refence` command under the current leadership.
+    Refence {
+        #[command(flatten)]
+        target: Target,
+        /// Device ids (or --all).
+        devices: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// Why (goes into the chain).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,6 +330,28 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             println!("device {} registered at {}", r.id, r.location);
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::Refence {
+            target,
+            devices,
+            all,
+            reason,
+        } => {
+            let mut c = DevicesClient::new(channel(&target.addr)?);
+            let v = c
+                .refence(pb::RefenceRequest {
+                    devices,
+                    all,
+                    reason,
+                })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!(
+                "re-fence {} recorded at entry {}; watch it with `hearth intent watch {}`",
+                v.id, v.index, v.id
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
