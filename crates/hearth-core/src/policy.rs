@@ -224,7 +224,11 @@ pub fn validate_set(policies: &[Policy]) -> Result<(), FieldError> {
     let mut ids = BTreeMap::new();
     for (n, p) in policies.iter().enumerate() {
         p.validate_request().map_err(|e| FieldError {
-            field: format!("policies[{n}].{}", e.field),
+            field: if e.field == "id" || e.field == "emergency_override" {
+                format!("policies[{n}].{}", e.field)
+            } else {
+                format!("policies[{n}].rule.{}", e.field)
+            },
             problem: e.problem,
         })?;
         if let Some(first) = ids.insert(p.id.as_str(), n) {
@@ -367,7 +371,8 @@ pub fn diff(current: &[Policy], proposed: &[Policy]) -> Vec<Change> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
-    #[serde(default)]
+    /// Required (write `policies = []` to clear the set), so that an empty or misnamed file
+    /// never clears it by accident.
     pub policies: Vec<Policy>,
 }
 
