@@ -389,6 +389,7 @@ async fn every_public_method_refuses_oversized_malformed_and_non_utf8_requests()
     let e = PoliciesClient::new(hub.ch())
         .apply_policies(pb::ApplyDocument {
             json: format!(r#"{{"policies": [], "pad": "{}"}}"#, "x".repeat(limit)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -476,12 +477,14 @@ fn class_doc(name: &str, capability: &str, state: &str, tag: &str) -> pb::ApplyD
     });
     pb::ApplyDocument {
         json: doc.to_string(),
+        ..Default::default()
     }
 }
 
 fn policies_doc(rule: serde_json::Value) -> pb::ApplyDocument {
     pb::ApplyDocument {
         json: serde_json::json!({"policies": [{"id": "p1", "rule": rule}]}).to_string(),
+        ..Default::default()
     }
 }
 
@@ -613,10 +616,11 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
         assert_field(r, "steps[0].tags", &what("class tag"));
         let doc = pb::ApplyDocument {
             json: serde_json::json!({"policies": [{"id": bad, "rule": {"kind": "require_confirmation", "class": "notify"}}]}).to_string(),
+            ..Default::default()
         };
         assert_field(
             policies().apply_policies(doc).await,
-            "id",
+            "policies[0].id",
             &what("policy id"),
         );
         let r = policies()
@@ -624,23 +628,23 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
                 serde_json::json!({"kind": "block", "device": bad}),
             ))
             .await;
-        assert_field(r, "device", &what("policy device"));
+        assert_field(r, "policies[0].rule.device", &what("policy device"));
         let r = policies()
             .apply_policies(policies_doc(
                 serde_json::json!({"kind": "exclude_device", "device": "lamp", "class": bad}),
             ))
             .await;
-        assert_field(r, "class", &what("policy class"));
+        assert_field(r, "policies[0].rule.class", &what("policy class"));
         let r = policies()
             .apply_policies(policies_doc(serde_json::json!({"kind": "quiet_hours",
                 "start_minute": 0, "end_minute": 60, "tags": [bad]})))
             .await;
-        assert_field(r, "tags", &what("quiet hours tag"));
+        assert_field(r, "policies[0].rule.tags", &what("quiet hours tag"));
         let r = policies()
             .apply_policies(policies_doc(serde_json::json!({"kind": "quiet_hours",
                 "start_minute": 0, "end_minute": 60, "classes": [bad]})))
             .await;
-        assert_field(r, "classes", &what("quiet hours class"));
+        assert_field(r, "policies[0].rule.classes", &what("quiet hours class"));
 
         // Cluster: who acts, who promotes, who restarts (nothing may restart).
         let r = cluster()
@@ -705,6 +709,7 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
     assert_field(r, "json", "unknown policy kind");
     let doc = pb::ApplyDocument {
         json: r#"{"name":"c","description":"","steps":[{"capability":"light","target":{"teleport":"x"}}],"repeat_safe":true}"#.into(),
+        ..Default::default()
     };
     assert_field(policies().apply_class(doc).await, "json", "unknown target");
 
@@ -718,7 +723,10 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
         "\u{0}",
         "{\"policies\": [], \"x\": 1}",
     ] {
-        let doc = pb::ApplyDocument { json: json.into() };
+        let doc = pb::ApplyDocument {
+            json: json.into(),
+            ..Default::default()
+        };
         assert_field(policies().apply_policies(doc.clone()).await, "json", json);
         assert_field(policies().apply_class(doc).await, "json", json);
     }
@@ -751,6 +759,7 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
             json: serde_json::json!({"name": "c", "description": long, "steps": [],
                 "repeat_safe": true})
             .to_string(),
+            ..Default::default()
         })
         .await;
     assert_field(r, "description", "long class description");
@@ -762,6 +771,7 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
             json: serde_json::json!({"name": "c", "description": "", "steps": steps,
                 "repeat_safe": true})
             .to_string(),
+            ..Default::default()
         })
         .await;
     assert_field(r, "steps", "too many steps");

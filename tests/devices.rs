@@ -209,6 +209,7 @@ async fn an_intent_reaches_an_mqtt_device_once() {
         sensors: BTreeSet::new(),
         actuators: [("siren".to_string(), ["on".to_string()].into())].into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter: Adapter::Mqtt {
             topic: "house/siren".into(),
         },

@@ -424,6 +424,7 @@ async fn intents_over_grpc_forwarded_watched_and_idempotent() {
         )]
         .into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter_kind: "sim".into(),
         adapter_target: "local:grpc-intents".into(),
         ..Default::default()

@@ -28,6 +28,7 @@ fn siren(bus_name: &str) -> Device {
         )]
         .into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter: Adapter::Sim {
             address: format!("local:{bus_name}"),
         },
@@ -47,6 +48,7 @@ fn notifier(bus_name: &str) -> Device {
         )]
         .into(),
         emergency_capable: false,
+        emergency_actions: Default::default(),
         adapter: Adapter::Sim {
             address: format!("local:{bus_name}"),
         },
@@ -329,11 +331,12 @@ async fn confirmation_holds_dispatch_until_a_person_approves() {
     let l = leader(&c).await;
     let ask = Policy {
         id: "ask-first".into(),
+        emergency_override: None,
         rule: Rule::RequireConfirmation {
             class: "ensure_safety".into(),
         },
     };
-    c.node(l).apply_policies(vec![ask]).await.unwrap();
+    c.node(l).apply_policies(vec![ask], None).await.unwrap();
     let mut i = intent("ensure_safety", "confirm-1");
     i.urgency = Urgency::Alert;
     let r = submit(&c, &i).await;
@@ -406,17 +409,18 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
 
     let bad_policy = Policy {
         id: "p".into(),
+        emergency_override: None,
         rule: Rule::RateLimitSource {
             max: 0,
             window_secs: 0,
         },
     };
     assert!(
-        n.apply_policies(vec![bad_policy])
+        n.apply_policies(vec![bad_policy], None)
             .await
             .unwrap_err()
             .to_string()
-            .contains("field `max`")
+            .contains("field `policies[0].rule.max`")
     );
 
     assert!(n.explain(&intent("teleport", "x")).is_err());

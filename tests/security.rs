@@ -127,7 +127,17 @@ impl SecureCluster {
                 .to_string(),
             operator: hearth_node::pki::add_token(&tokens_file, "olga", ClientRole::Operator)
                 .unwrap(),
-            agent: hearth_node::pki::add_token(&tokens_file, "robot", ClientRole::Agent).unwrap(),
+            // The household's smoke detector: an agent allowed to claim emergencies.
+            agent: hearth_node::pki::add_token_with(
+                &tokens_file,
+                "robot",
+                ClientRole::Agent,
+                hearth_node::pki::TokenLimits {
+                    emergency: Some(true),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
             other_agent: hearth_node::pki::add_token(&tokens_file, "other", ClientRole::Agent)
                 .unwrap(),
         };
@@ -259,6 +269,7 @@ fn device(id: &str) -> pb::DeviceManifest {
         )]
         .into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter_kind: "sim".into(),
         adapter_target: "local:security-test".into(),
     }
@@ -351,11 +362,37 @@ async fn privileged(ch: Channel, method: &str, token: Option<&str>) -> Code {
             .await
             .map(|_| ()),
         "Policies/ApplyClass" => PoliciesClient::new(ch)
-            .apply_class(with_token(pb::ApplyDocument { json: "x".into() }, t))
+            .apply_class(with_token(
+                pb::ApplyDocument {
+                    json: "x".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
             .await
             .map(|_| ()),
         "Policies/ApplyPolicies" => PoliciesClient::new(ch)
-            .apply_policies(with_token(pb::ApplyDocument { json: "x".into() }, t))
+            .apply_policies(with_token(
+                pb::ApplyDocument {
+                    json: "x".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        "Policies/AddPolicy" => PoliciesClient::new(ch)
+            .add_policy(with_token(
+                pb::ApplyDocument {
+                    json: "x".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        "Policies/RemovePolicy" => PoliciesClient::new(ch)
+            .remove_policy(with_token(pb::RemovePolicyRequest { id: "p".into() }, t))
             .await
             .map(|_| ()),
         "Policies/Show" => PoliciesClient::new(ch)
@@ -409,6 +446,8 @@ async fn tokens_and_roles_guard_every_privileged_call() {
         "Devices/Register",
         "Policies/ApplyClass",
         "Policies/ApplyPolicies",
+        "Policies/AddPolicy",
+        "Policies/RemovePolicy",
         "Policies/Show",
         "Audit/Tail",
         "Audit/Export",
@@ -856,5 +895,390 @@ async fn a_witness_certificate_cannot_snapshot_or_transfer_in_a_hubs_name() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    c.stop_all().await;
+}
+
+fn lock(id: &str, location: &str, tags: &[&str], legacy_capable: bool) -> pb::DeviceManifest {
+    pb::DeviceManifest {
+        id: id.into(),
+        name: id.into(),
+        location: location.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        actuators: [(
+            "lock".to_string(),
+            pb::StateList {
+                states: vec!["locked".into(), "unlocked".into()],
+            },
+        )]
+        .into(),
+        emergency_capable: legacy_capable,
+        adapter_kind: "sim".into(),
+        adapter_target: "local:security-grants".into(),
+        ..Default::default()
+    }
+}
+
+fn ask(class: &str, location: &str, urgency: &str, key: &str) -> pb::SubmitIntentRequest {
+    pb::SubmitIntentRequest {
+        class: class.into(),
+        urgency: urgency.into(),
+        location: location.into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn policy_doc(policies: serde_json::Value) -> pb::ApplyDocument {
+    pb::ApplyDocument {
+        json: serde_json::json!({ "policies": policies }).to_string(),
+        ..Default::default()
+    }
+}
+
+/// Issue 13 items 2, 3, 4 and 13 over real gRPC with tokens, on the leader and through a
+/// follower (which forwards the caller's token; the leader checks again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
+    hearth_tests::init_tracing();
+    let mut c = SecureCluster::new();
+    for id in [1, 2, 3] {
+        let cfg = c.configs[&id].clone();
+        c.start_config(id, cfg);
+    }
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let t = &c.tokens;
+    let op = Some(t.operator.as_str());
+    // The household: a front door (escape route, legacy emergency-capable), a back door
+    // registered with emergency_capable = false, a siren.
+    for d in [
+        lock("front-door", "home/hall", &["escape_route"], true),
+        lock("back-door", "home/back", &["escape_route"], false),
+        device("siren"),
+    ] {
+        DevicesClient::new(c.api(leader))
+            .register(with_token(d, op))
+            .await
+            .expect("register");
+    }
+    PoliciesClient::new(c.api(leader))
+        .apply_policies(with_token(
+            policy_doc(serde_json::json!([{"id": "ask-before-unlocking",
+                "rule": {"kind": "require_confirmation", "class": "control_access"}}])),
+            op,
+        ))
+        .await
+        .expect("the confirmation policy");
+    let submit = |id: u64, req: pb::SubmitIntentRequest, token: &str| {
+        let ch = c.api(id);
+        let token = token.to_string();
+        async move {
+            IntentsClient::new(ch)
+                .submit(with_token(req, Some(&token)))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let before = c.status(leader).await.unwrap().last_index;
+
+    // Item 2, as an agent without the emergency grant: both sequences refused, on the leader
+    // and through a follower, for submit, dry run and explain; nothing appended.
+    let mut unlock = ask("control_access", "home", "emergency", "agent-unlock");
+    unlock.context.insert("state".into(), "unlocked".into());
+    let safety = ask("ensure_safety", "home", "emergency", "agent-safety");
+    for id in [leader, follower] {
+        for req in [unlock.clone(), safety.clone()] {
+            let e = submit(id, req.clone(), &t.other_agent).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+            assert!(
+                e.message().contains("may not claim an emergency"),
+                "{}",
+                e.message()
+            );
+            let mut dry = req.clone();
+            dry.dry_run = true;
+            assert_eq!(
+                submit(id, dry, &t.other_agent).await.unwrap_err().code(),
+                Code::PermissionDenied
+            );
+            let e = IntentsClient::new(c.api(id))
+                .explain(with_token(req, Some(&t.other_agent)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied);
+        }
+    }
+    assert_eq!(
+        c.status(leader).await.unwrap().last_index,
+        before,
+        "a refused intent appended something"
+    );
+
+    // The same by a token allowed to claim emergencies: as the policy says. The unlock waits
+    // for approval (the confirmation policy does not let an emergency past it, and neither
+    // door lists the unlock as an emergency action): nothing is dispatched.
+    let held = submit(follower, unlock.clone(), &t.agent)
+        .await
+        .expect("held");
+    assert_eq!(held.status, "awaiting_approval", "{held:?}");
+    assert!(held.actions.iter().all(|a| a.outcome.is_empty()));
+    assert!(
+        held.notes.iter().any(|n| n.contains("waits for approval")),
+        "{held:?}"
+    );
+    // ensure_safety has no confirmation policy: its class unlocks the escape routes.
+    let safe = submit(leader, safety.clone(), &t.agent)
+        .await
+        .expect("safety");
+    assert_eq!(safe.status, "accepted", "{safe:?}");
+    let devices: Vec<&str> = safe.actions.iter().map(|a| a.device.as_str()).collect();
+    assert!(
+        devices.contains(&"siren") && devices.contains(&"front-door"),
+        "{devices:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = IntentsClient::new(c.api(leader))
+        .get(with_token(
+            pb::GetIntentRequest {
+                id: held.id.clone(),
+            },
+            op,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.status, "awaiting_approval");
+    assert!(
+        again.actions.iter().all(|a| a.outcome.is_empty()),
+        "{again:?}"
+    );
+
+    // Classes and locations: a token limited to notify in the kitchen.
+    let limited = hearth_node::pki::add_token_with(
+        &c.pki().join("tokens.toml"),
+        "kitchen-screen",
+        ClientRole::Agent,
+        hearth_node::pki::TokenLimits {
+            classes: Some(vec!["notify".into()]),
+            locations: Some(vec!["home/kitchen".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let e = submit(
+            follower,
+            ask("control_access", "home/kitchen", "info", "l-1"),
+            &limited,
+        )
+        .await
+        .unwrap_err();
+        if e.code() != Code::Unauthenticated || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("class"), "{}", e.message());
+    let e = submit(leader, ask("notify", "home", "info", "l-2"), &limited)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("location"), "{}", e.message());
+
+    // Item 4: agent B ("other") uses A's predictable key first; A's emergency still runs, and
+    // nothing names B's intent to A.
+    let b = submit(
+        leader,
+        ask("ensure_safety", "home", "alert", "smoke-kitchen-42"),
+        &t.other_agent,
+    )
+    .await
+    .expect("B's intent");
+    let a = submit(
+        follower,
+        ask("ensure_safety", "home", "emergency", "smoke-kitchen-42"),
+        &t.agent,
+    )
+    .await
+    .expect("A's emergency is not refused ALREADY_EXISTS");
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.urgency, "emergency");
+    // A's own retry is still idempotent, and a different body under A's key is A's conflict.
+    let a2 = submit(
+        leader,
+        ask("ensure_safety", "home", "emergency", "smoke-kitchen-42"),
+        &t.agent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a2.id, a.id);
+    let e = submit(
+        leader,
+        ask(
+            "ensure_safety",
+            "home/hall",
+            "emergency",
+            "smoke-kitchen-42",
+        ),
+        &t.agent,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(
+        e.message().contains(&a.id) && !e.message().contains(&b.id),
+        "{}",
+        e.message()
+    );
+
+    // Item 3: a misspelt location is refused naming it; as an emergency, every device that
+    // may act in one acts and the intent says the location was not found.
+    let e = submit(
+        leader,
+        ask("ensure_safety", "home/kitchn", "alert", "typo-1"),
+        &t.agent,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("home/kitchn"), "{}", e.message());
+    let typo = submit(
+        follower,
+        ask("ensure_safety", "home/kitchn", "emergency", "typo-2"),
+        &t.agent,
+    )
+    .await
+    .unwrap();
+    assert!(
+        typo.notes
+            .iter()
+            .any(|n| n.contains("home/kitchn was not found")),
+        "{typo:?}"
+    );
+    let acted: Vec<&str> = typo.actions.iter().map(|a| a.device.as_str()).collect();
+    assert_eq!(
+        acted,
+        ["siren"],
+        "only declared emergency actions, no unlock: {typo:?}"
+    );
+    // An intent whose every device a policy excluded is no_action, with the reason.
+    for d in ["siren", "front-door", "back-door"] {
+        PoliciesClient::new(c.api(follower))
+            .add_policy(with_token(
+                policy_doc(serde_json::json!([{"id": format!("hush-{d}"),
+                    "rule": {"kind": "exclude_device", "device": d}}])),
+                op,
+            ))
+            .await
+            .expect("add one policy");
+    }
+    let quiet = submit(
+        leader,
+        ask("ensure_safety", "home", "alert", "none-1"),
+        &t.agent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(quiet.status, "no_action", "{quiet:?}");
+    assert!(quiet.actions.is_empty());
+    assert!(
+        quiet.nothing_to_do.contains("policy hush-siren"),
+        "{quiet:?}"
+    );
+
+    // Item 13: unknown fields, duplicate ids and devices that do not exist are refused with
+    // the field named, on the leader and through a follower; the set in force is unchanged.
+    let shown = |id: u64| {
+        let ch = c.api(id);
+        let op = t.operator.clone();
+        async move {
+            PoliciesClient::new(ch)
+                .show(with_token(pb::ShowPoliciesRequest {}, Some(&op)))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let in_force = shown(leader).await;
+    for id in [leader, follower] {
+        for (doc, field) in [
+            (
+                serde_json::json!([{"id": "night", "timezone": "Europe/Paris",
+                    "rule": {"kind": "quiet_hours", "start_minute": 1320, "end_minute": 420}}]),
+                "timezone",
+            ),
+            (
+                serde_json::json!([{"id": "g", "rule": {"kind": "block", "device": "garage-dor"}}]),
+                "policies[0].rule.device",
+            ),
+            (
+                serde_json::json!([
+                    {"id": "g", "rule": {"kind": "block", "device": "siren"}},
+                    {"id": "g", "rule": {"kind": "block", "device": "front-door"}}]),
+                "policies[1].id",
+            ),
+        ] {
+            let e = PoliciesClient::new(c.api(id))
+                .apply_policies(with_token(policy_doc(doc), op))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+        }
+        let e = PoliciesClient::new(c.api(id))
+            .add_policy(with_token(
+                policy_doc(
+                    serde_json::json!([{"id": "x", "rule": {"kind": "block", "device": "nope"}}]),
+                ),
+                op,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    }
+    assert_eq!(
+        shown(leader).await.json,
+        in_force.json,
+        "a refused set changed something"
+    );
+    // A set applied against a stale view is refused; against the current one it applies.
+    let mut stale = policy_doc(serde_json::json!([]));
+    stale.expect_sha256 = "0".repeat(64);
+    let e = PoliciesClient::new(c.api(leader))
+        .apply_policies(with_token(stale, op))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    PoliciesClient::new(c.api(follower))
+        .remove_policy(with_token(
+            pb::RemovePolicyRequest {
+                id: "hush-siren".into(),
+            },
+            op,
+        ))
+        .await
+        .expect("remove one policy");
+    let e = PoliciesClient::new(c.api(leader))
+        .remove_policy(with_token(
+            pb::RemovePolicyRequest {
+                id: "hush-siren".into(),
+            },
+            op,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    let tail = c.tail(leader, 40).await;
+    assert!(
+        tail.iter()
+            .any(|e| e.kind == "policy hush-siren added by \"olga\""),
+        "{tail:?}"
+    );
+    assert!(
+        tail.iter()
+            .any(|e| e.kind == "policy hush-siren removed by \"olga\"")
+    );
     c.stop_all().await;
 }

@@ -44,6 +44,18 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// Adds one policy (refused if its id is taken).
+    AddPolicy {
+        policy: Policy,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// Removes one policy by id (refused if there is none).
+    RemovePolicy {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// An intent as the leader received it, with the time it fixed for planning.
     SubmitIntent {
         intent: Intent,
@@ -53,6 +65,10 @@ pub enum Command {
         /// that finds one later records it `EXPIRED`. Absent in entries older than deadlines.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadline_ms: Option<u64>,
+        /// Whose idempotency keys this one is among: the intent's source (an agent's is its
+        /// token name). Absent in entries older than it: their keys were global.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_scope: Option<String>,
     },
     /// A person approves an intent that waits for confirmation. `at_ms`: the leader's stamp
     /// (absent in older entries); the intent's deadline runs from then.
@@ -182,6 +198,20 @@ pub fn intent_id(idempotency_key: &str) -> String {
     format!("i-{}", hex::encode(&h[..8]))
 }
 
+/// The id of an intent whose key is scoped to `scope` (its source): two sources using the
+/// same key name two different intents. `None`: the global id of entries older than scoping.
+pub fn scoped_intent_id(scope: Option<&str>, idempotency_key: &str) -> String {
+    let Some(scope) = scope else {
+        return intent_id(idempotency_key);
+    };
+    let mut h = Sha256::new();
+    h.update(b"hearth intent key scoped v1\0");
+    h.update(scope.as_bytes());
+    h.update(b"\0");
+    h.update(idempotency_key.as_bytes());
+    format!("i-{}", hex::encode(&h.finalize()[..8]))
+}
+
 /// Checks that `s` has the shape of an intent id (`i-` and 16 lower-case hex digits), so a
 /// lookup by a path-like or otherwise foreign string is refused with the field named.
 pub fn check_intent_id(field: &str, s: &str) -> Result<(), crate::intent::FieldError> {
@@ -215,6 +245,9 @@ pub enum IntentStatus {
     Accepted,
     /// Every action has an outcome and every one applied.
     Done,
+    /// The plan acts on nothing and reads nothing (every device excluded, none capable):
+    /// finished, and not a success. The plan's `nothing_to_do` says why.
+    NoAction,
     /// Every action has an outcome and at least one did not apply (refused, stale token,
     /// failed, expired, unknown): never "done".
     Failed,
@@ -223,7 +256,10 @@ pub enum IntentStatus {
 impl IntentStatus {
     /// Nothing more will happen to the intent.
     pub fn is_final(self) -> bool {
-        matches!(self, IntentStatus::Done | IntentStatus::Failed)
+        matches!(
+            self,
+            IntentStatus::Done | IntentStatus::Failed | IntentStatus::NoAction
+        )
     }
 }
 
@@ -350,6 +386,24 @@ impl DomainState {
         }
     }
 
+    /// The intent an idempotency key already names for this submission, if any: the one with
+    /// the same scoped id, or an intent from an older (global-key) entry with the same key and
+    /// the same source, so a retry across the upgrade still runs once.
+    pub fn existing_for_key(
+        &self,
+        intent: &Intent,
+        key_scope: Option<&str>,
+    ) -> Option<&IntentRecord> {
+        let id = scoped_intent_id(key_scope, &intent.idempotency_key);
+        if let Some(r) = self.intents.get(&id) {
+            return Some(r);
+        }
+        key_scope?;
+        self.intents
+            .get(&intent_id(&intent.idempotency_key))
+            .filter(|r| r.intent.source == intent.source)
+    }
+
     /// Plans without changing anything (explain, and the leader's check before proposing).
     pub fn plan(&self, intent: &Intent, clock: Clock) -> Result<Plan, PlanError> {
         resolve(&self.world(), intent, clock)
@@ -401,11 +455,46 @@ impl DomainState {
                 self.policies = policies.clone();
                 Outcome::Done
             }
+            Command::AddPolicy { policy, .. } => {
+                if let Err(e) = policy.validate() {
+                    return Outcome::Refused {
+                        reason: e.to_string(),
+                    };
+                }
+                if self.policies.iter().any(|p| p.id == policy.id) {
+                    return Outcome::Refused {
+                        reason: format!(
+                            "a policy {:?} exists; remove it first (`hearth policy remove {}`)",
+                            policy.id, policy.id
+                        ),
+                    };
+                }
+                self.policies.push(policy.clone());
+                Outcome::Done
+            }
+            Command::RemovePolicy { id, .. } => {
+                let before = self.policies.len();
+                self.policies.retain(|p| &p.id != id);
+                if self.policies.len() == before {
+                    return Outcome::Refused {
+                        reason: format!(
+                            "no policy {id:?} (policies: {})",
+                            self.policies
+                                .iter()
+                                .map(|p| p.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                }
+                Outcome::Done
+            }
             Command::SubmitIntent {
                 intent,
                 at_ms,
                 minute_of_day,
                 deadline_ms,
+                key_scope,
             } => {
                 // Chain time never runs backwards: an entry stamped earlier than the chain's
                 // time is planned (rate windows, quiet hours) at the chain's time.
@@ -416,13 +505,14 @@ impl DomainState {
                 } else {
                     crate::clock::minute_of_day(now)
                 };
-                let id = intent_id(&intent.idempotency_key);
+                let id = scoped_intent_id(key_scope.as_deref(), &intent.idempotency_key);
                 let hash = body_hash(intent);
-                if let Some(existing) = self.intents.get(&id) {
+                if let Some(existing) = self.existing_for_key(intent, key_scope.as_deref()) {
+                    let intent_id = existing.id.clone();
                     return if existing.body_hash == hash {
-                        Outcome::Duplicate { intent_id: id }
+                        Outcome::Duplicate { intent_id }
                     } else {
-                        Outcome::KeyConflict { intent_id: id }
+                        Outcome::KeyConflict { intent_id }
                     };
                 }
                 let clock = Clock {
@@ -455,7 +545,9 @@ impl DomainState {
                     now,
                     RATE_MEMORY_SECS,
                 );
-                let status = if plan.needs_confirmation {
+                let status = if plan.nothing_to_do.is_some() {
+                    IntentStatus::NoAction
+                } else if plan.needs_confirmation {
                     IntentStatus::AwaitingApproval
                 } else if actions.is_empty() {
                     IntentStatus::Done
@@ -667,6 +759,7 @@ mod tests {
             )]
             .into(),
             emergency_capable: true,
+            emergency_actions: Default::default(),
             adapter: Adapter::Sim {
                 address: "local".into(),
             },
@@ -728,6 +821,7 @@ mod tests {
             at_ms: 1000,
             minute_of_day: 600,
             deadline_ms: None,
+            key_scope: None,
         }
     }
 
@@ -800,6 +894,7 @@ mod tests {
         );
         let ask = Policy {
             id: "ask".into(),
+            emergency_override: None,
             rule: Rule::RequireConfirmation {
                 class: "ensure_safety".into(),
             },
@@ -1155,5 +1250,165 @@ mod tests {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         }
         assert!(Command::decode(b"{\"type\":\"launch_missiles\"}").is_err());
+    }
+
+    fn register(s: &mut DomainState, n: u64) {
+        s.apply(
+            &Command::RegisterDevice {
+                device: siren(),
+                by: None,
+            },
+            at(n),
+        );
+    }
+
+    /// Issue 13 item 4: agent B used agent A's key first, and A's emergency was refused as a
+    /// key conflict naming A's... B's intent. Keys are scoped to the source now.
+    #[test]
+    fn idempotency_keys_are_scoped_to_the_source() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        let scoped = |i: Intent| Command::SubmitIntent {
+            key_scope: Some(i.source.clone()),
+            intent: i,
+            at_ms: 1000,
+            minute_of_day: 600,
+        };
+        let mut by_b = intent("smoke-kitchen-42", "a prank");
+        by_b.source = "agent-b".into();
+        by_b.urgency = Urgency::Alert;
+        let mut by_a = intent("smoke-kitchen-42", "smoke");
+        by_a.source = "agent-a".into();
+        let Outcome::Accepted { intent_id: b_id } = s.apply(&scoped(by_b.clone()), at(2)) else {
+            panic!()
+        };
+        let Outcome::Accepted { intent_id: a_id } = s.apply(&scoped(by_a.clone()), at(3)) else {
+            panic!("A's emergency must be accepted")
+        };
+        assert_ne!(a_id, b_id);
+        assert_eq!(a_id, scoped_intent_id(Some("agent-a"), "smoke-kitchen-42"));
+        assert_eq!(
+            s.apply(&scoped(by_a.clone()), at(4)),
+            Outcome::Duplicate {
+                intent_id: a_id.clone()
+            }
+        );
+        let mut other = by_a.clone();
+        other.subject = "fire".into();
+        assert_eq!(
+            s.apply(&scoped(other), at(5)),
+            Outcome::KeyConflict { intent_id: a_id }
+        );
+        // An intent from an older entry (global key): the same source retrying after the
+        // upgrade gets it back; another source does not collide with it.
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        s.apply(&submit(intent("old-key", "smoke")), at(2));
+        assert_eq!(
+            s.apply(&scoped(intent("old-key", "smoke")), at(3)),
+            Outcome::Duplicate {
+                intent_id: intent_id("old-key")
+            }
+        );
+        let mut stranger = intent("old-key", "smoke");
+        stranger.source = "someone-else".into();
+        assert!(matches!(
+            s.apply(&scoped(stranger), at(4)),
+            Outcome::Accepted { .. }
+        ));
+    }
+
+    /// Issue 13 item 3: an intent that acts on nothing is finished as `no_action`, not done,
+    /// and leaves nothing in the outbox.
+    #[test]
+    fn an_intent_that_acts_on_nothing_is_no_action() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        s.apply(
+            &Command::AddPolicy {
+                policy: Policy::new(
+                    "quiet",
+                    Rule::ExcludeDevice {
+                        device: "siren".into(),
+                        class: None,
+                    },
+                ),
+                by: None,
+            },
+            at(2),
+        );
+        let mut i = intent("k", "x");
+        i.urgency = Urgency::Alert;
+        s.apply(&submit(i), at(3));
+        let r = &s.intents[&intent_id("k")];
+        assert_eq!(r.status, IntentStatus::NoAction);
+        assert!(
+            r.plan
+                .nothing_to_do
+                .as_deref()
+                .is_some_and(|w| w.contains("policy quiet"))
+        );
+        assert!(s.outbox().is_empty());
+    }
+
+    #[test]
+    fn one_policy_is_added_or_removed_alone() {
+        let mut s = DomainState::default();
+        let p = |id: &str| {
+            Policy::new(
+                id,
+                Rule::RequireConfirmation {
+                    class: "notify".into(),
+                },
+            )
+        };
+        for id in ["a", "b"] {
+            assert_eq!(
+                s.apply(
+                    &Command::AddPolicy {
+                        policy: p(id),
+                        by: None
+                    },
+                    at(1)
+                ),
+                Outcome::Done
+            );
+        }
+        assert!(matches!(
+            s.apply(
+                &Command::AddPolicy {
+                    policy: p("a"),
+                    by: None
+                },
+                at(2)
+            ),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(
+            s.apply(
+                &Command::RemovePolicy {
+                    id: "a".into(),
+                    by: None
+                },
+                at(3)
+            ),
+            Outcome::Done
+        );
+        assert_eq!(s.policies, [p("b")]);
+        let before = s.clone();
+        let Outcome::Refused { reason } = s.apply(
+            &Command::RemovePolicy {
+                id: "zz".into(),
+                by: None,
+            },
+            at(4),
+        ) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("\"zz\"") && reason.contains('b'),
+            "{reason}"
+        );
+        assert_eq!(s, before);
     }
 }

@@ -251,13 +251,44 @@ pub struct Device {
     /// Capability → the absolute states it can be put in ("lock" → ["locked", "unlocked"]).
     #[serde(default)]
     pub actuators: BTreeMap<String, BTreeSet<String>>,
-    /// May act in an emergency even when a non-absolute policy would exclude it.
+    /// Legacy (manifests before `emergency_actions`): with no `emergency_actions` listed,
+    /// `true` declares every state of every actuator *except `unlocked`* an emergency action;
+    /// an unlock is an emergency action only where the household lists it.
     #[serde(default)]
     pub emergency_capable: bool,
+    /// The actions (capability → states) this device may take in an emergency even when a
+    /// non-absolute policy that allows it would stop them: e.g. `siren = ["on"]`, and for a
+    /// door the household wants opened in a fire, `lock = ["unlocked"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub emergency_actions: BTreeMap<String, BTreeSet<String>>,
     pub adapter: Adapter,
 }
 
+/// The state an emergency never implies: a door is unlocked in an emergency only if its
+/// manifest lists `unlocked` among its `emergency_actions`.
+pub const UNLOCKED: &str = "unlocked";
+
 impl Device {
+    /// Whether putting `capability` in `state` is one of this device's emergency actions.
+    pub fn is_emergency_action(&self, capability: &str, state: &str) -> bool {
+        if self.emergency_actions.is_empty() {
+            return self.emergency_capable
+                && state != UNLOCKED
+                && self
+                    .actuators
+                    .get(capability)
+                    .is_some_and(|s| s.contains(state));
+        }
+        self.emergency_actions
+            .get(capability)
+            .is_some_and(|s| s.contains(state))
+    }
+
+    /// Whether the device has any emergency action (it comes first in a plan).
+    pub fn has_emergency_actions(&self) -> bool {
+        !self.emergency_actions.is_empty() || self.emergency_capable
+    }
+
     pub fn validate(&self) -> Result<(), FieldError> {
         check_id("id", &self.id)?;
         if self.name.len() > MAX_NAME {
@@ -281,6 +312,24 @@ impl Device {
             }
             for s in states {
                 check_id("actuators", s)?;
+            }
+        }
+        for (cap, states) in &self.emergency_actions {
+            let field = format!("emergency_actions.{cap}");
+            let Some(can) = self.actuators.get(cap) else {
+                return Err(FieldError::new(
+                    field,
+                    format!("the device has no actuator {cap:?}; list only actions it can take"),
+                ));
+            };
+            if states.is_empty() {
+                return Err(FieldError::new(field, "lists no states"));
+            }
+            if let Some(s) = states.iter().find(|s| !can.contains(*s)) {
+                return Err(FieldError::new(
+                    field,
+                    format!("{s:?} is not one of the states {cap:?} accepts ({can:?})"),
+                ));
             }
         }
         Ok(())

@@ -54,6 +54,14 @@ pub struct Plan {
     pub verdicts: Vec<Verdict>,
     /// The intent waits for an approval before anything is dispatched.
     pub needs_confirmation: bool,
+    /// What a person should know about the plan as a whole: an emergency's location that
+    /// names no device, why it waits for approval or why an emergency did not need one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Set when the plan acts on nothing and reads nothing: why. Such an intent is
+    /// finished as `no_action`, never `done`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nothing_to_do: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +70,10 @@ pub enum PlanError {
     UnknownClass { class: String, known: String },
     #[error(transparent)]
     Field(#[from] FieldError),
+    #[error(
+        "no device is at or under location {location:?}; known locations: {known}. Check the spelling (`hearth device list`)"
+    )]
+    UnknownLocation { location: String, known: String },
     #[error(
         "rate limit: source {source_id:?} already sent {count} intents in the last {window_secs} s (policy {policy}, max {max}); only emergencies go through"
     )]
@@ -74,10 +86,17 @@ pub enum PlanError {
     },
 }
 
-/// Why a non-absolute policy stops a device, or `None`.
-fn soft_exclusion(world: &World<'_>, class: &str, device: &Device, clock: Clock) -> Option<String> {
-    for p in world.policies {
-        let hit = match &p.rule {
+/// The non-absolute policies that stop a device (for `class`, now), by id.
+fn soft_exclusions<'p>(
+    world: &World<'p>,
+    class: &str,
+    device: &Device,
+    clock: Clock,
+) -> Vec<&'p Policy> {
+    world
+        .policies
+        .iter()
+        .filter(|p| match &p.rule {
             Rule::ExcludeDevice {
                 device: d,
                 class: c,
@@ -99,12 +118,44 @@ fn soft_exclusion(world: &World<'_>, class: &str, device: &Device, clock: Clock)
                     >= *max as usize
             }
             _ => false,
-        };
-        if hit {
-            return Some(format!("policy {}", p.id));
-        }
+        })
+        .collect()
+}
+
+fn ids(ps: &[&Policy]) -> String {
+    ps.iter()
+        .map(|p| p.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether an emergency overrides the policies `hits` for `device` putting `capability` in
+/// `state`: the device lists the action among its emergency actions and every policy allows
+/// an override. `Err` says why not.
+pub fn emergency_overrides(
+    device: &Device,
+    capability: &str,
+    state: &str,
+    hits: &[&Policy],
+) -> Result<(), String> {
+    if !device.is_emergency_action(capability, state) {
+        return Err(format!(
+            "{capability} -> {state} is not one of {}'s emergency actions",
+            device.id
+        ));
     }
-    None
+    let firm: Vec<&Policy> = hits
+        .iter()
+        .copied()
+        .filter(|p| !p.emergency_may_override())
+        .collect();
+    if !firm.is_empty() {
+        return Err(format!(
+            "policy {} does not allow an emergency override",
+            ids(&firm)
+        ));
+    }
+    Ok(())
 }
 
 fn absolute_block(world: &World<'_>, class: &str, device: &Device) -> Option<String> {
@@ -161,13 +212,14 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
             known: world.classes.keys().cloned().collect::<Vec<_>>().join(", "),
         })?;
     let emergency = intent.urgency == Urgency::Emergency;
+    let mut notes = Vec::new();
 
     for p in world.policies {
         if let Rule::RateLimitSource { max, window_secs } = &p.rule {
             let count = world
                 .rates
                 .count_source(&intent.source, clock.now_ms, *window_secs);
-            if count >= *max as usize && !emergency {
+            if count >= *max as usize && !(emergency && p.emergency_may_override()) {
                 return Err(PlanError::RateLimited {
                     source_id: intent.source.clone(),
                     count,
@@ -178,21 +230,44 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
             }
         }
     }
-    let needs_confirmation = !emergency
-        && world
-            .policies
-            .iter()
-            .any(|p| matches!(&p.rule, Rule::RequireConfirmation { class: c } if c == &class.name));
 
-    // Devices in scope, in plan order: emergency-capable first, then by id.
+    // Devices in scope, in plan order: devices with emergency actions first, then by id.
     let mut in_scope: Vec<&Device> = world
         .devices
         .values()
         .filter(|d| intent.location.contains(&d.location))
         .collect();
+    // A location that names no device is a typo or a room without devices: refused, except
+    // in an emergency, where every device that may act in one does, and the plan says so.
+    let mut widened = false;
+    if in_scope.is_empty() {
+        let known: BTreeSet<String> = world
+            .devices
+            .values()
+            .map(|d| d.location.to_string())
+            .collect();
+        let known = if known.is_empty() {
+            "none (no device is registered)".to_string()
+        } else {
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        if !emergency {
+            return Err(PlanError::UnknownLocation {
+                location: intent.location.to_string(),
+                known,
+            });
+        }
+        widened = true;
+        notes.push(format!(
+            "location {} was not found (no device is at or under it; known: {known}): every \
+             device that may act in an emergency acts, everywhere",
+            intent.location
+        ));
+        in_scope = world.devices.values().collect();
+    }
     in_scope.sort_by(|a, b| {
-        b.emergency_capable
-            .cmp(&a.emergency_capable)
+        b.has_emergency_actions()
+            .cmp(&a.has_emergency_actions())
             .then_with(|| a.id.cmp(&b.id))
     });
 
@@ -230,23 +305,52 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 note(&d.id, false, format!("{}: {why}", step.capability));
                 continue;
             }
-            if let Some(why) = soft_exclusion(world, &class.name, d, clock) {
-                if emergency && d.emergency_capable {
-                    note(
+            if widened && !d.is_emergency_action(&step.capability, &state) {
+                note(
+                    &d.id,
+                    false,
+                    format!(
+                        "{} -> {state}: outside the intent's location, and not one of the \
+                         device's emergency actions",
+                        step.capability
+                    ),
+                );
+                continue;
+            }
+            let hits = soft_exclusions(world, &class.name, d, clock);
+            if hits.is_empty() {
+                note(&d.id, true, format!("{} -> {state}", step.capability));
+            } else if !emergency {
+                note(
+                    &d.id,
+                    false,
+                    format!("{}: excluded by policy {}", step.capability, ids(&hits)),
+                );
+                continue;
+            } else {
+                match emergency_overrides(d, &step.capability, &state, &hits) {
+                    Ok(()) => note(
                         &d.id,
                         true,
-                        format!("{} -> {state}: emergency overrides {why}", step.capability),
-                    );
-                } else {
-                    note(
-                        &d.id,
-                        false,
-                        format!("{}: excluded by {why}", step.capability),
-                    );
-                    continue;
+                        format!(
+                            "{} -> {state}: emergency overrides policy {}",
+                            step.capability,
+                            ids(&hits)
+                        ),
+                    ),
+                    Err(why) => {
+                        note(
+                            &d.id,
+                            false,
+                            format!(
+                                "{}: excluded by policy {} ({why})",
+                                step.capability,
+                                ids(&hits)
+                            ),
+                        );
+                        continue;
+                    }
                 }
-            } else {
-                note(&d.id, true, format!("{} -> {state}", step.capability));
             }
             if planned.insert((d.id.clone(), step.capability.clone())) {
                 actions.push(PlannedAction {
@@ -257,6 +361,36 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 });
             }
         }
+    }
+
+    // Confirmation: an emergency skips it only if every confirmation policy allows that and
+    // every planned action is an emergency action of its device.
+    let confirm: Vec<&Policy> = world
+        .policies
+        .iter()
+        .filter(|p| matches!(&p.rule, Rule::RequireConfirmation { class: c } if c == &class.name))
+        .collect();
+    let mut needs_confirmation = !confirm.is_empty();
+    if needs_confirmation && emergency {
+        let blocker = actions.iter().find_map(|a| {
+            let d = world.devices.get(&a.device)?;
+            emergency_overrides(d, &a.capability, &a.state, &confirm).err()
+        });
+        match blocker {
+            None => {
+                needs_confirmation = false;
+                notes.push(format!(
+                    "emergency overrides policy {} (every action is an emergency action of its device)",
+                    ids(&confirm)
+                ));
+            }
+            Some(why) => notes.push(format!(
+                "waits for approval (policy {}) despite the emergency: {why}",
+                ids(&confirm)
+            )),
+        }
+    } else if needs_confirmation {
+        notes.push(format!("waits for approval (policy {})", ids(&confirm)));
     }
     let reads: Vec<String> = if class.steps.is_empty() {
         in_scope
@@ -291,6 +425,21 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
         };
         verdicts.push(v);
     }
+    let nothing_to_do = (actions.is_empty() && reads.is_empty()).then(|| {
+        let why: Vec<String> = verdicts
+            .iter()
+            .filter(|v| reasons_in_scope(v, intent, widened, world))
+            .map(|v| format!("{}: {}", v.device, v.reason))
+            .collect();
+        if why.is_empty() {
+            format!(
+                "no device at {} has a capability that {} uses",
+                intent.location, class.name
+            )
+        } else {
+            format!("no device acts: {}", why.join("; "))
+        }
+    });
     Ok(Plan {
         class: class.name.clone(),
         urgency: intent.urgency,
@@ -298,7 +447,18 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
         reads,
         verdicts,
         needs_confirmation,
+        notes,
+        nothing_to_do,
     })
+}
+
+/// Whether a verdict concerns a device the intent addressed (for the "nothing to do" reason).
+fn reasons_in_scope(v: &Verdict, intent: &Intent, widened: bool, world: &World<'_>) -> bool {
+    widened
+        || world
+            .devices
+            .get(&v.device)
+            .is_some_and(|d| intent.location.contains(&d.location))
 }
 
 #[cfg(test)]
@@ -328,6 +488,7 @@ mod tests {
                 .map(|(c, s)| (c.to_string(), s.iter().map(|x| x.to_string()).collect()))
                 .collect(),
             emergency_capable: emergency,
+            emergency_actions: Default::default(),
             adapter: Adapter::Sim {
                 address: "sim".into(),
             },
@@ -479,6 +640,7 @@ mod tests {
     fn emergency_overrides_soft_policies_for_capable_devices_but_never_blocks() {
         let exclude = |d: &str| Policy {
             id: format!("ex-{d}"),
+            emergency_override: None,
             rule: Rule::ExcludeDevice {
                 device: d.into(),
                 class: None,
@@ -486,6 +648,7 @@ mod tests {
         };
         let block = Policy {
             id: "no-siren".into(),
+            emergency_override: None,
             rule: Rule::Block {
                 device: "kitchen-siren".into(),
                 class: None,
@@ -529,6 +692,7 @@ mod tests {
     fn quiet_hours_confirmation_and_rate_limits() {
         let quiet = Policy {
             id: "night".into(),
+            emergency_override: None,
             rule: Rule::QuietHours {
                 start_minute: 22 * 60,
                 end_minute: 7 * 60,
@@ -559,6 +723,7 @@ mod tests {
 
         let confirm = Policy {
             id: "ask".into(),
+            emergency_override: None,
             rule: Rule::RequireConfirmation {
                 class: "control_access".into(),
             },
@@ -573,9 +738,24 @@ mod tests {
             .unwrap()
             .needs_confirmation
         );
+        // Changed on purpose (issue 13 item 2): an emergency no longer skips a confirmation
+        // policy by default; only one that says `emergency_override = true`, and only for
+        // emergency actions (locking the legacy emergency-capable front door is one).
+        assert!(
+            plan_with(
+                std::slice::from_ref(&confirm),
+                &RateWindows::default(),
+                &intent("control_access", Urgency::Emergency, "home"),
+                NOON
+            )
+            .unwrap()
+            .needs_confirmation
+        );
+        let mut waived = confirm.clone();
+        waived.emergency_override = Some(true);
         assert!(
             !plan_with(
-                &[confirm],
+                &[waived],
                 &RateWindows::default(),
                 &intent("control_access", Urgency::Emergency, "home"),
                 NOON
@@ -586,6 +766,7 @@ mod tests {
 
         let limit = Policy {
             id: "calm".into(),
+            emergency_override: None,
             rule: Rule::RateLimitSource {
                 max: 2,
                 window_secs: 60,
@@ -612,6 +793,7 @@ mod tests {
 
         let per_device = Policy {
             id: "siren-rest".into(),
+            emergency_override: None,
             rule: Rule::RateLimitDevice {
                 max: 1,
                 window_secs: 60,
@@ -660,6 +842,7 @@ mod tests {
             for d in devices.keys() {
                 sets.push(vec![Policy {
                     id: "ex".into(),
+                    emergency_override: None,
                     rule: Rule::ExcludeDevice {
                         device: d.clone(),
                         class: None,
@@ -667,6 +850,7 @@ mod tests {
                 }]);
                 sets.push(vec![Policy {
                     id: "bl".into(),
+                    emergency_override: None,
                     rule: Rule::Block {
                         device: d.clone(),
                         class: None,
@@ -704,6 +888,308 @@ mod tests {
                             devices.len(),
                             "every device gets a verdict"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    fn plan_in(
+        devices: &BTreeMap<String, Device>,
+        policies: &[Policy],
+        i: &Intent,
+    ) -> Result<Plan, PlanError> {
+        let classes: BTreeMap<String, IntentClass> = default_classes()
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        resolve(
+            &World {
+                devices,
+                classes: &classes,
+                policies,
+                rates: &RateWindows::default(),
+            },
+            i,
+            NOON,
+        )
+    }
+
+    fn confirm_access(over: Option<bool>) -> Policy {
+        Policy {
+            id: "ask-before-unlocking".into(),
+            rule: Rule::RequireConfirmation {
+                class: "control_access".into(),
+            },
+            emergency_override: over,
+        }
+    }
+
+    /// Issue 13 item 2, first sequence: with `require_confirmation` on `control_access`, an
+    /// emergency unlock waited for nobody and opened the front door and a door registered with
+    /// `emergency_capable = false`. Now it waits for approval, and says why.
+    #[test]
+    fn an_emergency_unlock_waits_for_approval_unless_both_sides_said_so() {
+        let mut i = intent("control_access", Urgency::Emergency, "home");
+        i.context.insert("state".into(), "unlocked".into());
+        let mut devices = house();
+        // A second door inside home, not emergency-capable.
+        let mut back = devices["shed-lock"].clone();
+        back.id = "back-door".into();
+        back.location = Location::parse("l", "home/back").unwrap();
+        devices.insert(back.id.clone(), back);
+        for over in [None, Some(false), Some(true)] {
+            let p = plan_in(&devices, &[confirm_access(over)], &i).unwrap();
+            assert!(p.needs_confirmation, "{over:?}: {p:?}");
+            assert!(
+                p.notes.iter().any(|n| n.contains("waits for approval")),
+                "{p:?}"
+            );
+        }
+        // The household declares the unlock on the front door only; the back door stays a
+        // reason to wait.
+        devices.get_mut("front-door").unwrap().emergency_actions =
+            [("lock".to_string(), ["unlocked".to_string()].into())].into();
+        let p = plan_in(&devices, &[confirm_access(Some(true))], &i).unwrap();
+        assert!(
+            p.needs_confirmation,
+            "the back door's unlock is not declared"
+        );
+        assert!(
+            p.notes.iter().any(|n| n.contains("back-door")),
+            "{:?}",
+            p.notes
+        );
+        devices.remove("back-door");
+        let p = plan_in(&devices, &[confirm_access(Some(true))], &i).unwrap();
+        assert!(!p.needs_confirmation, "{p:?}");
+        assert_eq!(acted(&p), [("front-door".into(), "unlocked".into())]);
+        // Without the policy's consent, the declaration alone does not skip approval.
+        let p = plan_in(&devices, &[confirm_access(None)], &i).unwrap();
+        assert!(p.needs_confirmation);
+    }
+
+    /// An excluded door is unlocked by an emergency only where its manifest lists the unlock;
+    /// the legacy `emergency_capable = true` never implies one.
+    #[test]
+    fn an_emergency_overrides_an_exclusion_only_for_declared_actions() {
+        let exclude = Policy::new(
+            "no-front-door",
+            Rule::ExcludeDevice {
+                device: "front-door".into(),
+                class: None,
+            },
+        );
+        let i = intent("ensure_safety", Urgency::Emergency, "home/hall");
+        let mut devices = house();
+        let p = plan_in(&devices, std::slice::from_ref(&exclude), &i).unwrap();
+        assert!(acted(&p).is_empty(), "{p:?}");
+        let v = p
+            .verdicts
+            .iter()
+            .find(|v| v.device == "front-door")
+            .unwrap();
+        assert!(
+            v.reason
+                .contains("not one of front-door's emergency actions"),
+            "{v:?}"
+        );
+        assert!(p.nothing_to_do.is_some(), "{p:?}");
+        devices.get_mut("front-door").unwrap().emergency_actions =
+            [("lock".to_string(), ["unlocked".to_string()].into())].into();
+        let p = plan_in(&devices, std::slice::from_ref(&exclude), &i).unwrap();
+        assert_eq!(acted(&p), [("front-door".into(), "unlocked".into())]);
+        let mut firm = exclude.clone();
+        firm.emergency_override = Some(false);
+        let p = plan_in(&devices, &[firm], &i).unwrap();
+        assert!(acted(&p).is_empty());
+        assert!(
+            p.verdicts
+                .iter()
+                .any(|v| v.reason.contains("does not allow an emergency override")),
+            "{p:?}"
+        );
+    }
+
+    /// Issue 13 item 3: an emergency to a misspelt location used to plan nothing and finish
+    /// "done". Now a non-emergency is refused naming the location; an emergency acts with every
+    /// device that may act in one, and says the location was not found.
+    #[test]
+    fn an_unknown_location_is_refused_or_widened_for_an_emergency() {
+        let e = plan_with(
+            &[],
+            &RateWindows::default(),
+            &intent("ensure_safety", Urgency::Alert, "home/kitchn"),
+            NOON,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PlanError::UnknownLocation { location, .. } if location == "home/kitchn"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("home/kitchen"), "{e}");
+        let p = plan_with(
+            &[],
+            &RateWindows::default(),
+            &intent("ensure_safety", Urgency::Emergency, "home/kitchn"),
+            NOON,
+        )
+        .unwrap();
+        // The legacy emergency-capable siren sounds; the light (not capable) and the doors
+        // (no declared unlock) do not.
+        assert_eq!(acted(&p), [("kitchen-siren".into(), "on".into())]);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("home/kitchn was not found")),
+            "{p:?}"
+        );
+        assert!(p.nothing_to_do.is_none());
+        // With no device at all, even an emergency has nothing to do, and says so.
+        let none = BTreeMap::new();
+        let p = plan_in(
+            &none,
+            &[],
+            &intent("ensure_safety", Urgency::Emergency, "home"),
+        )
+        .unwrap();
+        assert!(p.actions.is_empty() && p.nothing_to_do.is_some(), "{p:?}");
+    }
+
+    /// Issue 13 item 3: an intent whose every device a policy excluded has nothing to do, and
+    /// the plan says why (it must never be reported as done).
+    #[test]
+    fn a_plan_that_acts_on_nothing_says_why() {
+        let pols = [
+            Policy::new(
+                "a",
+                Rule::ExcludeDevice {
+                    device: "kitchen-siren".into(),
+                    class: None,
+                },
+            ),
+            Policy::new(
+                "b",
+                Rule::ExcludeDevice {
+                    device: "kitchen-light".into(),
+                    class: None,
+                },
+            ),
+        ];
+        let p = plan_with(
+            &pols,
+            &RateWindows::default(),
+            &intent("ensure_safety", Urgency::Alert, "home/kitchen"),
+            NOON,
+        )
+        .unwrap();
+        let why = p.nothing_to_do.expect("nothing to do");
+        assert!(
+            why.contains("kitchen-siren") && why.contains("policy a"),
+            "{why}"
+        );
+        let p = plan_with(
+            &[],
+            &RateWindows::default(),
+            &intent("notify", Urgency::Info, "home/kitchen"),
+            NOON,
+        )
+        .unwrap();
+        assert!(p.nothing_to_do.is_some(), "no notifier in the kitchen");
+        let p = plan_with(
+            &[],
+            &RateWindows::default(),
+            &intent("report_status", Urgency::Info, "home"),
+            NOON,
+        )
+        .unwrap();
+        assert!(p.nothing_to_do.is_none(), "reading sensors is something");
+    }
+
+    /// Exhaustive over device declarations × policy kinds × override settings × urgencies ×
+    /// target states: an action a soft policy would stop is planned exactly when the intent is
+    /// an emergency, the device lists the action, and the policy allows it; confirmation is
+    /// skipped exactly when the intent is an emergency, the policy allows it and every action is
+    /// declared; an unlock is never planned past a policy without a declaration.
+    #[test]
+    fn exhaustive_emergency_override_rules() {
+        let decls: [(bool, &[&str]); 5] = [
+            (false, &[]),
+            (true, &[]),
+            (false, &["unlocked"]),
+            (false, &["locked"]),
+            (true, &["locked", "unlocked"]),
+        ];
+        let urgencies = [Urgency::Info, Urgency::Alert, Urgency::Emergency];
+        for (capable, declared) in decls {
+            let mut door = dev(
+                "door",
+                "home/hall",
+                &[("lock", &["locked", "unlocked"])],
+                &[],
+                capable,
+            );
+            if !declared.is_empty() {
+                door.emergency_actions = [(
+                    "lock".to_string(),
+                    declared.iter().map(|s| s.to_string()).collect(),
+                )]
+                .into();
+            }
+            let devices: BTreeMap<String, Device> = [(door.id.clone(), door.clone())].into();
+            for over in [None, Some(false), Some(true)] {
+                let rules = [
+                    Rule::ExcludeDevice {
+                        device: "door".into(),
+                        class: None,
+                    },
+                    Rule::QuietHours {
+                        start_minute: 0,
+                        end_minute: 1439,
+                        classes: BTreeSet::new(),
+                        tags: BTreeSet::new(),
+                    },
+                    Rule::RequireConfirmation {
+                        class: "control_access".into(),
+                    },
+                ];
+                for rule in rules {
+                    let pol = Policy {
+                        id: "p".into(),
+                        rule: rule.clone(),
+                        emergency_override: over,
+                    };
+                    let confirm = matches!(rule, Rule::RequireConfirmation { .. });
+                    for u in urgencies {
+                        for state in ["locked", "unlocked"] {
+                            let mut i = intent("control_access", u, "home");
+                            i.context.insert("state".into(), state.into());
+                            let p = plan_in(&devices, std::slice::from_ref(&pol), &i).unwrap();
+                            let lists = door.is_emergency_action("lock", state);
+                            let allowed = pol.emergency_may_override();
+                            let overrides = u == Urgency::Emergency && lists && allowed;
+                            assert_eq!(
+                                lists,
+                                declared.contains(&state)
+                                    || (declared.is_empty() && capable && state != "unlocked")
+                            );
+                            let ctx =
+                                format!("{capable} {declared:?} {over:?} {rule:?} {u:?} {state}");
+                            if confirm {
+                                assert_eq!(acted(&p).len(), 1, "{ctx}");
+                                assert_eq!(p.needs_confirmation, !overrides, "{ctx}");
+                            } else {
+                                assert!(!p.needs_confirmation, "{ctx}");
+                                assert_eq!(!acted(&p).is_empty(), overrides, "{ctx}");
+                                assert_eq!(p.nothing_to_do.is_some(), !overrides, "{ctx}");
+                            }
+                            if state == "unlocked"
+                                && (overrides || !confirm)
+                                && !acted(&p).is_empty()
+                            {
+                                assert!(declared.contains(&"unlocked"), "{ctx}");
+                            }
+                        }
                     }
                 }
             }

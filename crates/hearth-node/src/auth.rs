@@ -8,6 +8,10 @@
 //! name = "ana"           # the principal named in audit entries
 //! role = "operator"      # agent | operator | admin
 //! sha256 = "<64 lower-case hex digits: SHA-256 of the token's UTF-8 bytes>"
+//! # What the holder may ask for in intents (all optional):
+//! emergency = false      # may claim urgency = emergency (default: no for agents, yes otherwise)
+//! classes = ["notify"]   # intent classes it may use (default: all)
+//! locations = ["home/kitchen"]  # it may address only these and what lies under them (default: all)
 //! ```
 //!
 //! The file is read again when it changes (checked at most once a second), so adding or
@@ -26,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use hearth_core::policy::Grants;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -100,7 +105,10 @@ fn listed(path: &str) -> Option<Need> {
         ("hearth.v1.Devices", "List" | "Get") => Need::Role(Agent),
         ("hearth.v1.Devices", "Register") => Need::Role(Operator),
         ("hearth.v1.Devices", "Refence") => Need::Role(Admin),
-        ("hearth.v1.Policies", "ApplyClass" | "ApplyPolicies" | "Show") => Need::Role(Operator),
+        (
+            "hearth.v1.Policies",
+            "ApplyClass" | "ApplyPolicies" | "Show" | "AddPolicy" | "RemovePolicy",
+        ) => Need::Role(Operator),
         _ => return None,
     })
 }
@@ -113,6 +121,8 @@ pub struct Principal {
     pub role: Option<ClientRole>,
     /// The `authorization` header as received, forwarded with calls to the leader.
     pub authorization: Option<String>,
+    /// What it may ask for in intents (everything for a node certificate).
+    pub grants: Grants,
 }
 
 impl Principal {
@@ -150,6 +160,18 @@ pub fn agent_name() -> Option<String> {
         .map(|p| p.name)
 }
 
+/// Whether the caller may ask for `intent` (its token's emergency, class and location
+/// grants); without client authentication everything is allowed. Checked where intents are
+/// submitted and explained, on the node that receives the call and again on the leader.
+pub fn check_grants(
+    intent: &hearth_core::intent::Intent,
+) -> Result<(), hearth_core::intent::FieldError> {
+    match current() {
+        Some(p) if !p.is_node() => p.grants.permits(&p.name, intent),
+        _ => Ok(()),
+    }
+}
+
 /// SHA-256 of a token, lower-case hex: what the tokens file stores.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -161,6 +183,30 @@ pub struct TokenEntry {
     pub name: String,
     pub role: ClientRole,
     pub sha256: String,
+    /// May claim an emergency; absent: no for agents, yes for operators and admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency: Option<bool>,
+    /// Intent classes it may use; absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// Locations it may address (and what lies under them); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<String>>,
+}
+
+impl TokenEntry {
+    /// What its holder may ask for in intents.
+    pub fn grants(&self) -> Grants {
+        Grants {
+            emergency: self.emergency.unwrap_or(self.role >= ClientRole::Operator),
+            classes: self.classes.as_ref().map(|c| c.iter().cloned().collect()),
+            locations: self.locations.as_ref().map(|l| {
+                l.iter()
+                    .filter_map(|s| hearth_core::intent::Location::parse("locations", s).ok())
+                    .collect()
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +257,14 @@ impl TokensFile {
                 return Err(format!(
                     "token[{i}].sha256 must be 64 lower-case hex digits (the SHA-256 of the token)"
                 ));
+            }
+            for c in t.classes.iter().flatten() {
+                hearth_core::intent::check_id("classes", c)
+                    .map_err(|e| format!("token[{i}].classes: {}", e.problem))?;
+            }
+            for l in t.locations.iter().flatten() {
+                hearth_core::intent::Location::parse("locations", l)
+                    .map_err(|e| format!("token[{i}].locations: {}", e.problem))?;
             }
         }
         Ok(f)
@@ -345,6 +399,7 @@ impl Authenticator {
                     name: "cluster node".into(),
                     role: None,
                     authorization: None,
+                    grants: Grants::all(),
                 }));
             }
             return Err(Status::unauthenticated(format!(
@@ -374,6 +429,7 @@ impl Authenticator {
             )));
         }
         Ok(Some(Principal {
+            grants: entry.grants(),
             name: entry.name,
             role: Some(entry.role),
             authorization: Some(header.to_string()),
@@ -477,6 +533,9 @@ mod tests {
                     name: n.to_string(),
                     role: *r,
                     sha256: token_hash(t),
+                    emergency: None,
+                    classes: None,
+                    locations: None,
                 })
                 .collect(),
         };

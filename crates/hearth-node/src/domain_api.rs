@@ -17,7 +17,6 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::devices_client::DevicesClient;
 use hearth_proto::v1::intents_client::IntentsClient;
 use hearth_proto::v1::policies_client::PoliciesClient;
-use serde::Deserialize;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -180,6 +179,7 @@ pub fn record_view(r: &IntentRecord) -> pb::IntentView {
                 "partial"
             }
             IntentStatus::Failed => "failed",
+            IntentStatus::NoAction => "no_action",
         }
         .into(),
         index: r.index,
@@ -190,6 +190,8 @@ pub fn record_view(r: &IntentRecord) -> pb::IntentView {
         needs_confirmation: r.plan.needs_confirmation,
         approved_by: r.approved_by.clone().unwrap_or_default(),
         reads: r.plan.reads.clone(),
+        notes: r.plan.notes.clone(),
+        nothing_to_do: r.plan.nothing_to_do.clone().unwrap_or_default(),
     }
 }
 
@@ -207,8 +209,33 @@ pub fn plan_view(p: &Plan) -> pb::IntentView {
         verdicts: verdicts(p),
         needs_confirmation: p.needs_confirmation,
         reads: p.reads.clone(),
+        notes: p.notes.clone(),
+        nothing_to_do: p.nothing_to_do.clone().unwrap_or_default(),
         ..Default::default()
     }
+}
+
+fn states_from_pb(
+    m: &std::collections::HashMap<String, pb::StateList>,
+) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), v.states.iter().cloned().collect::<BTreeSet<_>>()))
+        .collect()
+}
+
+fn states_to_pb(
+    m: &std::collections::BTreeMap<String, BTreeSet<String>>,
+) -> std::collections::HashMap<String, pb::StateList> {
+    m.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                pb::StateList {
+                    states: v.iter().cloned().collect(),
+                },
+            )
+        })
+        .collect()
 }
 
 pub fn device_from_pb(d: &pb::DeviceManifest) -> Result<Device, FieldError> {
@@ -243,12 +270,9 @@ pub fn device_from_pb(d: &pb::DeviceManifest) -> Result<Device, FieldError> {
         location: Location::parse("location", &d.location)?,
         tags: d.tags.iter().cloned().collect(),
         sensors: d.sensors.iter().cloned().collect(),
-        actuators: d
-            .actuators
-            .iter()
-            .map(|(k, v)| (k.clone(), v.states.iter().cloned().collect::<BTreeSet<_>>()))
-            .collect(),
+        actuators: states_from_pb(&d.actuators),
         emergency_capable: d.emergency_capable,
+        emergency_actions: states_from_pb(&d.emergency_actions),
         adapter,
     };
     dev.validate()?;
@@ -267,19 +291,9 @@ pub fn device_to_pb(d: &Device) -> pb::DeviceManifest {
         location: d.location.to_string(),
         tags: d.tags.iter().cloned().collect(),
         sensors: d.sensors.iter().cloned().collect(),
-        actuators: d
-            .actuators
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    pb::StateList {
-                        states: v.iter().cloned().collect(),
-                    },
-                )
-            })
-            .collect(),
+        actuators: states_to_pb(&d.actuators),
         emergency_capable: d.emergency_capable,
+        emergency_actions: states_to_pb(&d.emergency_actions),
         adapter_kind: kind.into(),
         adapter_target: target,
     }
@@ -340,6 +354,8 @@ impl pb::intents_server::Intents for DomainApi {
                         }
                     }
                     let i = intent_from_pb(&m)?;
+                    crate::auth::check_grants(&i)
+                        .map_err(|e| NodeError::Forbidden(e.to_string()))?;
                     if m.dry_run {
                         return node.explain(&i).map(|p| plan_view(&p));
                     }
@@ -441,7 +457,15 @@ impl pb::intents_server::Intents for DomainApi {
                         }
                     }
                     let finished = r.status.is_final();
-                    if finished {
+                    if r.status == IntentStatus::NoAction {
+                        events.push((
+                            "no_action".into(),
+                            format!(
+                                "nothing was done: {}",
+                                r.plan.nothing_to_do.clone().unwrap_or_default()
+                            ),
+                        ));
+                    } else if finished {
                         let ok = r
                             .actions
                             .iter()
@@ -501,6 +525,7 @@ impl pb::intents_server::Intents for DomainApi {
             m.idempotency_key = "explain".into();
         }
         let i = intent_from_pb(&m).map_err(invalid)?;
+        crate::auth::check_grants(&i).map_err(|e| Status::permission_denied(e.to_string()))?;
         let p = self.node.explain(&i).map_err(to_status)?;
         Ok(Response::new(plan_view(&p)))
     }
@@ -619,12 +644,6 @@ impl pb::devices_server::Devices for DomainApi {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyDocument {
-    policies: Vec<Policy>,
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, NodeError> {
     serde_json::from_str(s).map_err(|e| NodeError::Invalid {
         field: "json",
@@ -643,10 +662,8 @@ pub fn class_from_doc(json: &str) -> Result<IntentClass, NodeError> {
 /// The policies in an `ApplyPolicies` document, checked as the server checks them before
 /// anything is appended.
 pub fn policies_from_doc(json: &str) -> Result<Vec<Policy>, NodeError> {
-    let doc: PolicyDocument = parse_json("policy", json)?;
-    for p in &doc.policies {
-        p.validate_request()?;
-    }
+    let doc: hearth_core::policy::PolicyDocument = parse_json("policy", json)?;
+    hearth_core::policy::validate_set(&doc.policies)?;
     Ok(doc.policies)
 }
 
@@ -687,9 +704,11 @@ impl pb::policies_server::Policies for DomainApi {
             |m: &pb::ApplyDocument| {
                 let node = node.clone();
                 let json = m.json.clone();
+                let expect = m.expect_sha256.clone();
                 async move {
                     let policies = policies_from_doc(&json)?;
-                    node.apply_policies(policies)
+                    let expect = (!expect.is_empty()).then_some(expect.as_str());
+                    node.apply_policies(policies, expect)
                         .await
                         .map(|a| pb::ApplyResult { index: a.index })
                 }
@@ -702,13 +721,73 @@ impl pb::policies_server::Policies for DomainApi {
         )
     }
 
+    async fn add_policy(
+        &self,
+        req: Request<pb::ApplyDocument>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::ApplyDocument| {
+                let node = node.clone();
+                let json = m.json.clone();
+                async move {
+                    let mut policies = policies_from_doc(&json)?;
+                    let (Some(one), true) = (policies.pop(), policies.is_empty()) else {
+                        return Err(NodeError::Invalid {
+                            field: "policies",
+                            problem: "AddPolicy takes exactly one policy".into(),
+                        });
+                    };
+                    node.add_policy(one)
+                        .await
+                        .map(|a| pb::ApplyResult { index: a.index })
+                }
+            },
+            |addr, msg| async move {
+                PoliciesClient::new(leader_channel(&self.node, &addr)?)
+                    .add_policy(forward(msg))
+                    .await
+            }
+        )
+    }
+
+    async fn remove_policy(
+        &self,
+        req: Request<pb::RemovePolicyRequest>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::RemovePolicyRequest| {
+                let node = node.clone();
+                let id = m.id.clone();
+                async move {
+                    node.remove_policy(&id)
+                        .await
+                        .map(|a| pb::ApplyResult { index: a.index })
+                }
+            },
+            |addr, msg| async move {
+                PoliciesClient::new(leader_channel(&self.node, &addr)?)
+                    .remove_policy(forward(msg))
+                    .await
+            }
+        )
+    }
+
     async fn show(
         &self,
         _req: Request<pb::ShowPoliciesRequest>,
     ) -> Result<Response<pb::ApplyDocument>, Status> {
         let policies = self.node.policies().map_err(to_status)?;
         let classes = self.node.classes().map_err(to_status)?;
+        let sha256 = crate::node::policies_sha256(&policies);
         let json = serde_json::json!({ "policies": policies, "classes": classes }).to_string();
-        Ok(Response::new(pb::ApplyDocument { json }))
+        Ok(Response::new(pb::ApplyDocument {
+            json,
+            sha256,
+            ..Default::default()
+        }))
     }
 }

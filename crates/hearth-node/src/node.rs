@@ -125,6 +125,14 @@ pub enum NodeError {
     },
 }
 
+/// The SHA-256 (lower-case hex) of a policy set as stored: what `policy apply` diffed against.
+pub fn policies_sha256(policies: &[Policy]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(policies).unwrap_or_default(),
+    ))
+}
+
 /// What a node reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusView {
@@ -1292,13 +1300,73 @@ impl Node {
             .await
     }
 
-    pub async fn apply_policies(&self, policies: Vec<Policy>) -> Result<Applied, NodeError> {
-        for p in &policies {
-            p.validate_request().map_err(NodeError::from)?;
+    /// Replaces the policy set. Refused with the field named: a malformed policy, a duplicate
+    /// id, and (checked here on the leader, against its registry) a device, class or tag that
+    /// does not exist; with `expect`, a set in force other than the one the client diffed.
+    pub async fn apply_policies(
+        &self,
+        policies: Vec<Policy>,
+        expect: Option<&str>,
+    ) -> Result<Applied, NodeError> {
+        hearth_core::policy::validate_set(&policies).map_err(NodeError::from)?;
+        if self.is_leader() {
+            self.check_policy_refs(&policies)?;
+            if let Some(want) = expect {
+                let now = self.sm.with_domain(|d| policies_sha256(&d.policies))?;
+                if now != want {
+                    return Err(NodeError::Refused(
+                        "the policies in force changed since the diff was shown; run the command again to see the new diff".into(),
+                    ));
+                }
+            }
         }
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::ApplyPolicies { policies, by })
             .await
+    }
+
+    /// Adds one policy (refused if its id is taken), checked like [`Node::apply_policies`].
+    pub async fn add_policy(&self, policy: Policy) -> Result<Applied, NodeError> {
+        if self.is_leader() {
+            let mut all = self.sm.with_domain(|d| d.policies.clone())?;
+            all.push(policy.clone());
+            hearth_core::policy::validate_set(&all).map_err(|e| {
+                NodeError::from(hearth_core::intent::FieldError::new(
+                    "policies[0]",
+                    e.problem,
+                ))
+            })?;
+            self.check_policy_refs(std::slice::from_ref(&policy))?;
+        } else {
+            hearth_core::policy::validate_set(std::slice::from_ref(&policy))
+                .map_err(NodeError::from)?;
+        }
+        let by = crate::auth::current_name();
+        self.propose_checked(&DomainCommand::AddPolicy { policy, by })
+            .await
+    }
+
+    /// Removes one policy by id (refused if there is none).
+    pub async fn remove_policy(&self, id: &str) -> Result<Applied, NodeError> {
+        hearth_core::intent::check_id("id", id).map_err(NodeError::from)?;
+        let by = crate::auth::current_name();
+        self.propose_checked(&DomainCommand::RemovePolicy {
+            id: id.to_string(),
+            by,
+        })
+        .await
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    fn check_policy_refs(&self, policies: &[Policy]) -> Result<(), NodeError> {
+        self.sm
+            .with_domain(|d| {
+                hearth_core::policy::check_references(policies, &d.devices, &d.classes)
+            })?
+            .map_err(NodeError::from)
     }
 
     /// The plan an intent would get now, executing nothing and appending nothing.
@@ -1315,13 +1383,19 @@ impl Node {
     #[tracing::instrument(skip_all, fields(node = self.id, intent = tracing::field::Empty))]
     pub async fn submit_intent(&self, intent: Intent) -> Result<IntentRecord, NodeError> {
         intent.validate_request().map_err(NodeError::from)?;
-        let id = hearth_core::domain::intent_id(&intent.idempotency_key);
+        // Keys are scoped to the source (an agent's is its token name): another source's key
+        // neither collides with this one nor reveals its intent.
+        let key_scope = Some(intent.source.clone());
+        let id =
+            hearth_core::domain::scoped_intent_id(key_scope.as_deref(), &intent.idempotency_key);
         tracing::Span::current().record("intent", id.as_str());
         let hash = hearth_core::domain::body_hash(&intent);
-        let known = self.sm.with_domain(|d| d.intents.get(&id).cloned())?;
+        let known = self
+            .sm
+            .with_domain(|d| d.existing_for_key(&intent, key_scope.as_deref()).cloned())?;
         match known {
             Some(r) if r.body_hash == hash => return Ok(r),
-            Some(_) => return Err(NodeError::KeyConflict(id)),
+            Some(r) => return Err(NodeError::KeyConflict(r.id)),
             None => {}
         }
         let clock = self.stamp()?;
@@ -1339,16 +1413,19 @@ impl Node {
                 at_ms: clock.now_ms,
                 minute_of_day: clock.minute_of_day,
                 deadline_ms: Some(deadline_ms),
+                key_scope,
             })
             .await?;
-        match a.outcome {
-            Some(Outcome::Accepted { .. }) | Some(Outcome::Duplicate { .. }) => {}
+        let id = match a.outcome {
+            Some(Outcome::Accepted { intent_id }) | Some(Outcome::Duplicate { intent_id }) => {
+                intent_id
+            }
             Some(Outcome::KeyConflict { intent_id }) => {
                 return Err(NodeError::KeyConflict(intent_id));
             }
             Some(Outcome::Refused { reason }) => return Err(NodeError::Refused(reason)),
             other => return Err(NodeError::Fatal(format!("unexpected outcome {other:?}"))),
-        }
+        };
         self.get_intent(&id)?
             .ok_or_else(|| NodeError::Fatal(format!("intent {id} vanished after commit")))
     }
@@ -1950,9 +2027,20 @@ pub fn describe(rec: &Record) -> String {
             Ok(DomainCommand::ApplyPolicies { policies, by }) => {
                 format!("{} policies applied{}", policies.len(), by_suffix(&by))
             }
-            Ok(DomainCommand::SubmitIntent { intent, .. }) => format!(
+            Ok(DomainCommand::AddPolicy { policy, by }) => {
+                format!("policy {} added{}", policy.id, by_suffix(&by))
+            }
+            Ok(DomainCommand::RemovePolicy { id, by }) => {
+                format!("policy {id} removed{}", by_suffix(&by))
+            }
+            Ok(DomainCommand::SubmitIntent {
+                intent, key_scope, ..
+            }) => format!(
                 "intent {} {} {:?} at {} from {}",
-                hearth_core::domain::intent_id(&intent.idempotency_key),
+                hearth_core::domain::scoped_intent_id(
+                    key_scope.as_deref(),
+                    &intent.idempotency_key
+                ),
                 intent.class,
                 intent.urgency,
                 intent.location,

@@ -204,6 +204,9 @@ pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> Result<PkiReport, Pki
                 name: "admin".into(),
                 role: ClientRole::Admin,
                 sha256: token_hash(&token),
+                emergency: None,
+                classes: None,
+                locations: None,
             }],
         };
         let admin = dir.join("admin.token");
@@ -216,6 +219,25 @@ pub fn init_pki(dir: &Path, nodes: &[u64], renew: bool) -> Result<PkiReport, Pki
 
 /// Adds a token to a tokens file; returns the secret (shown once, never stored).
 pub fn add_token(file: &Path, name: &str, role: ClientRole) -> Result<String, PkiError> {
+    add_token_with(file, name, role, TokenLimits::default())
+}
+
+/// What a new token's holder may ask for in intents (`hearth token add --emergency
+/// --class C --location L`); absent fields keep the role's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    pub emergency: Option<bool>,
+    pub classes: Option<Vec<String>>,
+    pub locations: Option<Vec<String>>,
+}
+
+/// [`add_token`] with limits on what the holder may ask for.
+pub fn add_token_with(
+    file: &Path,
+    name: &str,
+    role: ClientRole,
+    limits: TokenLimits,
+) -> Result<String, PkiError> {
     let mut f = if file.exists() {
         TokensFile::load(file)?
     } else {
@@ -231,6 +253,9 @@ pub fn add_token(file: &Path, name: &str, role: ClientRole) -> Result<String, Pk
         name: name.to_string(),
         role,
         sha256: token_hash(&token),
+        emergency: limits.emergency,
+        classes: limits.classes,
+        locations: limits.locations,
     });
     let text = f.render();
     TokensFile::parse(&text).map_err(PkiError::Usage)?;

@@ -54,6 +54,7 @@ proptest! {
             tags: s[..n].to_vec(), sensors: s[n..].to_vec(),
             actuators: [(s[4].clone(), pb::StateList { states: s[5..8].to_vec() })].into(),
             emergency_capable: n == 2, adapter_kind: ["sim", "http", "mqtt", "x"][n].into(),
+            emergency_actions: Default::default(),
             adapter_target: s[8].clone(),
         };
         if let Ok(d) = device_from_pb(&dev) {

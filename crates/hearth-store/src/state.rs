@@ -450,10 +450,14 @@ fn apply_command(
             format!("{CLASS_PREFIX}{}", class.name).as_bytes(),
             json(class)?,
         ),
-        Command::ApplyPolicies { policies, .. } => batch.insert(K_POLICIES, json(policies)?),
-        Command::SubmitIntent { intent, .. } => {
-            let id = hearth_core::domain::intent_id(&intent.idempotency_key);
-            if let Some(r) = domain.intents.get(&id) {
+        Command::ApplyPolicies { .. }
+        | Command::AddPolicy { .. }
+        | Command::RemovePolicy { .. } => batch.insert(K_POLICIES, json(&domain.policies)?),
+        Command::SubmitIntent { .. } => {
+            let Outcome::Accepted { intent_id: id } = &outcome else {
+                return Ok(outcome);
+            };
+            if let Some(r) = domain.intents.get(id) {
                 batch.insert(format!("{INTENT_PREFIX}{id}").as_bytes(), json(r)?);
             }
             batch.insert(K_RATES, json(&domain.rates)?);

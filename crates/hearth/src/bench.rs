@@ -106,6 +106,7 @@ pub async fn measure_intents(
         sensors: Default::default(),
         actuators: [("siren".to_string(), ["on".to_string()].into())].into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter: hearth_core::intent::Adapter::Sim {
             address: "local:bench".into(),
         },

@@ -129,6 +129,18 @@ pub enum TokenCmd {
         /// agent, operator or admin.
         #[arg(long)]
         role: String,
+        /// May claim urgency emergency (agents may not unless given this).
+        #[arg(long, conflicts_with = "no_emergency")]
+        emergency: bool,
+        /// May not claim an emergency (operators and admins may by default).
+        #[arg(long)]
+        no_emergency: bool,
+        /// Intent classes it may use, repeatable (default: all).
+        #[arg(long = "class", value_name = "CLASS")]
+        classes: Vec<String>,
+        /// Locations it may address (and what lies under them), repeatable (default: all).
+        #[arg(long = "location", value_name = "PATH")]
+        locations: Vec<String>,
     },
     /// Remove a token (nodes stop accepting it within a second of seeing the file).
     Revoke {
@@ -404,10 +416,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Token { command } => {
             match command {
-                TokenCmd::Add { file, name, role } => {
+                TokenCmd::Add {
+                    file,
+                    name,
+                    role,
+                    emergency,
+                    no_emergency,
+                    classes,
+                    locations,
+                } => {
                     let role = hearth_node::auth::ClientRole::parse(&role)
                         .with_context(|| format!("role {role:?}: use agent, operator or admin"))?;
-                    let t = hearth_node::pki::add_token(&file, &name, role)?;
+                    let limits = hearth_node::pki::TokenLimits {
+                        emergency: (emergency || no_emergency).then_some(emergency),
+                        classes: (!classes.is_empty()).then_some(classes),
+                        locations: (!locations.is_empty()).then_some(locations),
+                    };
+                    let t = hearth_node::pki::add_token_with(&file, &name, role, limits)?;
                     eprintln!(
                         "token for {name:?} ({}) added to {}; shown once, keep it secret:",
                         role.name(),
@@ -421,7 +446,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 TokenCmd::List { file } => {
                     for t in hearth_node::auth::TokensFile::load(&file)?.token {
-                        println!("{:<24} {}", t.name, t.role.name());
+                        let g = t.grants();
+                        let all = |v: &Option<Vec<String>>| {
+                            v.as_ref().map_or("all".to_string(), |v| v.join(","))
+                        };
+                        println!(
+                            "{:<24} {:<9} emergency={} classes={} locations={}",
+                            t.name,
+                            t.role.name(),
+                            if g.emergency { "yes" } else { "no" },
+                            all(&t.classes),
+                            all(&t.locations)
+                        );
                     }
                 }
             }
@@ -721,6 +757,8 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     let mut keys = Vec::new();
     let mut warnings = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
+    // The leading node's own view: since when its quorum last acknowledged it.
+    let mut leader_ack: Option<(u64, Option<u64>)> = None;
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
             // It answers, but its Raft core is dead: it is down (and about to exit).
@@ -756,6 +794,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                     if !h.disk_warning.is_empty() {
                         notes.push(format!("node {}: DISK_LOW — {}", s.node_id, h.disk_warning));
                     }
+                }
+                if s.state == "Leader" {
+                    leader_ack = Some((s.node_id, s.millis_since_quorum_ack));
                 }
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
                 warnings.extend(s.device_warnings.iter().map(|w| (s.node_id, w.clone())));
@@ -839,8 +880,25 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
         println!("checkpoint key of node {id} ({role}): {key}");
     }
+    // Exit non-zero when the cluster cannot commit now: no single leader, or a leader whose
+    // quorum has not acknowledged it for longer than an election would take.
+    let no_quorum = match (leaders.len(), leader_ack) {
+        (1, Some((_, Some(ms)))) if ms > QUORUM_STALE_MS => Some(format!(
+            "the leader's quorum last acknowledged it {ms} ms ago"
+        )),
+        (1, _) => None,
+        (0, _) => Some("no leader".to_string()),
+        _ => Some("no single leader".to_string()),
+    };
+    if let Some(why) = no_quorum {
+        println!("NO QUORUM ({why}): writes and intents fail until a majority elects a leader");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// A leader whose quorum has been silent longer than this is reported as without a quorum.
+const QUORUM_STALE_MS: u64 = 5_000;
 
 async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
     let mut c = AuditClient::new(channel(addr)?);

@@ -222,6 +222,7 @@ fn demo_devices() -> Vec<hearth_core::intent::Device> {
             .map(|(c, st)| (c.to_string(), st.iter().map(|s| s.to_string()).collect()))
             .collect(),
         emergency_capable: emergency,
+        emergency_actions: Default::default(),
         adapter: Adapter::Sim {
             address: "local:dev".into(),
         },

@@ -137,11 +137,30 @@ pub enum DeviceCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
-    /// Replace the policy set with the `policies` of a TOML or JSON file (docs/INTENTS.md).
+    /// Replace the policy set with the `policies` of a TOML or JSON file (docs/INTENTS.md):
+    /// shows what it adds, changes and removes, then asks (or --yes).
     Apply {
         #[command(flatten)]
         target: Target,
         file: PathBuf,
+        /// Show the changes and apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply without asking (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Add one policy from a TOML or JSON file holding exactly one `[[policies]]` entry.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        file: PathBuf,
+    },
+    /// Remove one policy by its id.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        id: String,
     },
     /// Add or replace an intent class from a TOML or JSON file.
     ApplyClass {
@@ -170,6 +189,133 @@ fn document_json(path: &Path) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&v)?)
 }
 
+/// The 1-based line of each `[[policies]]` entry's `id` in a TOML file, to point errors at
+/// the household's own file rather than at the JSON sent to the node.
+fn policy_lines(text: &str) -> Vec<Option<usize>> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        policies: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: Option<toml::Spanned<String>>,
+    }
+    toml::from_str::<Doc>(text).map_or_else(
+        |_| Vec::new(),
+        |d| {
+            d.policies
+                .iter()
+                .map(|e| {
+                    e.id.as_ref()
+                        .map(|s| text[..s.span().start.min(text.len())].matches('\n').count() + 1)
+                })
+                .collect()
+        },
+    )
+}
+
+/// A policy file read strictly: unknown fields refused with their TOML (or JSON) line,
+/// every policy well-formed, ids unique. Set-level errors name the line of that policy.
+fn read_policies(path: &Path) -> anyhow::Result<(Vec<hearth_core::policy::Policy>, String)> {
+    use hearth_core::policy::PolicyDocument;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let json = path.extension().is_some_and(|e| e == "json");
+    let doc: PolicyDocument = if json {
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    };
+    let lines = if json {
+        Vec::new()
+    } else {
+        policy_lines(&text)
+    };
+    let at = |field: &str| {
+        let n: Option<usize> = field
+            .strip_prefix("policies[")
+            .and_then(|r| r.split(']').next())
+            .and_then(|n| n.parse().ok());
+        match n.and_then(|n| lines.get(n).copied().flatten()) {
+            Some(l) => format!("{}, line {l}", path.display()),
+            None => path.display().to_string(),
+        }
+    };
+    if let Err(e) = hearth_core::policy::validate_set(&doc.policies) {
+        anyhow::bail!("{}: {e}", at(&e.field));
+    }
+    let body = serde_json::to_string(&doc)?;
+    Ok((doc.policies, body))
+}
+
+/// The policies, classes and devices in force, and the SHA-256 of the policy set.
+async fn in_force(
+    addr: &str,
+) -> anyhow::Result<(
+    Vec<hearth_core::policy::Policy>,
+    std::collections::BTreeMap<String, hearth_core::intent::IntentClass>,
+    std::collections::BTreeMap<String, hearth_core::intent::Device>,
+    String,
+)> {
+    #[derive(serde::Deserialize)]
+    struct Shown {
+        policies: Vec<hearth_core::policy::Policy>,
+        classes: Vec<hearth_core::intent::IntentClass>,
+    }
+    let r = PoliciesClient::new(channel(addr)?)
+        .show(pb::ShowPoliciesRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner();
+    let shown: Shown = serde_json::from_str(&r.json).context("the node's policy set")?;
+    let devices = DevicesClient::new(channel(addr)?)
+        .list(pb::ListDevicesRequest {})
+        .await
+        .map_err(|s| rpc_err(addr, s))?
+        .into_inner()
+        .devices;
+    let mut devs = std::collections::BTreeMap::new();
+    for d in &devices {
+        let d = hearth_node::domain_api::device_from_pb(d)
+            .map_err(|e| anyhow::anyhow!("device {} from the node: {e}", d.id))?;
+        devs.insert(d.id.clone(), d);
+    }
+    let classes = shown
+        .classes
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
+    Ok((shown.policies, classes, devs, r.sha256))
+}
+
+/// Asks a person to confirm on the terminal; `false` when stdin is not one.
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+/// Whether an intent in this state ended without doing what was asked (exit code 1).
+fn unsuccessful(v: &pb::IntentView) -> bool {
+    match v.status.as_str() {
+        "no_action" => true,
+        "done" => v
+            .actions
+            .iter()
+            .any(|a| a.outcome != "APPLIED" && a.outcome != "ALREADY_APPLIED"),
+        _ => false,
+    }
+}
+
 fn print_view(v: &pb::IntentView) {
     println!(
         "intent {} [{}] class {} urgency {} (entry {})",
@@ -195,6 +341,12 @@ fn print_view(v: &pb::IntentView) {
     }
     for r in &v.reads {
         println!("  read sensors of {r}");
+    }
+    for n in &v.notes {
+        println!("  note: {n}");
+    }
+    if !v.nothing_to_do.is_empty() {
+        println!("  NOTHING WILL BE DONE: {}", v.nothing_to_do);
     }
 }
 
@@ -233,6 +385,9 @@ pub async fn intent(cmd: IntentCmd) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             print_view(&v);
+            if v.status == "no_action" || (dry_run && !v.nothing_to_do.is_empty()) {
+                return Ok(ExitCode::from(1));
+            }
             if w && !dry_run {
                 return watch(&target.addr, &v.id).await;
             }
@@ -265,7 +420,11 @@ pub async fn intent(cmd: IntentCmd) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             print_view(&v);
-            Ok(ExitCode::SUCCESS)
+            Ok(if unsuccessful(&v) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         IntentCmd::Watch { target, id } => watch(&target.addr, &id).await,
         IntentCmd::Approve { target, id, by } => {
@@ -306,7 +465,19 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                     "{:<16} {:<16} {:<9} {:<30} {}:{}",
                     d.id,
                     d.location,
-                    if d.emergency_capable { "yes" } else { "no" },
+                    if !d.emergency_actions.is_empty() {
+                        let mut e: Vec<String> = d
+                            .emergency_actions
+                            .iter()
+                            .map(|(k, v)| format!("{k}:{}", v.states.join("|")))
+                            .collect();
+                        e.sort();
+                        e.join(",")
+                    } else if d.emergency_capable {
+                        "legacy".to_string()
+                    } else {
+                        "no".to_string()
+                    },
                     caps.join(" "),
                     d.adapter_kind,
                     d.adapter_target
@@ -359,22 +530,108 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
 
 pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCmd::Apply { target, file } => {
-            let json = document_json(&file)?;
-            let mut c = PoliciesClient::new(channel(&target.addr)?);
-            let r = c
-                .apply_policies(pb::ApplyDocument { json })
+        PolicyCmd::Apply {
+            target,
+            file,
+            dry_run,
+            yes,
+        } => {
+            let (proposed, json) = read_policies(&file)?;
+            let (current, classes, devices, sha256) = in_force(&target.addr).await?;
+            if let Err(e) = hearth_core::policy::check_references(&proposed, &devices, &classes) {
+                let lines = policy_lines(&std::fs::read_to_string(&file).unwrap_or_default());
+                let n: Option<usize> = e
+                    .field
+                    .strip_prefix("policies[")
+                    .and_then(|r| r.split(']').next())
+                    .and_then(|n| n.parse().ok());
+                let line = n
+                    .and_then(|n| lines.get(n).copied().flatten())
+                    .map(|l| format!(", line {l}"))
+                    .unwrap_or_default();
+                anyhow::bail!("{}{line}: {e}", file.display());
+            }
+            let changes = hearth_core::policy::diff(&current, &proposed);
+            if changes.is_empty() {
+                println!(
+                    "no change: the policies in force are those of {}",
+                    file.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "applying {} changes the policies in force ({} now, {} after):",
+                file.display(),
+                current.len(),
+                proposed.len()
+            );
+            for c in &changes {
+                println!("  {c}");
+            }
+            if dry_run {
+                println!("dry run: nothing applied");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !yes && !confirm("apply these changes?") {
+                eprintln!(
+                    "nothing applied: confirm on a terminal, or pass --yes (--dry-run only shows the changes)"
+                );
+                return Ok(ExitCode::from(1));
+            }
+            let r = PoliciesClient::new(channel(&target.addr)?)
+                .apply_policies(pb::ApplyDocument {
+                    json,
+                    expect_sha256: sha256,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             println!("policies applied at entry {}", r.index);
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCmd::Add { target, file } => {
+            let (proposed, json) = read_policies(&file)?;
+            let [one] = proposed.as_slice() else {
+                anyhow::bail!(
+                    "{}: holds {} policies; `policy add` takes exactly one [[policies]] entry (`policy apply` replaces the set)",
+                    file.display(),
+                    proposed.len()
+                );
+            };
+            println!("  {}", hearth_core::policy::Change::Added(one.clone()));
+            let r = PoliciesClient::new(channel(&target.addr)?)
+                .add_policy(pb::ApplyDocument {
+                    json,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!("policy {} added at entry {}", one.id, r.index);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Remove { target, id } => {
+            let (current, ..) = in_force(&target.addr).await?;
+            if let Some(p) = current.iter().find(|p| p.id == id) {
+                println!("  {}", hearth_core::policy::Change::Removed(p.clone()));
+            }
+            let r = PoliciesClient::new(channel(&target.addr)?)
+                .remove_policy(pb::RemovePolicyRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_err(&target.addr, s))?
+                .into_inner();
+            println!("policy {id} removed at entry {}", r.index);
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCmd::ApplyClass { target, file } => {
             let json = document_json(&file)?;
             let mut c = PoliciesClient::new(channel(&target.addr)?);
             let r = c
-                .apply_class(pb::ApplyDocument { json })
+                .apply_class(pb::ApplyDocument {
+                    json,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();

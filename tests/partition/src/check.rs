@@ -268,6 +268,7 @@ mod tests {
                 sensors: Default::default(),
                 actuators: [("siren".to_string(), ["on".to_string()].into())].into(),
                 emergency_capable: true,
+                emergency_actions: Default::default(),
                 adapter: hearth_core::intent::Adapter::Sim {
                     address: "device-sim:7301".into(),
                 },
@@ -288,6 +289,7 @@ mod tests {
             },
             at_ms,
             minute_of_day: 0,
+            key_scope: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Load {
     task: tokio::task::JoinHandle<LoadReport>,
 }
 
+/// The source of the suite's intents: idempotency keys are scoped to it.
+pub const SOURCE: &str = "partition-suite";
+
 pub fn request(key: &str) -> pb::SubmitIntentRequest {
     pb::SubmitIntentRequest {
         class: "ensure_safety".into(),
@@ -43,7 +46,7 @@ pub fn request(key: &str) -> pb::SubmitIntentRequest {
         subject: "partition suite".into(),
         location: "home".into(),
         idempotency_key: key.into(),
-        source: "partition-suite".into(),
+        source: SOURCE.into(),
         ..Default::default()
     }
 }
@@ -96,7 +99,7 @@ impl Load {
                 n += 1;
                 tasks.spawn(async move {
                     let until = Instant::now() + deadline;
-                    let intent_id = hearth_core::domain::intent_id(&key);
+                    let intent_id = hearth_core::domain::scoped_intent_id(Some(SOURCE), &key);
                     let mut last_error = String::new();
                     let mut appended_maybe = false;
                     for attempt in 0.. {

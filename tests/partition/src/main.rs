@@ -298,6 +298,7 @@ impl Suite {
             )]
             .into(),
             emergency_capable: true,
+            emergency_actions: Default::default(),
             adapter_kind: "sim".into(),
             adapter_target: "device-sim:7301".into(),
             ..Default::default()
@@ -327,7 +328,10 @@ impl Suite {
                 println!("    {addr} answered: {:?}: {}", s.code(), s.message());
                 if s.message().contains("nothing was appended") {
                     self.refused_upfront
-                        .push(hearth_core::domain::intent_id(key));
+                        .push(hearth_core::domain::scoped_intent_id(
+                            Some(load::SOURCE),
+                            key,
+                        ));
                 }
             }
             Err(s) => bad.push(format!(
