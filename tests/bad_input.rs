@@ -67,6 +67,7 @@ impl Hub {
             insecure: true,
             tls: None,
             auth: None,
+            limits: Default::default(),
         };
         cfg.validate().unwrap();
         let (tx, rx) = oneshot::channel();

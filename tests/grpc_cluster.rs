@@ -60,6 +60,7 @@ impl Cluster {
                     insecure: true,
                     tls: None,
                     auth: None,
+                    limits: Default::default(),
                     checkpoint: Default::default(),
                 };
                 cfg.validate().unwrap();

@@ -111,6 +111,7 @@ fn node_config(
         auth: Some(AuthSettings {
             tokens_file: pki.join("tokens.toml"),
         }),
+        limits: Default::default(),
     }
 }
 

@@ -167,6 +167,7 @@ impl TestCluster {
             insecure: true,
             tls: None,
             auth: None,
+            limits: Default::default(),
             checkpoint: self.checkpoint.get(&id).cloned().unwrap_or_default(),
         }
     }

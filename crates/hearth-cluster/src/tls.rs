@@ -210,6 +210,43 @@ impl Security {
         }
     }
 
+    /// The same server side as [`Security::server_config`], as a rustls configuration for an
+    /// accept loop of our own (handshake deadline, connection cap): HTTP/2 only, client
+    /// certificates optional but checked against the cluster CA when presented.
+    pub fn rustls_server_config(&self) -> Option<Result<Arc<rustls::ServerConfig>, String>> {
+        let Security::Tls(m) = self else {
+            return None;
+        };
+        Some((|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&m.0.ca_pem) {
+                let c = c.map_err(|e| format!("CA certificate: {e}"))?;
+                roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("client verifier: {e}"))?;
+            let certs = CertificateDer::pem_slice_iter(&m.0.cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("node certificate: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(&m.0.key_pem)
+                .map_err(|e| format!("private key: {e}"))?;
+            let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .map_err(|e| format!("node certificate and key: {e}"))?;
+            cfg.alpn_protocols = vec![b"h2".to_vec()];
+            Ok(Arc::new(cfg))
+        })())
+    }
+
     /// The client side towards `peer` (`Some(id)`: that node exactly; `None`: any node of the
     /// cluster), presenting this node's certificate.
     pub fn client_config(&self, peer: Option<u64>) -> Option<ClientTlsConfig> {

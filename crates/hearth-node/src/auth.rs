@@ -441,12 +441,38 @@ impl Authenticator {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    node_certificates: bool,
 }
 
 impl AuthLayer {
     pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+        Self {
+            auth,
+            node_certificates: false,
+        }
     }
+
+    /// With TLS on: a Raft call from a connection without a client certificate is refused
+    /// from its headers, before its (up to 64 MiB) body is read.
+    pub fn require_node_certificates(mut self, on: bool) -> Self {
+        self.node_certificates = on;
+        self
+    }
+}
+
+/// Refuses, from the path alone, a call that needs a node certificate when the connection
+/// presented none (the identity inside the certificate is checked after decoding).
+pub fn refuse_before_body(
+    path: &str,
+    node_certificates: bool,
+    has_certificate: bool,
+) -> Option<Status> {
+    (node_certificates && !has_certificate && need(path) == Need::NodeCertificate).then(|| {
+        Status::unauthenticated(format!(
+            "{path} is node-to-node traffic and this connection presented no client certificate (a node's): \
+             refused before reading the message"
+        ))
+    })
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -455,6 +481,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            node_certificates: self.node_certificates,
         }
     }
 }
@@ -463,6 +490,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    node_certificates: bool,
 }
 
 type BoxFut<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -493,6 +521,16 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(status) = refuse_before_body(
+            req.uri().path(),
+            self.node_certificates,
+            has_node_certificate(&req),
+        ) {
+            tracing::warn!(path = %req.uri().path(), "refused: {}", status.message());
+            // Dropping the request drops its body unread: hyper resets the stream.
+            drop(req);
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let decision = self.auth.check(
             req.uri().path(),
             req.headers()

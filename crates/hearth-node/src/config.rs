@@ -46,6 +46,11 @@
 //! every_entries = 1000      # a hub signs after this many new entries (0: never by count)
 //! every_secs = 600          # … or when this much time passed and the head advanced (0: never)
 //!
+//! [limits]                  # optional: what an unauthenticated host may hold open
+//! max_connections = 512     # at the cap the quietest connection is closed for a new one
+//! handshake_timeout_ms = 5000
+//! idle_timeout_ms = 60000   # nothing moved either way this long: closed
+//!
 //! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
 //! heartbeat_ms = 150
 //! election_min_ms = 1000
@@ -176,6 +181,44 @@ pub struct NodeConfig {
     pub tls: Option<TlsSettings>,
     #[serde(default)]
     pub auth: Option<AuthSettings>,
+    #[serde(default)]
+    pub limits: LimitsSettings,
+}
+
+/// What one host on the LAN may cost a node before it proved anything (docs/SECURITY.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Open connections at most (kept below the open-files limit, read at start); at the cap
+    /// the connection quiet longest is closed to make room.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// A TLS handshake must finish within this.
+    #[serde(default = "d_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A connection on which nothing moved for this long is closed.
+    #[serde(default = "d_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn d_max_connections() -> usize {
+    512
+}
+fn d_handshake_ms() -> u64 {
+    5_000
+}
+fn d_idle_ms() -> u64 {
+    60_000
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: d_max_connections(),
+            handshake_timeout_ms: d_handshake_ms(),
+            idle_timeout_ms: d_idle_ms(),
+        }
+    }
 }
 
 /// How a hub reaches the household's MQTT broker: `mqtt_broker = "host:port"` (anonymous,
@@ -619,6 +662,26 @@ impl NodeConfig {
                     format!("{m:?} is not an IP:port to bind (for example \"0.0.0.0:9101\")"),
                 )
             })?;
+        }
+        if self.limits.max_connections < 4 {
+            return Err(invalid(
+                "limits.max_connections",
+                "at least 4 (peers and a client need room)",
+            ));
+        }
+        for (f, v) in [
+            (
+                "limits.handshake_timeout_ms",
+                self.limits.handshake_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", self.limits.idle_timeout_ms),
+        ] {
+            if !(100..=MAX_TIMING_MS).contains(&v) {
+                return Err(invalid(
+                    f,
+                    format!("{v} is outside 100..={MAX_TIMING_MS} ms"),
+                ));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory"));

@@ -14,7 +14,6 @@ use hearth_proto::v1::devices_server::DevicesServer;
 use hearth_proto::v1::intents_server::IntentsServer;
 use hearth_proto::v1::policies_server::PoliciesServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, GrpcProbe, MAX_REQUEST};
 use crate::auth::{AuthLayer, Authenticator};
@@ -170,13 +169,18 @@ async fn serve_once(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = security.server_config() {
-        builder = builder.tls_config(tls)?;
-    }
-    let server = builder
-        // Every call passes the token check first (auth::need says what each method needs).
-        .layer(AuthLayer::new(authenticator))
+    let limits = {
+        let l = &node.config().limits;
+        crate::conn::ConnLimits {
+            max_connections: crate::conn::connection_cap(l.max_connections),
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        }
+    };
+    let router = tonic::transport::Server::builder()
+        // Every call passes the token check first (auth::need says what each method needs);
+        // with TLS, a Raft call without a node certificate is refused before its body is read.
+        .layer(AuthLayer::new(authenticator).require_node_certificates(security.is_tls()))
         .add_service(
             RaftServer::new(RaftGrpc::new(node.handler.clone(), security.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE),
@@ -187,17 +191,33 @@ async fn serve_once(
         .add_service(DevicesServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(PoliciesServer::new(domain).max_decoding_message_size(MAX_REQUEST))
         .add_service(health_svc)
-        .add_service(reflection)
-        // TCP_NODELAY on every accepted connection: `serve_with_incoming` ignores the
-        // builder's nodelay setting, and with Nagle on, a small reply (a client's write
-        // acknowledgement, a follower's append response) written in several pieces waits for
-        // the peer's delayed ACK — about 40 ms on Linux — before its last piece leaves.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .add_service(reflection);
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    // Our own accept loop (crate::conn): a connection cap, a TLS handshake deadline and an
+    // idle deadline; it also sets TCP_NODELAY on every accepted connection (with Nagle on, a
+    // small reply written in pieces waits ~40 ms for the peer's delayed ACK).
+    let (acceptor, server): (
+        crate::conn::Acceptor,
+        Pin<Box<dyn Future<Output = _> + Send>>,
+    ) = match security.rustls_server_config() {
+        Some(cfg) => {
+            let cfg = cfg.map_err(|e| NodeError::Settings(format!("tls: {e}")))?;
+            let (a, incoming) = crate::conn::tls(listener, limits, cfg);
+            (
+                a,
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+            )
+        }
+        None => {
+            let (a, incoming) = crate::conn::plain(listener, limits);
+            (
+                a,
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+            )
+        }
+    };
     let server = tokio::spawn(server);
     tracing::info!(node = id, "serving");
 
@@ -226,7 +246,9 @@ async fn serve_once(
         let _ = m.await;
     }
     let _ = stop_tx.send(());
-    match server.await {
+    let server_result = server.await;
+    drop(acceptor);
+    match server_result {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
         Ok(Ok(())) => {}
