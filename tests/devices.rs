@@ -718,6 +718,7 @@ fn porch_lock(adapter: Adapter, states: &[&str]) -> Device {
         )]
         .into(),
         emergency_capable: false,
+        emergency_actions: Default::default(),
         adapter,
     }
 }

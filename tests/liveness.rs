@@ -29,6 +29,7 @@ fn device(bus: &str, id: &str, cap: &str, states: &[&str], tags: &[&str]) -> Dev
         )]
         .into(),
         emergency_capable: true,
+        emergency_actions: Default::default(),
         adapter: Adapter::Sim {
             address: format!("local:{bus}"),
         },
@@ -243,12 +244,13 @@ async fn a_leader_whose_clock_jumped_back_stamps_chain_time_and_rate_limits_hold
     on_leader(&c, |l| c.node(l).register_device(siren.clone())).await;
     let limit = Policy {
         id: "three-per-5-min".into(),
+        emergency_override: None,
         rule: Rule::RateLimitSource {
             max: 3,
             window_secs: 300,
         },
     };
-    on_leader(&c, |l| c.node(l).apply_policies(vec![limit.clone()])).await;
+    on_leader(&c, |l| c.node(l).apply_policies(vec![limit.clone()], None)).await;
     let mut accepted = 0;
     let mut refused = 0;
     for n in 0..6 {
@@ -306,6 +308,7 @@ async fn quiet_hours_hold_on_a_leader_whose_clock_jumped_back() {
     let now_min = hearth_core::clock::minute_of_day(hearth_devices::now_ms());
     let quiet = Policy {
         id: "night".into(),
+        emergency_override: None,
         rule: Rule::QuietHours {
             start_minute: (now_min + 1440 - 30) % 1440,
             end_minute: (now_min + 30) % 1440,
@@ -313,7 +316,7 @@ async fn quiet_hours_hold_on_a_leader_whose_clock_jumped_back() {
             tags: ["noisy".to_string()].into(),
         },
     };
-    on_leader(&c, |l| c.node(l).apply_policies(vec![quiet.clone()])).await;
+    on_leader(&c, |l| c.node(l).apply_policies(vec![quiet.clone()], None)).await;
     // Something recent is in the chain (chain time = now).
     on_leader(&c, |l| {
         c.node(l)

@@ -697,6 +697,8 @@ impl DomainState {
             reads: Vec::new(),
             verdicts: Vec::new(),
             needs_confirmation: false,
+            notes: Vec::new(),
+            nothing_to_do: None,
         };
         self.intents.insert(
             id.clone(),
@@ -992,6 +994,7 @@ mod tests {
             at_ms,
             minute_of_day: crate::clock::minute_of_day(at_ms),
             deadline_ms,
+            key_scope: None,
         }
     }
 
@@ -1026,6 +1029,7 @@ mod tests {
         let mut s = with_siren();
         let ask = Policy {
             id: "ask".into(),
+            emergency_override: None,
             rule: Rule::RequireConfirmation {
                 class: "ensure_safety".into(),
             },
@@ -1045,6 +1049,7 @@ mod tests {
                 at_ms: 1_000,
                 minute_of_day: 0,
                 deadline_ms: Some(5_000),
+                key_scope: None,
             },
             at(3),
         );
@@ -1076,6 +1081,7 @@ mod tests {
                 by: None,
                 policies: vec![Policy {
                     id: "rate".into(),
+                    emergency_override: None,
                     rule: Rule::RateLimitSource {
                         max: 3,
                         window_secs: 300,
@@ -1099,6 +1105,7 @@ mod tests {
                     at_ms: stamped,
                     minute_of_day: crate::clock::minute_of_day(stamped),
                     deadline_ms: None,
+                    key_scope: None,
                 },
                 at(3 + n),
             );
@@ -1126,6 +1133,7 @@ mod tests {
                 at_ms: 5,
                 minute_of_day: 0,
                 deadline_ms: None,
+                key_scope: None,
             },
             at(40),
         );
@@ -1273,6 +1281,7 @@ mod tests {
             intent: i,
             at_ms: 1000,
             minute_of_day: 600,
+            deadline_ms: None,
         };
         let mut by_b = intent("smoke-kitchen-42", "a prank");
         by_b.source = "agent-b".into();

@@ -757,6 +757,7 @@ mod tests {
             )]
             .into(),
             emergency_capable: false,
+            emergency_actions: Default::default(),
             adapter,
         }
     }

@@ -290,6 +290,7 @@ mod tests {
             at_ms,
             minute_of_day: 0,
             key_scope: None,
+            deadline_ms: None,
         }
     }
 
