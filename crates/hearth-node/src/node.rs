@@ -594,7 +594,15 @@ impl Node {
         let deadline = tokio::time::Instant::now() + patience;
         let fatal = |e: String| NodeError::Fatal(e);
         loop {
-            if self.raft.as_leader().is_ok() {
+            // Leading is not enough: until the first membership entry is committed (the new
+            // leader's blank entry commits it) openraft refuses another membership change
+            // ("already undergoing a configuration change").
+            let m = self.raft.metrics().borrow_watched().clone();
+            let membership_committed = match m.membership_config.log_id() {
+                Some(l) => m.last_applied.is_some_and(|a| a.index >= l.index),
+                None => false,
+            };
+            if self.raft.as_leader().is_ok() && membership_committed {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
