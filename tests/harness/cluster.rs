@@ -175,6 +175,11 @@ impl TestCluster {
         node.checkpoints
             .set_client(Arc::new(self.router.cosign_client()));
         self.router.register(node.clone());
+        tokio::spawn(hearth_node::crosscheck::run(
+            Arc::downgrade(&node),
+            Arc::new(self.router.probe(id)),
+            hearth_node::crosscheck::period(node.config().timing.heartbeat_ms),
+        ));
         self.nodes.insert(id, node);
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod assisted;
 pub mod caretaker;
 pub mod chain;
 pub mod checkpoint;
+pub mod crosscheck;
 pub mod domain;
 pub mod export;
 pub mod intent;

@@ -99,6 +99,15 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             .collect(),
         started_ms: s.started_ms,
         checkpoint_key: s.checkpoint_key.clone(),
+        chain_disagreements: s
+            .chain_disagreeing
+            .iter()
+            .map(|(node_id, index)| pb::ChainDisagreement {
+                node_id: *node_id,
+                index: *index,
+            })
+            .collect(),
+        chain_fenced: s.chain_fenced.clone().unwrap_or_default(),
     }
 }
 
@@ -154,6 +163,12 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .collect(),
         started_ms: p.started_ms,
         checkpoint_key: p.checkpoint_key.clone(),
+        chain_disagreeing: p
+            .chain_disagreements
+            .iter()
+            .map(|d| (d.node_id, d.index))
+            .collect(),
+        chain_fenced: (!p.chain_fenced.is_empty()).then(|| p.chain_fenced.clone()),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod assist;
 pub mod auth;
 pub mod checkpoint;
 pub mod config;
+pub mod crosscheck;
 pub mod dispatcher;
 pub mod domain_api;
 pub mod metrics;

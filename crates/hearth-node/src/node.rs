@@ -147,6 +147,10 @@ pub struct StatusView {
     pub started_ms: u64,
     /// This node's checkpoint public key (lower-case hex).
     pub checkpoint_key: String,
+    /// Chain cross-check: peers whose chain differs from this node's, (peer, index).
+    pub chain_disagreeing: Vec<(u64, u64)>,
+    /// Chain cross-check: set when this node's chain disagrees with a majority (it is fenced).
+    pub chain_fenced: Option<String>,
 }
 
 /// The assisted-failover assessment as reported.
@@ -228,6 +232,8 @@ pub struct Node {
     started_ms: u64,
     /// TLS material for calls this node makes to other nodes' public API (forwarding, probes).
     security: hearth_cluster::tls::Security,
+    /// What the running chain-head cross-check found (`crosscheck`).
+    chain_check: std::sync::Mutex<crate::crosscheck::ChainCheck>,
     /// Signed checkpoints: this hub's signing, or this witness's cosigning.
     pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
 }
@@ -439,6 +445,7 @@ impl Node {
             started_ms: Self::clock().now_ms,
             security,
             checkpoints,
+            chain_check: Default::default(),
         })
     }
 
@@ -593,12 +600,15 @@ impl Node {
             refused_by: hearth_cluster::notices::recent(self.id),
             started_ms: self.started_ms,
             checkpoint_key: hex::encode(self.checkpoints.public_key()),
+            chain_disagreeing: self.chain_check().disagreeing,
+            chain_fenced: self.chain_check().fenced,
         }
     }
 
     /// Signs a checkpoint of this hub's applied head now, has the cluster's witness (if any)
     /// cosign it, and stores it; returns the last one when the head has not advanced.
     pub async fn checkpoint_now(&self) -> Result<crate::checkpoint::Made, NodeError> {
+        self.serving_chain()?;
         self.checkpoints
             .checkpoint(crate::checkpoint::witness_member(&self.raft))
             .await
@@ -703,6 +713,26 @@ impl Node {
             by: by.to_string(),
         })
         .await
+    }
+
+    /// What the chain-head cross-check last found.
+    pub fn chain_check(&self) -> crate::crosscheck::ChainCheck {
+        self.chain_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_chain_check(&self, c: crate::crosscheck::ChainCheck) {
+        *self.chain_check.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    /// Refuses to serve this node's chain once the cross-check fenced it.
+    pub fn serving_chain(&self) -> Result<(), NodeError> {
+        match self.chain_check().fenced {
+            Some(why) => Err(NodeError::Refused(format!("FENCED: {why}"))),
+            None => Ok(()),
+        }
     }
 
     /// Asks whoever runs this node to restart it: a leader hands over first (on stop).
@@ -1097,6 +1127,7 @@ impl Node {
     }
 
     pub fn get_intent(&self, id: &str) -> Result<Option<IntentRecord>, NodeError> {
+        self.serving_chain()?;
         Ok(self.sm.with_domain(|d| d.intents.get(id).cloned())?)
     }
 
@@ -1439,11 +1470,13 @@ impl Node {
 
     /// Verifies this node's chain.
     pub fn verify(&self) -> Result<NodeVerify, NodeError> {
+        self.serving_chain()?;
         Ok(audit::verify(&self.log, &self.sm)?)
     }
 
     /// The last `n` applied links.
     pub fn tail(&self, n: u64) -> Result<Vec<Link>, NodeError> {
+        self.serving_chain()?;
         let Some((last, _)) = self.sm.head()? else {
             return Ok(Vec::new());
         };
@@ -1458,6 +1491,7 @@ impl Node {
 
     /// This node's applied chain as export lines (docs/AUDIT-FORMAT.md).
     pub fn export_lines(&self) -> Result<Vec<String>, NodeError> {
+        self.serving_chain()?;
         let anchor = audit::start_point(&self.log, &self.sm)?;
         let mut out = vec![
             serde_json::to_string(&hearth_core::export::ExportHeader::new(self.id, anchor))
