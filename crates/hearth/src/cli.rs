@@ -719,11 +719,24 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     let mut reachable = 0;
     let mut keys = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
+    let mut chain = Vec::new();
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
             Ok(s) => {
                 reachable += 1;
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
+                if !s.chain_fenced.is_empty() {
+                    chain.push(format!(
+                        "CHAIN FENCED: node {}: {}",
+                        s.node_id, s.chain_fenced
+                    ));
+                }
+                for d in &s.chain_disagreements {
+                    chain.push(format!(
+                        "CHAIN DISAGREEMENT: node {} finds node {}'s chain different at index {}",
+                        s.node_id, d.node_id, d.index
+                    ));
+                }
                 if let Some(l) = s.leader {
                     leaders.insert(l);
                 }
@@ -794,6 +807,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     }
     for r in &first.refusals {
         println!("REFUSED by node {}: {}", r.by, r.message);
+    }
+    for line in &chain {
+        println!("{line}");
     }
     for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
         println!("checkpoint key of node {id} ({role}): {key}");
