@@ -299,6 +299,12 @@ impl TestCluster {
     pub fn check_invariants(&self) {
         let mut chains: BTreeMap<u64, Vec<(u64, Hash)>> = BTreeMap::new();
         for (id, n) in &self.nodes {
+            // The running chain cross-check never fences or flags a node of a sound cluster.
+            let cc = n.chain_check();
+            assert!(
+                cc.fenced.is_none() && cc.disagreeing.is_empty(),
+                "node {id}: the chain cross-check found a disagreement: {cc:?}"
+            );
             let v = n.verify().expect("verify runs");
             assert!(
                 v.failure.is_none(),
