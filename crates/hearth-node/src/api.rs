@@ -381,9 +381,14 @@ impl Cluster for Api {
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
         let r = req.into_inner();
+        let probe = GrpcProbe {
+            timeout: Duration::from_millis(1500),
+            security: self.node.security().clone(),
+        };
         let p = self
             .node
-            .request_promotion(&crate::auth::actor(&r.operator), &r.reason, r.force)
+            .request_promotion_probed(&crate::auth::actor(&r.operator), &r.reason, r.force, &probe)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(pb::PromoteResponse {
             node_id: p.node,

@@ -747,13 +747,71 @@ impl Node {
         &self,
         obs: &AssistObservation,
     ) -> Vec<hearth_core::assisted::Evidence> {
+        self.promotion_evidence_with(obs, None)
+    }
+
+    fn promotion_evidence_with(
+        &self,
+        obs: &AssistObservation,
+        peer_answered: Option<String>,
+    ) -> Vec<hearth_core::assisted::Evidence> {
         let cfg = AssistConfig {
             suspect_after_ms: self.config.timing.election_max_ms,
             down_after_ms: self.config.assist.down_after_ms,
         };
         crate::assist::peer_facts(self, obs)
-            .map(|f| hearth_core::assisted::peer_evidence(cfg, &f))
+            .map(|mut f| {
+                f.peer_answered = peer_answered;
+                hearth_core::assisted::peer_evidence(cfg, &f)
+            })
             .unwrap_or_default()
+    }
+
+    /// [`Node::request_promotion`] after asking the peer for its status through `probe` (the
+    /// public API's `Promote` does this): a peer that answers is alive, and the promotion is
+    /// refused naming what it said.
+    pub async fn request_promotion_probed(
+        &self,
+        operator: &str,
+        reason: &str,
+        force: bool,
+        probe: &dyn PeerProbe,
+    ) -> Result<Promotion, NodeError> {
+        let me = self.id;
+        let peer = self
+            .status()
+            .await
+            .members
+            .into_iter()
+            .find(|(id, _, voter)| *voter && *id != me);
+        let answered = match peer {
+            Some((id, m, _)) => {
+                tokio::time::timeout(Duration::from_millis(1500), probe.status(id, &m.addr))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| {
+                        let voters: Vec<u64> = s
+                            .members
+                            .iter()
+                            .filter(|(_, _, v)| *v)
+                            .map(|(id, _, _)| *id)
+                            .collect();
+                        format!(
+                            "{} in term {}, voters {voters:?}{}",
+                            s.state,
+                            s.term,
+                            if voters == [id] {
+                                ": it was promoted to a one-node cluster"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+            }
+            None => None,
+        };
+        self.promotion_gate(operator, reason, force, answered)
     }
 
     /// Accepts a forced promotion of this hub (two hubs, no witness): checks the gate, writes
@@ -765,6 +823,16 @@ impl Node {
         operator: &str,
         reason: &str,
         force: bool,
+    ) -> Result<Promotion, NodeError> {
+        self.promotion_gate(operator, reason, force, None)
+    }
+
+    fn promotion_gate(
+        &self,
+        operator: &str,
+        reason: &str,
+        force: bool,
+        peer_answered: Option<String>,
     ) -> Result<Promotion, NodeError> {
         hearth_core::intent::check_id("operator", operator).map_err(NodeError::from)?;
         if reason.trim().is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
@@ -784,7 +852,7 @@ impl Node {
                  itself; a single hub is already alone"
             )));
         };
-        let evidence = self.promotion_evidence(&obs);
+        let evidence = self.promotion_evidence_with(&obs, peer_answered);
         hearth_core::assisted::may_promote_given(&state, force, &evidence).map_err(|r| {
             tracing::warn!(node = self.id, operator, force, "promotion refused: {r}");
             NodeError::Refused(r.to_string())
