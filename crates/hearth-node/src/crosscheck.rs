@@ -66,12 +66,16 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             .map(|(id, head)| (id, compare(head, |i| n.sm.hash_at(i).ok().flatten())))
             .collect();
         let v = judge(voters.len(), &comparisons);
+        let before = n.chain_check();
         for (peer, c) in &comparisons {
+            // Logged when a peer starts disagreeing, not on every round (the peer stays
+            // flagged in status and /metrics).
             if let Compared::Disagree {
                 index,
                 ours,
                 theirs,
             } = c
+                && !before.disagreeing.iter().any(|(p, _)| p == peer)
             {
                 tracing::error!(node = me, peer, index,
                     ours = %hex::encode(ours), theirs = %hex::encode(theirs),
@@ -94,7 +98,7 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             disagreeing: v.disagreeing,
             majority_with_us: v.majority_with_us,
             fenced,
-            rounds: n.chain_check().rounds + 1,
+            rounds: before.rounds + 1,
         });
         if let Some(why) = newly_fenced {
             tracing::error!(node = me, "FENCED: {why}");
