@@ -396,3 +396,102 @@ async fn failover_times() {
     c.check_invariants();
     c.shutdown().await;
 }
+
+/// How long a node with a rewritten history may serve after its applied head meets the
+/// others' (two cross-check rounds of at most 2 s, plus slack for re-applying).
+const FENCE_BOUND: Duration = Duration::from_secs(10);
+
+/// Issue 13 item 5, the exact sequence: stop node 2, change entry 18's payload in
+/// `raft-log.bin` and recompute that frame's CRC, delete `state/` (and, as an attacker with the
+/// disk would, its `checkpoints.txt`, so the start-time check has nothing to compare), start
+/// it. Its chain verifies on its own; the running cross-check finds a majority against it: it
+/// is fenced within `FENCE_BOUND` (stops serving audit, intents and checkpoints, stops its Raft
+/// core, says so in status and /metrics), and the other nodes name it in their status. On main
+/// it served the forged chain with no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_rewritten_history_is_fenced_and_named() {
+    let mut c = TestCluster::three().await;
+    for i in 0..20 {
+        c.write(&format!("record {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    let original = c.node(1).links(18, 18).unwrap()[0].clone();
+    assert!(matches!(
+        hearth_core::domain::Command::decode(&original.record.payload),
+        Ok(hearth_core::domain::Command::TestRecord { .. })
+    ));
+    c.stop(2).await;
+    let dir = c.data_dir(2);
+    hearth_tests::cluster::forge_log_entry(&dir, 18, |r| {
+        r.payload = hearth_core::domain::Command::TestRecord {
+            text: "FORGED: the front door was never unlocked".into(),
+        }
+        .encode();
+    });
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+    let _ = std::fs::remove_file(dir.join(hearth_node::checkpoint::STORE_FILE));
+    c.start(2)
+        .await
+        .expect("the forged log opens: it verifies on its own");
+    let t0 = Instant::now();
+    c.write("after node 2 returned", LONG).await;
+
+    // Node 2 is fenced within the bound, and says why.
+    let fenced = loop {
+        if let Some(f) = c.node(2).status().await.chain_fenced {
+            break f;
+        }
+        assert!(
+            t0.elapsed() < FENCE_BOUND,
+            "node 2 still serves a rewritten chain after {:?}: {:?}",
+            t0.elapsed(),
+            c.node(2).chain_check()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("node 2 fenced after {:?}: {fenced}", t0.elapsed());
+    assert!(fenced.contains("disagrees with the majority"), "{fenced}");
+    assert!(
+        fenced.contains("node 1 at index") && fenced.contains("node 3 at index"),
+        "{fenced}"
+    );
+    // It no longer serves that chain: audit, export, intents, checkpoints are refused.
+    for err in [
+        c.node(2).verify().map(|_| ()).unwrap_err(),
+        c.node(2).export_lines().map(|_| ()).unwrap_err(),
+        c.node(2).tail(5).map(|_| ()).unwrap_err(),
+        c.node(2).get_intent("x").map(|_| ()).unwrap_err(),
+        c.node(2).checkpoint_now().await.map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("FENCED"), "{err}");
+    }
+    let metrics =
+        hearth_node::metrics::render(c.node(2), &hearth_node::metrics::Counters::default()).await;
+    assert!(
+        metrics.contains("hearth_chain_fenced{node=\"2\"} 1"),
+        "{metrics}"
+    );
+    // The others name node 2 in their status (once each has compared).
+    for id in [1, 3] {
+        let deadline = Instant::now() + FENCE_BOUND;
+        loop {
+            let s = c.node(id).status().await;
+            if s.chain_disagreeing.iter().any(|(p, _)| *p == 2) {
+                assert!(s.chain_fenced.is_none());
+                assert!(c.node(id).chain_check().majority_with_us);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} does not name node 2: {:?}",
+                c.node(id).chain_check()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The majority keeps serving the true history.
+    c.roles.remove(&2);
+    c.write("still serving", LONG).await;
+    assert_eq!(c.node(1).links(18, 18).unwrap()[0].hash, original.hash);
+    c.shutdown().await;
+}

@@ -408,11 +408,18 @@ async fn a_returning_hub_cannot_force_a_second_promotion() {
     }
     c.wait_converged(LONG).await;
 
-    // The leading hub dies; the survivor is promoted as documented.
+    // The leading hub dies; the survivor is promoted as documented (through the API's path:
+    // it asks the dead peer for its status first, which does not answer).
     c.stop(1).await;
     wait_assist(&c, 2, "PEER_DOWN").await;
     c.node(2)
-        .request_promotion("ana", "the pi in the hall is dead", false)
+        .request_promotion_probed(
+            "ana",
+            "the pi in the hall is dead",
+            false,
+            &c.router.probe(2),
+        )
+        .await
         .unwrap();
     c.stop(2).await;
     c.start(2).await.unwrap();
@@ -454,6 +461,22 @@ async fn a_returning_hub_cannot_force_a_second_promotion() {
         );
         assert!(text.contains("promoted"), "{text}");
     }
+    // Through the API's path, which first asks the peer for its status: the peer answers, and
+    // says it was promoted.
+    let err = c
+        .node(1)
+        .request_promotion_probed("bo", "the other hub looks dead", true, &c.router.probe(1))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("node 2 answered a status request just now"),
+        "{text}"
+    );
+    assert!(
+        text.contains("voters [2]: it was promoted to a one-node cluster"),
+        "{text}"
+    );
     assert!(
         !c.data_dir(1)
             .join(hearth_node::assist::PENDING_FILE)

@@ -208,6 +208,11 @@ impl TestCluster {
         node.checkpoints
             .set_client(Arc::new(self.router.cosign_client()));
         self.router.register(node.clone());
+        tokio::spawn(hearth_node::crosscheck::run(
+            Arc::downgrade(&node),
+            Arc::new(self.router.probe(id)),
+            hearth_node::crosscheck::period(node.config().timing.heartbeat_ms),
+        ));
         self.nodes.insert(id, node);
         Ok(())
     }
@@ -327,6 +332,12 @@ impl TestCluster {
     pub fn check_invariants(&self) {
         let mut chains: BTreeMap<u64, Vec<(u64, Hash)>> = BTreeMap::new();
         for (id, n) in &self.nodes {
+            // The running chain cross-check never fences or flags a node of a sound cluster.
+            let cc = n.chain_check();
+            assert!(
+                cc.fenced.is_none() && cc.disagreeing.is_empty(),
+                "node {id}: the chain cross-check found a disagreement: {cc:?}"
+            );
             let v = n.verify().expect("verify runs");
             assert!(
                 v.failure.is_none(),

@@ -196,6 +196,9 @@ pub struct PeerFacts {
     pub peer_known_last: Option<LogPos>,
     /// This hub's last log position.
     pub my_last: Option<LogPos>,
+    /// What the peer said when this hub asked it for its status just before deciding, if it
+    /// answered at all.
+    pub peer_answered: Option<String>,
 }
 
 /// One piece of evidence that the peer is alive or ahead.
@@ -203,6 +206,8 @@ pub struct PeerFacts {
 pub enum Evidence {
     /// The peer answered this hub's RPCs with a refusal: it runs.
     PeerRefused { peer: u64, message: String },
+    /// The peer answered a status request just now: it runs.
+    PeerAnswered { peer: u64, detail: String },
     /// This hub's chain records a promotion that removed it.
     RemovedByPromotion { record: String },
     /// The peer sent this hub an RPC within the down window.
@@ -228,6 +233,12 @@ impl std::fmt::Display for Evidence {
                 write!(
                     f,
                     "node {peer} answered this hub with a refusal ({message})"
+                )
+            }
+            Evidence::PeerAnswered { peer, detail } => {
+                write!(
+                    f,
+                    "node {peer} answered a status request just now ({detail})"
                 )
             }
             Evidence::RemovedByPromotion { record } => {
@@ -268,6 +279,12 @@ pub fn peer_evidence(cfg: AssistConfig, facts: &PeerFacts) -> Vec<Evidence> {
         out.push(Evidence::PeerRefused {
             peer: facts.peer,
             message: message.clone(),
+        });
+    }
+    if let Some(detail) = &facts.peer_answered {
+        out.push(Evidence::PeerAnswered {
+            peer: facts.peer,
+            detail: detail.clone(),
         });
     }
     for record in &facts.promotions {
@@ -499,6 +516,7 @@ mod tests {
             promotions: vec![],
             peer_known_last: pos(2, 10),
             my_last: pos(2, 10),
+            peer_answered: None,
         }
     }
 
@@ -542,6 +560,14 @@ mod tests {
             [Evidence::RemovedByPromotion { .. }]
         ));
         let mut f = facts();
+        f.peer_answered = Some("Leader in term 4, voters [2]".into());
+        let e = peer_evidence(CFG, &f);
+        assert!(
+            e[0].to_string()
+                .contains("node 2 answered a status request just now (Leader in term 4"),
+            "{e:?}"
+        );
+        let mut f = facts();
         f.peer_rpc_ago_ms = Some(9_999);
         let e = peer_evidence(CFG, &f);
         assert!(e[0].to_string().contains("9999 ms ago"), "{e:?}");
@@ -580,43 +606,48 @@ mod tests {
         for watched in [0, 9_999, 10_000, 60_000] {
             for rpc in [None, Some(0), Some(9_999), Some(10_000), Some(60_000)] {
                 for refused in [false, true] {
-                    for removed in [false, true] {
-                        for theirs in positions {
-                            for mine in positions {
-                                let f = PeerFacts {
-                                    peer: 7,
-                                    watched_ms: watched,
-                                    peer_rpc_ago_ms: rpc,
-                                    refusals: if refused { vec!["no".into()] } else { vec![] },
-                                    promotions: if removed { vec!["p".into()] } else { vec![] },
-                                    peer_known_last: theirs,
-                                    my_last: mine,
-                                };
-                                let e = peer_evidence(CFG, &f);
-                                let alive_or_ahead = refused
-                                    || removed
-                                    || rpc.is_some_and(|a| a < CFG.down_after_ms)
-                                    || watched < CFG.down_after_ms
-                                    || theirs.is_some_and(|t| Some(t) > mine);
-                                assert_eq!(!e.is_empty(), alive_or_ahead, "{f:?}");
-                                for s in &states {
-                                    for force in [false, true] {
-                                        let r = may_promote_given(s, force, &e);
-                                        let old = may_promote(s, force);
-                                        if old.is_err() {
-                                            assert_eq!(r, old);
-                                        } else if alive_or_ahead {
-                                            let Err(PromoteRefusal::PeerAliveOrAhead(named)) = &r
-                                            else {
-                                                panic!("{r:?}")
-                                            };
-                                            assert_eq!(named, &e);
-                                            let text = r.unwrap_err().to_string();
-                                            for piece in &e {
-                                                assert!(text.contains(&piece.to_string()));
+                    for answered in [false, true] {
+                        for removed in [false, true] {
+                            for theirs in positions {
+                                for mine in positions {
+                                    let f = PeerFacts {
+                                        peer: 7,
+                                        watched_ms: watched,
+                                        peer_rpc_ago_ms: rpc,
+                                        refusals: if refused { vec!["no".into()] } else { vec![] },
+                                        promotions: if removed { vec!["p".into()] } else { vec![] },
+                                        peer_known_last: theirs,
+                                        my_last: mine,
+                                        peer_answered: answered.then(|| "up".to_string()),
+                                    };
+                                    let e = peer_evidence(CFG, &f);
+                                    let alive_or_ahead = refused
+                                        || answered
+                                        || removed
+                                        || rpc.is_some_and(|a| a < CFG.down_after_ms)
+                                        || watched < CFG.down_after_ms
+                                        || theirs.is_some_and(|t| Some(t) > mine);
+                                    assert_eq!(!e.is_empty(), alive_or_ahead, "{f:?}");
+                                    for s in &states {
+                                        for force in [false, true] {
+                                            let r = may_promote_given(s, force, &e);
+                                            let old = may_promote(s, force);
+                                            if old.is_err() {
+                                                assert_eq!(r, old);
+                                            } else if alive_or_ahead {
+                                                let Err(PromoteRefusal::PeerAliveOrAhead(named)) =
+                                                    &r
+                                                else {
+                                                    panic!("{r:?}")
+                                                };
+                                                assert_eq!(named, &e);
+                                                let text = r.unwrap_err().to_string();
+                                                for piece in &e {
+                                                    assert!(text.contains(&piece.to_string()));
+                                                }
+                                            } else {
+                                                assert_eq!(r, Ok(()));
                                             }
-                                        } else {
-                                            assert_eq!(r, Ok(()));
                                         }
                                     }
                                 }

@@ -7,6 +7,7 @@ pub mod caretaker;
 pub mod chain;
 pub mod checkpoint;
 pub mod clock;
+pub mod crosscheck;
 pub mod datadir;
 pub mod domain;
 pub mod export;

@@ -108,6 +108,15 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             disk_free_bytes: s.health.disk_free_bytes,
             disk_warning: s.health.disk_warning.clone(),
         }),
+        chain_disagreements: s
+            .chain_disagreeing
+            .iter()
+            .map(|(node_id, index)| pb::ChainDisagreement {
+                node_id: *node_id,
+                index: *index,
+            })
+            .collect(),
+        chain_fenced: s.chain_fenced.clone().unwrap_or_default(),
     }
 }
 
@@ -176,6 +185,12 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
                 disk_warning: h.disk_warning.clone(),
             })
             .unwrap_or_default(),
+        chain_disagreeing: p
+            .chain_disagreements
+            .iter()
+            .map(|d| (d.node_id, d.index))
+            .collect(),
+        chain_fenced: (!p.chain_fenced.is_empty()).then(|| p.chain_fenced.clone()),
     }
 }
 
@@ -388,9 +403,14 @@ impl Cluster for Api {
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
         let r = req.into_inner();
+        let probe = GrpcProbe {
+            timeout: Duration::from_millis(1500),
+            security: self.node.security().clone(),
+        };
         let p = self
             .node
-            .request_promotion(&crate::auth::actor(&r.operator), &r.reason, r.force)
+            .request_promotion_probed(&crate::auth::actor(&r.operator), &r.reason, r.force, &probe)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(pb::PromoteResponse {
             node_id: p.node,

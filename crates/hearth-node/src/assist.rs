@@ -120,6 +120,7 @@ pub fn peer_facts(node: &crate::Node, obs: &AssistObservation) -> Option<PeerFac
         promotions,
         peer_known_last: campaigned.max(obs.peer_last),
         my_last: obs.my_last,
+        peer_answered: None,
     })
 }
 

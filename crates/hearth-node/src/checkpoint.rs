@@ -353,6 +353,20 @@ impl Checkpoints {
         if let Some(last) = &st.last
             && last.index >= index
         {
+            // Never hand out a stored checkpoint this node's chain no longer holds.
+            let own = self.sm.hash_at(last.index)?;
+            if own != Some(last.head) {
+                return Err(NodeError::ChainBroken {
+                    index: last.index,
+                    reason: format!(
+                        "the last checkpoint in {STORE_FILE} holds head {} at index {}, but this \
+                         node's chain has {} there",
+                        hex::encode(last.head),
+                        last.index,
+                        own.map(hex::encode).unwrap_or_else(|| "nothing".into())
+                    ),
+                });
+            }
             return Ok(Made {
                 checkpoint: last.clone(),
                 fresh: false,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod conn;
+pub mod crosscheck;
 pub mod datadir;
 pub mod dispatcher;
 pub mod domain_api;

@@ -67,6 +67,16 @@ pub async fn render(node: &Node, c: &Counters) -> String {
         s.refused_by.len() as u64,
     );
     gauge(
+        "hearth_chain_fenced",
+        "1 when a majority's chain contradicts this node's: it stopped serving its chain.",
+        u64::from(s.chain_fenced.is_some()),
+    );
+    gauge(
+        "hearth_chain_disagreeing_peers",
+        "Peers whose chain differs from this node's at a common index (cross-check).",
+        s.chain_disagreeing.len() as u64,
+    );
+    gauge(
         "hearth_checkpoint_last_index",
         "Hub: index of the last checkpoint it signed (0: none).",
         last_checkpoint,

@@ -163,6 +163,10 @@ pub struct StatusView {
     pub device_warnings: Vec<String>,
     /// Its clock, whether its Raft core runs, its free disk space.
     pub health: crate::health::HealthView,
+    /// Chain cross-check: peers whose chain differs from this node's, (peer, index).
+    pub chain_disagreeing: Vec<(u64, u64)>,
+    /// Chain cross-check: set when this node's chain disagrees with a majority (it is fenced).
+    pub chain_fenced: Option<String>,
 }
 
 /// The assisted-failover assessment as reported.
@@ -244,6 +248,8 @@ pub struct Node {
     started_ms: u64,
     /// TLS material for calls this node makes to other nodes' public API (forwarding, probes).
     security: hearth_cluster::tls::Security,
+    /// What the running chain-head cross-check found (`crosscheck`).
+    chain_check: std::sync::Mutex<crate::crosscheck::ChainCheck>,
     /// Signed checkpoints: this hub's signing, or this witness's cosigning.
     pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
     /// This node's wall clock (a seam for tests) and what it concludes about it.
@@ -481,6 +487,7 @@ impl Node {
             checkpoints,
             wall,
             clock_watch,
+            chain_check: Default::default(),
         })
     }
 
@@ -780,12 +787,15 @@ impl Node {
             checkpoint_key: hex::encode(self.checkpoints.public_key()),
             device_warnings: self.device_warnings(),
             health,
+            chain_disagreeing: self.chain_check().disagreeing,
+            chain_fenced: self.chain_check().fenced,
         }
     }
 
     /// Signs a checkpoint of this hub's applied head now, has the cluster's witness (if any)
     /// cosign it, and stores it; returns the last one when the head has not advanced.
     pub async fn checkpoint_now(&self) -> Result<crate::checkpoint::Made, NodeError> {
+        self.serving_chain()?;
         self.checkpoints
             .checkpoint(crate::checkpoint::witness_member(&self.raft))
             .await
@@ -892,6 +902,26 @@ impl Node {
         .await
     }
 
+    /// What the chain-head cross-check last found.
+    pub fn chain_check(&self) -> crate::crosscheck::ChainCheck {
+        self.chain_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_chain_check(&self, c: crate::crosscheck::ChainCheck) {
+        *self.chain_check.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    /// Refuses to serve this node's chain once the cross-check fenced it.
+    pub fn serving_chain(&self) -> Result<(), NodeError> {
+        match self.chain_check().fenced {
+            Some(why) => Err(NodeError::Refused(format!("FENCED: {why}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Asks whoever runs this node to restart it: a leader hands over first (on stop).
     pub fn request_restart(&self) {
         tracing::info!(node = self.id, "restart requested");
@@ -904,13 +934,71 @@ impl Node {
         &self,
         obs: &AssistObservation,
     ) -> Vec<hearth_core::assisted::Evidence> {
+        self.promotion_evidence_with(obs, None)
+    }
+
+    fn promotion_evidence_with(
+        &self,
+        obs: &AssistObservation,
+        peer_answered: Option<String>,
+    ) -> Vec<hearth_core::assisted::Evidence> {
         let cfg = AssistConfig {
             suspect_after_ms: self.config.timing.election_max_ms,
             down_after_ms: self.config.assist.down_after_ms,
         };
         crate::assist::peer_facts(self, obs)
-            .map(|f| hearth_core::assisted::peer_evidence(cfg, &f))
+            .map(|mut f| {
+                f.peer_answered = peer_answered;
+                hearth_core::assisted::peer_evidence(cfg, &f)
+            })
             .unwrap_or_default()
+    }
+
+    /// [`Node::request_promotion`] after asking the peer for its status through `probe` (the
+    /// public API's `Promote` does this): a peer that answers is alive, and the promotion is
+    /// refused naming what it said.
+    pub async fn request_promotion_probed(
+        &self,
+        operator: &str,
+        reason: &str,
+        force: bool,
+        probe: &dyn PeerProbe,
+    ) -> Result<Promotion, NodeError> {
+        let me = self.id;
+        let peer = self
+            .status()
+            .await
+            .members
+            .into_iter()
+            .find(|(id, _, voter)| *voter && *id != me);
+        let answered = match peer {
+            Some((id, m, _)) => {
+                tokio::time::timeout(Duration::from_millis(1500), probe.status(id, &m.addr))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| {
+                        let voters: Vec<u64> = s
+                            .members
+                            .iter()
+                            .filter(|(_, _, v)| *v)
+                            .map(|(id, _, _)| *id)
+                            .collect();
+                        format!(
+                            "{} in term {}, voters {voters:?}{}",
+                            s.state,
+                            s.term,
+                            if voters == [id] {
+                                ": it was promoted to a one-node cluster"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+            }
+            None => None,
+        };
+        self.promotion_gate(operator, reason, force, answered)
     }
 
     /// Accepts a forced promotion of this hub (two hubs, no witness): checks the gate, writes
@@ -922,6 +1010,16 @@ impl Node {
         operator: &str,
         reason: &str,
         force: bool,
+    ) -> Result<Promotion, NodeError> {
+        self.promotion_gate(operator, reason, force, None)
+    }
+
+    fn promotion_gate(
+        &self,
+        operator: &str,
+        reason: &str,
+        force: bool,
+        peer_answered: Option<String>,
     ) -> Result<Promotion, NodeError> {
         hearth_core::intent::check_id("operator", operator).map_err(NodeError::from)?;
         if reason.trim().is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
@@ -941,7 +1039,7 @@ impl Node {
                  itself; a single hub is already alone"
             )));
         };
-        let evidence = self.promotion_evidence(&obs);
+        let evidence = self.promotion_evidence_with(&obs, peer_answered);
         hearth_core::assisted::may_promote_given(&state, force, &evidence).map_err(|r| {
             tracing::warn!(node = self.id, operator, force, "promotion refused: {r}");
             NodeError::Refused(r.to_string())
@@ -1439,6 +1537,7 @@ impl Node {
     }
 
     pub fn get_intent(&self, id: &str) -> Result<Option<IntentRecord>, NodeError> {
+        self.serving_chain()?;
         Ok(self.sm.with_domain(|d| d.intents.get(id).cloned())?)
     }
 
@@ -1944,11 +2043,13 @@ impl Node {
 
     /// Verifies this node's chain.
     pub fn verify(&self) -> Result<NodeVerify, NodeError> {
+        self.serving_chain()?;
         Ok(audit::verify(&self.log, &self.sm)?)
     }
 
     /// The last `n` applied links.
     pub fn tail(&self, n: u64) -> Result<Vec<Link>, NodeError> {
+        self.serving_chain()?;
         let Some((last, _)) = self.sm.head()? else {
             return Ok(Vec::new());
         };
@@ -1963,6 +2064,7 @@ impl Node {
 
     /// This node's applied chain as export lines (docs/AUDIT-FORMAT.md).
     pub fn export_lines(&self) -> Result<Vec<String>, NodeError> {
+        self.serving_chain()?;
         let anchor = audit::start_point(&self.log, &self.sm)?;
         let mut out = vec![
             serde_json::to_string(&hearth_core::export::ExportHeader::new(self.id, anchor))

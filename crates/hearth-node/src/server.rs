@@ -122,6 +122,15 @@ async fn serve_once(
         None => None,
     };
 
+    // The running chain-head cross-check (issue 13 item 5).
+    let crosscheck = tokio::spawn(crate::crosscheck::run(
+        Arc::downgrade(&node),
+        Arc::new(GrpcProbe {
+            timeout: Duration::from_secs(2),
+            security: node.security().clone(),
+        }),
+        crate::crosscheck::period(node.config().timing.heartbeat_ms),
+    ));
     // Startup checks that need peers run once the server answers, so peers can ask us too.
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<NodeError>(1);
     let checker = {
@@ -236,6 +245,8 @@ async fn serve_once(
     checker.abort();
     clock_watch.abort();
     disk_watch.abort();
+    crosscheck.abort();
+    let _ = crosscheck.await;
     // A planned stop: hand leadership over while the Raft service still answers.
     node.hand_over_leadership(Duration::from_millis(
         node.config().timing.election_max_ms * 2,

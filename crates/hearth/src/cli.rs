@@ -759,6 +759,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     let mut leaders = std::collections::BTreeSet::new();
     // The leading node's own view: since when its quorum last acknowledged it.
     let mut leader_ack: Option<(u64, Option<u64>)> = None;
+    let mut chain = Vec::new();
     for (id, maddr, role) in &members {
         match node_status(maddr).await {
             // It answers, but its Raft core is dead: it is down (and about to exit).
@@ -800,6 +801,18 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                 }
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
                 warnings.extend(s.device_warnings.iter().map(|w| (s.node_id, w.clone())));
+                if !s.chain_fenced.is_empty() {
+                    chain.push(format!(
+                        "CHAIN FENCED: node {}: {}",
+                        s.node_id, s.chain_fenced
+                    ));
+                }
+                for d in &s.chain_disagreements {
+                    chain.push(format!(
+                        "CHAIN DISAGREEMENT: node {} finds node {}'s chain different at index {}",
+                        s.node_id, d.node_id, d.index
+                    ));
+                }
                 if let Some(l) = s.leader {
                     leaders.insert(l);
                 }
@@ -876,6 +889,9 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     }
     for (id, w) in &warnings {
         println!("DEVICE UNREACHABLE from node {id}: {w}");
+    }
+    for line in &chain {
+        println!("{line}");
     }
     for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
         println!("checkpoint key of node {id} ({role}): {key}");

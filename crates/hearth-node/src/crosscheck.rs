@@ -1,0 +1,110 @@
+//! The running cross-check of chain heads (issue 13 item 5). Every `every`, a node asks each
+//! voter for its status (the public `Cluster.Status`, or the test router), compares the peer's
+//! applied head `(index, hash)` with its own hash at that index, and lets
+//! `hearth_core::crosscheck::judge` decide. A node that a majority contradicts fences itself:
+//! it logs an error, shuts its Raft core down (it no longer votes, leads or takes entries),
+//! and refuses to serve its chain (audit, intents, checkpoints) until a person repairs it;
+//! status and /metrics say so. Peers that contradict the majority are named in every node's
+//! status.
+//!
+//! Bound: a forged node is fenced within two rounds after its applied head and a majority's
+//! reach a common index (`every` is ten heartbeats, between 200 ms and 2 s).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hearth_core::crosscheck::{Compared, compare, judge};
+
+use crate::node::{Node, PeerProbe};
+
+/// What the last rounds found, as status and /metrics report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// Peers whose chain differs from this node's at a common index: (peer, index).
+    pub disagreeing: Vec<(u64, u64)>,
+    /// Whether this node and the peers agreeing with it are a majority.
+    pub majority_with_us: bool,
+    /// Set once a majority contradicted this node: why it stopped serving its chain.
+    pub fenced: Option<String>,
+    /// Rounds completed.
+    pub rounds: u64,
+}
+
+/// How often the cross-check runs for a node with this heartbeat.
+pub fn period(heartbeat_ms: u64) -> Duration {
+    Duration::from_millis((heartbeat_ms * 10).clamp(200, 2000))
+}
+
+/// Runs the cross-check until the node is dropped. Holds the node only between probes.
+pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.chain_check().fenced.is_some() {
+            continue;
+        }
+        let me = n.id;
+        let status = n.status().await;
+        let voters: Vec<(u64, String)> = status
+            .members
+            .iter()
+            .filter(|(_, _, voter)| *voter)
+            .map(|(id, m, _)| (*id, m.addr.clone()))
+            .collect();
+        drop(n);
+        if voters.len() < 2 || !voters.iter().any(|(id, _)| *id == me) {
+            continue;
+        }
+        let mut heads = Vec::new();
+        for (id, addr) in voters.iter().filter(|(id, _)| *id != me) {
+            let head = probe.status(*id, addr).await.and_then(|s| s.head);
+            heads.push((*id, head));
+        }
+        let Some(n) = node.upgrade() else { return };
+        let comparisons: Vec<(u64, Compared)> = heads
+            .into_iter()
+            .map(|(id, head)| (id, compare(head, |i| n.sm.hash_at(i).ok().flatten())))
+            .collect();
+        let v = judge(voters.len(), &comparisons);
+        let before = n.chain_check();
+        for (peer, c) in &comparisons {
+            // Logged when a peer starts disagreeing, not on every round (the peer stays
+            // flagged in status and /metrics).
+            if let Compared::Disagree {
+                index,
+                ours,
+                theirs,
+            } = c
+                && !before.disagreeing.iter().any(|(p, _)| p == peer)
+            {
+                tracing::error!(node = me, peer, index,
+                    ours = %hex::encode(ours), theirs = %hex::encode(theirs),
+                    "CHAIN DISAGREEMENT: node {peer}'s chain differs from this node's at index {index}");
+            }
+        }
+        let fenced = v.fenced.as_ref().map(|against| {
+            format!(
+                "this node's chain disagrees with the majority ({}): it stopped serving it. Keep \
+                 the data directory for inspection and rejoin the node under a new id",
+                against
+                    .iter()
+                    .map(|(p, i)| format!("node {p} at index {i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        let newly_fenced = fenced.clone();
+        n.set_chain_check(ChainCheck {
+            disagreeing: v.disagreeing,
+            majority_with_us: v.majority_with_us,
+            fenced,
+            rounds: before.rounds + 1,
+        });
+        if let Some(why) = newly_fenced {
+            tracing::error!(node = me, "FENCED: {why}");
+            if let Err(e) = n.raft.shutdown().await {
+                tracing::error!(node = me, error = %e, "could not stop Raft while fencing");
+            }
+        }
+    }
+}
