@@ -823,6 +823,11 @@ async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(applied_ids(&sim), [format!("{}/0", r.id)]);
+    assert_eq!(
+        c.node(leader).ignored_device_acks(),
+        0,
+        "the broker delivered the intruder's acks to the hub"
+    );
     flood.abort();
     device.abort();
     c.shutdown().await;

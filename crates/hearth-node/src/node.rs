@@ -233,6 +233,8 @@ pub struct Node {
     security: hearth_cluster::tls::Security,
     /// Signed checkpoints: this hub's signing, or this witness's cosigning.
     pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
+    /// How this hub reaches devices (also handed to its dispatcher).
+    gateway: Arc<dyn hearth_devices::Gateway>,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -426,7 +428,7 @@ impl Node {
                 id,
                 raft: raft.clone(),
                 sm: sm.clone(),
-                gateway,
+                gateway: gateway.clone(),
             };
             tasks.push(tokio::spawn(crate::checkpoint::schedule(
                 checkpoints.clone(),
@@ -453,7 +455,20 @@ impl Node {
             started_ms: Self::clock().now_ms,
             security,
             checkpoints,
+            gateway,
         })
+        .inspect(|n| {
+            // Loudly, at every start: a hub that may lead and could not reach a device.
+            for w in n.device_warnings() {
+                tracing::error!(node = n.id, "{w}; configure it before this hub leads");
+            }
+        })
+    }
+
+    /// Messages on device ack topics that were not the answer being waited for (forged,
+    /// stale or misdirected), since this node started.
+    pub fn ignored_device_acks(&self) -> u64 {
+        self.gateway.ignored_acks()
     }
 
     pub fn config(&self) -> &NodeConfig {
