@@ -675,6 +675,7 @@ async fn a_device_answering_exactly_as_documented_is_applied() {
         ca: Some(b.dir.path().join("ca.pem")),
         client_cert: None,
         client_key: None,
+        ack_keys_dir: None,
     };
     let hub_broker = settings.load().unwrap();
     assert!(
@@ -761,6 +762,7 @@ async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
         ca: Some(b.dir.path().join("ca.pem")),
         client_cert: None,
         client_key: None,
+        ack_keys_dir: None,
     };
     let c = hearth_tests::TestCluster::three_with_mqtt_on(
         [1, 2].into_iter().map(|id| (id, hub.clone())).collect(),
@@ -927,4 +929,126 @@ async fn registration_refuses_what_cannot_work() {
         assert!(r.unwrap_err().to_string().contains("adapter.kind"));
     }
     c.shutdown().await;
+}
+
+/// With a key shared between the hubs and a device, even a LAN host that reads the command
+/// topic (an anonymous lab broker here) and answers at once with the right action id and
+/// token is not believed: its ack has no valid MAC. The real device's MAC'd ack is. The
+/// key comes from the node config's `ack_keys_dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_device_is_believed_and_a_reader_of_its_commands_is_not() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("ack-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = "porch-lock-key-0123456789";
+    write_private(&keys.join("door.key"), format!("{key}\n").as_bytes());
+    let hub_broker = MqttBrokerSettings {
+        ack_keys_dir: Some(keys),
+        ..MqttBrokerSettings::plain(&broker.addr)
+    }
+    .load()
+    .unwrap();
+    assert!(!format!("{hub_broker:?}").contains(key));
+    let hub = Devices {
+        mqtt: Some(hub_broker.clone()),
+        timeout: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    // The eavesdropper: reads every command and answers it as fast as it can, bound (right
+    // id and token), once without a MAC and once with a MAC under a guessed key.
+    let (spy, mut sev) = connect(&broker.addr, None, None).await.unwrap();
+    spy.subscribe("home/porch/command", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let spy2 = spy.clone();
+    let eavesdropper = tokio::spawn(async move {
+        while let Ok(ev) = sev.poll().await {
+            let Event::Incoming(Packet::Publish(p)) = ev else {
+                continue;
+            };
+            let Ok(c) = serde_json::from_slice::<DeviceCommand>(&p.payload) else {
+                continue;
+            };
+            for k in [None, Some(&b"guessed-key-guessed-key"[..])] {
+                let forged = hearth_core::sim::Ack::answer(&c, Reply::Applied, k);
+                let _ = spy2
+                    .publish(
+                        "home/porch/ack",
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&forged).unwrap(),
+                    )
+                    .await;
+            }
+        }
+    });
+    // Wait until the eavesdropper is subscribed: its forgeries then arrive for this command.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let before = hub_broker.ignored_acks();
+        let r = hub
+            .send(&porch(), cmd("i-00000000000000ee/0", 2, 1, "unlocked"))
+            .await;
+        if hub_broker.ignored_acks() >= before + 2 || Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert!(
+        matches!(&r, Err(AdapterError::Unreachable(_, m)) if m.contains("no answer")),
+        "a forged ack was taken: {r:?}"
+    );
+    assert!(hub_broker.ignored_acks() >= 2, "forgeries not counted");
+
+    let sim = DeviceSim::new(None).unwrap();
+    let device = tokio::spawn(hearth_devices::mqtt::serve_device_keyed(
+        MqttBroker::plain(&broker.addr),
+        PORCH.into(),
+        sim.clone(),
+        Some(Secret::new(key)),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match hub
+            .send(&porch(), cmd("i-00000000000000ee/1", 2, 1, "locked"))
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r, Reply::Applied);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "keyed device never believed: {e}"
+            ),
+        }
+    }
+    // The same device without its key is not believed.
+    device.abort();
+    let unkeyed = tokio::spawn(hearth_devices::mqtt::serve_device(
+        MqttBroker::plain(&broker.addr),
+        PORCH.into(),
+        DeviceSim::new(None).unwrap(),
+    ));
+    // Until its unkeyed ack is seen too (eavesdropper: 2 per command, the device: 1).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 2.. {
+        let before = hub_broker.ignored_acks();
+        let r = hub
+            .send(
+                &porch(),
+                cmd(&format!("i-00000000000000ee/{n}"), 2, 1, "locked"),
+            )
+            .await;
+        assert!(r.is_err(), "an ack without a MAC was believed: {r:?}");
+        if hub_broker.ignored_acks() >= before + 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unkeyed device never answered"
+        );
+    }
+    unkeyed.abort();
+    eavesdropper.abort();
 }
