@@ -324,6 +324,16 @@ mod tests {
                 .unwrap(),
             "hearth-ack-v1\ni-5f0c2a9e1b7d3c48/0\n3\n1\n42\napplied"
         );
+        // …and its MAC under the documented example key (computed with Python's hmac).
+        assert_eq!(
+            ack_mac(
+                b"example-key-0123456789",
+                "i-5f0c2a9e1b7d3c48/0",
+                &t,
+                &Reply::Applied
+            ),
+            "9580adfa6dc27f7c1c50ab2decf622ad5114b80fdc5b01ad4ffd3df24a4361de"
+        );
     }
 
     #[test]
