@@ -203,6 +203,12 @@ pub async fn send(
     let payload =
         serde_json::to_vec(cmd).map_err(|e| AdapterError::BadReply(dev(), e.to_string()))?;
     let mut published = false;
+    // Summed up when this wait ends, also when the caller's timeout drops it.
+    let mut ignored_here = IgnoredSummary {
+        count: 0,
+        topic: &ack_topic,
+        action: &cmd.action_id,
+    };
     let result = loop {
         let ev = match events.poll().await {
             Ok(ev) => ev,
@@ -246,20 +252,48 @@ pub async fn send(
                     AckVerdict::Ours(reply) => break Ok(reply),
                     AckVerdict::Ignored(why) => {
                         broker.ignored_acks.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            topic = %p.topic,
-                            action = %cmd.action_id,
-                            %why,
-                            "ignoring a message on the ack topic: not the answer to this command (forged, stale or misdirected)"
-                        );
+                        ignored_here.count += 1;
+                        // A flood must not fill the disk with log lines: the first few, then
+                        // one summary when the wait ends.
+                        if ignored_here.count <= LOGGED_PER_COMMAND {
+                            tracing::warn!(
+                                topic = %p.topic,
+                                action = %cmd.action_id,
+                                %why,
+                                "ignoring a message on the ack topic: not the answer to this command (forged, stale or misdirected)"
+                            );
+                        }
                     }
                 }
             }
             _ => {}
         }
     };
+    drop(ignored_here);
     let _ = client.disconnect().await;
     result
+}
+
+/// Ignored acks logged one by one per command; more are summed up.
+const LOGGED_PER_COMMAND: u64 = 3;
+
+struct IgnoredSummary<'a> {
+    count: u64,
+    topic: &'a str,
+    action: &'a str,
+}
+
+impl Drop for IgnoredSummary<'_> {
+    fn drop(&mut self) {
+        if self.count > LOGGED_PER_COMMAND {
+            tracing::warn!(
+                topic = %self.topic,
+                action = %self.action,
+                ignored = self.count,
+                "ignored this many messages on the ack topic while waiting for one answer"
+            );
+        }
+    }
 }
 
 /// Serves a simulated device over MQTT until the task is aborted: reads `<topic>/command`,
