@@ -277,6 +277,8 @@ struct SecureBroker {
     dir: tempfile::TempDir,
     plain: String,
     tls: String,
+    /// TLS that requires a client certificate; its common name is the username.
+    mtls: String,
     ca_pem: Vec<u8>,
 }
 
@@ -308,6 +310,14 @@ impl SecureBroker {
                 127, 0, 0, 1,
             ])));
         let cert = sp.signed_by(&key, &issuer).unwrap();
+        // The hub's client certificate: common name = its broker username.
+        let hub_key = rcgen::KeyPair::generate().unwrap();
+        let mut hp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        hp.distinguished_name.push(rcgen::DnType::CommonName, HUB.0);
+        hp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let hub_cert = hp.signed_by(&hub_key, &issuer).unwrap();
+        std::fs::write(d.join("hub.pem"), hub_cert.pem()).unwrap();
+        write_private(&d.join("hub.key"), hub_key.serialize_pem().as_bytes());
         std::fs::write(d.join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(d.join("server.pem"), cert.pem()).unwrap();
         write_private(&d.join("server.key"), key.serialize_pem().as_bytes());
@@ -328,11 +338,13 @@ impl SecureBroker {
             assert!(ok.success(), "mosquitto_passwd failed");
         }
         write_private(&d.join("acl"), ACL.as_bytes());
-        let (p1, p2) = (free_port(), free_port());
+        let (p1, p2, p3) = (free_port(), free_port(), free_port());
         let conf = format!(
             "per_listener_settings false\nallow_anonymous false\npassword_file {pw}\n\
              acl_file {acl}\nuser root\nlistener {p1} 127.0.0.1\nlistener {p2} 127.0.0.1\n\
-             cafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
+             cafile {ca}\ncertfile {cert}\nkeyfile {key}\nlistener {p3} 127.0.0.1\n\
+             cafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
+             use_identity_as_username true\n",
             pw = passwd.display(),
             acl = d.join("acl").display(),
             ca = d.join("ca.pem").display(),
@@ -356,11 +368,12 @@ impl SecureBroker {
             child,
             plain: format!("127.0.0.1:{p1}"),
             tls: format!("127.0.0.1:{p2}"),
+            mtls: format!("127.0.0.1:{p3}"),
             ca_pem: ca_cert.pem().into_bytes(),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        for p in [p1, p2] {
+        for p in [p1, p2, p3] {
             while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
                 if let Ok(Some(st)) = b.child.try_wait() {
                     let log = std::fs::read_to_string(b.dir.path().join("mosquitto.log"));
@@ -1051,4 +1064,49 @@ async fn a_keyed_device_is_believed_and_a_reader_of_its_commands_is_not() {
     }
     unkeyed.abort();
     eavesdropper.abort();
+}
+
+/// The hub identified by a client certificate instead of a password (the broker takes the
+/// certificate's common name as the username, so the same ACL applies): the lock's answer is
+/// recorded; the same listener without a client certificate refuses the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_logs_in_with_a_client_certificate() {
+    let b = SecureBroker::start();
+    let d = b.dir.path();
+    let settings = MqttBrokerSettings {
+        ca: Some(d.join("ca.pem")),
+        client_cert: Some(d.join("hub.pem")),
+        client_key: Some(d.join("hub.key")),
+        ..MqttBrokerSettings::plain(&b.mtls)
+    };
+    let hub = Devices {
+        mqtt: Some(settings.load().unwrap()),
+        ..Default::default()
+    };
+    let sim = DeviceSim::new(None).unwrap();
+    let device = tokio::spawn(hearth_devices::mqtt::serve_device(
+        b.login(LOCK, true),
+        PORCH.into(),
+        sim.clone(),
+    ));
+    wait_until_answering(&hub, &porch()).await;
+    assert_eq!(
+        hub.send(&porch(), cmd("i-00000000000000ff/0", 2, 1, "locked"))
+            .await
+            .unwrap(),
+        Reply::Applied
+    );
+    let no_cert = Devices {
+        mqtt: Some(
+            MqttBroker::plain(&b.mtls).with_tls(tls_client_config(&b.ca_pem, None).unwrap()),
+        ),
+        ..Default::default()
+    };
+    assert!(
+        no_cert
+            .send(&porch(), cmd("i-00000000000000ff/1", 2, 1, "locked"))
+            .await
+            .is_err()
+    );
+    device.abort();
 }
