@@ -321,8 +321,9 @@ impl Node {
             Some(m) => Some(m.load().map_err(|e| NodeError::Settings(e.to_string()))?),
             None => None,
         };
-        if let Some(m) = &mqtt
-            && m.login.is_none()
+        if let Some(m) = &config.mqtt_broker
+            && m.username.is_none()
+            && m.client_cert.is_none()
         {
             tracing::warn!(
                 node = config.node_id,
