@@ -278,6 +278,8 @@ struct SecureBroker {
     dir: tempfile::TempDir,
     plain: String,
     tls: String,
+    /// TLS that requires a client certificate; its common name is the username.
+    mtls: String,
     ca_pem: Vec<u8>,
 }
 
@@ -309,6 +311,14 @@ impl SecureBroker {
                 127, 0, 0, 1,
             ])));
         let cert = sp.signed_by(&key, &issuer).unwrap();
+        // The hub's client certificate: common name = its broker username.
+        let hub_key = rcgen::KeyPair::generate().unwrap();
+        let mut hp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        hp.distinguished_name.push(rcgen::DnType::CommonName, HUB.0);
+        hp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let hub_cert = hp.signed_by(&hub_key, &issuer).unwrap();
+        std::fs::write(d.join("hub.pem"), hub_cert.pem()).unwrap();
+        write_private(&d.join("hub.key"), hub_key.serialize_pem().as_bytes());
         std::fs::write(d.join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(d.join("server.pem"), cert.pem()).unwrap();
         write_private(&d.join("server.key"), key.serialize_pem().as_bytes());
@@ -329,11 +339,13 @@ impl SecureBroker {
             assert!(ok.success(), "mosquitto_passwd failed");
         }
         write_private(&d.join("acl"), ACL.as_bytes());
-        let (p1, p2) = (free_port(), free_port());
+        let (p1, p2, p3) = (free_port(), free_port(), free_port());
         let conf = format!(
             "per_listener_settings false\nallow_anonymous false\npassword_file {pw}\n\
              acl_file {acl}\nuser root\nlistener {p1} 127.0.0.1\nlistener {p2} 127.0.0.1\n\
-             cafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
+             cafile {ca}\ncertfile {cert}\nkeyfile {key}\nlistener {p3} 127.0.0.1\n\
+             cafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
+             use_identity_as_username true\n",
             pw = passwd.display(),
             acl = d.join("acl").display(),
             ca = d.join("ca.pem").display(),
@@ -357,11 +369,12 @@ impl SecureBroker {
             child,
             plain: format!("127.0.0.1:{p1}"),
             tls: format!("127.0.0.1:{p2}"),
+            mtls: format!("127.0.0.1:{p3}"),
             ca_pem: ca_cert.pem().into_bytes(),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        for p in [p1, p2] {
+        for p in [p1, p2, p3] {
             while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
                 if let Ok(Some(st)) = b.child.try_wait() {
                     let log = std::fs::read_to_string(b.dir.path().join("mosquitto.log"));
@@ -562,8 +575,15 @@ async fn acks_for_another_action_or_token_are_ignored_and_counted() {
     let broker = Broker::start();
     let target = cmd("i-00000000000000bb/0", 3, 1, "unlocked");
     let (forger, mut fev) = connect(&broker.addr, None, None).await.unwrap();
-    tokio::spawn(async move { while fev.poll().await.is_ok() {} });
-    // Left on the broker before the hub subscribes: delivered as retained.
+    let (puback_tx, mut puback) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = fev.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = ev {
+                let _ = puback_tx.send(());
+            }
+        }
+    });
+    // Left on the broker (acknowledged) before the hub subscribes: delivered as retained.
     forger
         .publish(
             "home/porch/ack",
@@ -573,6 +593,9 @@ async fn acks_for_another_action_or_token_are_ignored_and_counted() {
         )
         .await
         .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), puback.recv())
+        .await
+        .expect("the broker acknowledges the retained ack");
     let id = target.action_id.clone();
     let t = target.token;
     let forgeries = vec![
@@ -613,7 +636,7 @@ async fn acks_for_another_action_or_token_are_ignored_and_counted() {
     };
     let r = hub.send(&porch(), target).await;
     assert!(
-        matches!(&r, Err(AdapterError::Unreachable(..))),
+        matches!(&r, Err(AdapterError::Unreachable(_, m)) if m.contains("no answer")),
         "a forged ack was taken: {r:?}"
     );
     assert!(
@@ -666,6 +689,7 @@ async fn a_device_answering_exactly_as_documented_is_applied() {
         ca: Some(b.dir.path().join("ca.pem")),
         client_cert: None,
         client_key: None,
+        ack_keys_dir: None,
     };
     let hub_broker = settings.load().unwrap();
     assert!(
@@ -753,6 +777,7 @@ async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
         ca: Some(b.dir.path().join("ca.pem")),
         client_cert: None,
         client_key: None,
+        ack_keys_dir: None,
     };
     let c = hearth_tests::TestCluster::three_with_mqtt_on(
         [1, 2].into_iter().map(|id| (id, hub.clone())).collect(),
@@ -825,6 +850,11 @@ async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(applied_ids(&sim), [format!("{}/0", r.id)]);
+    assert_eq!(
+        c.node(leader).ignored_device_acks(),
+        0,
+        "the broker delivered the intruder's acks to the hub"
+    );
     flood.abort();
     device.abort();
     c.shutdown().await;
@@ -914,4 +944,171 @@ async fn registration_refuses_what_cannot_work() {
         assert!(r.unwrap_err().to_string().contains("adapter.kind"));
     }
     c.shutdown().await;
+}
+
+/// With a key shared between the hubs and a device, even a LAN host that reads the command
+/// topic (an anonymous lab broker here) and answers at once with the right action id and
+/// token is not believed: its ack has no valid MAC. The real device's MAC'd ack is. The
+/// key comes from the node config's `ack_keys_dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_device_is_believed_and_a_reader_of_its_commands_is_not() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("ack-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = "porch-lock-key-0123456789";
+    write_private(&keys.join("door.key"), format!("{key}\n").as_bytes());
+    let hub_broker = MqttBrokerSettings {
+        ack_keys_dir: Some(keys),
+        ..MqttBrokerSettings::plain(&broker.addr)
+    }
+    .load()
+    .unwrap();
+    assert!(!format!("{hub_broker:?}").contains(key));
+    let hub = Devices {
+        mqtt: Some(hub_broker.clone()),
+        timeout: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    // The eavesdropper: reads every command and answers it as fast as it can, bound (right
+    // id and token), once without a MAC and once with a MAC under a guessed key.
+    let (spy, mut sev) = connect(&broker.addr, None, None).await.unwrap();
+    spy.subscribe("home/porch/command", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let spy2 = spy.clone();
+    let eavesdropper = tokio::spawn(async move {
+        while let Ok(ev) = sev.poll().await {
+            let Event::Incoming(Packet::Publish(p)) = ev else {
+                continue;
+            };
+            let Ok(c) = serde_json::from_slice::<DeviceCommand>(&p.payload) else {
+                continue;
+            };
+            for k in [None, Some(&b"guessed-key-guessed-key"[..])] {
+                let forged = hearth_core::sim::Ack::answer(&c, Reply::Applied, k);
+                let _ = spy2
+                    .publish(
+                        "home/porch/ack",
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&forged).unwrap(),
+                    )
+                    .await;
+            }
+        }
+    });
+    // Wait until the eavesdropper is subscribed: its forgeries then arrive for this command.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let before = hub_broker.ignored_acks();
+        let r = hub
+            .send(&porch(), cmd("i-00000000000000ee/0", 2, 1, "unlocked"))
+            .await;
+        if hub_broker.ignored_acks() >= before + 2 || Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert!(
+        matches!(&r, Err(AdapterError::Unreachable(_, m)) if m.contains("no answer")),
+        "a forged ack was taken: {r:?}"
+    );
+    assert!(hub_broker.ignored_acks() >= 2, "forgeries not counted");
+
+    let sim = DeviceSim::new(None).unwrap();
+    let device = tokio::spawn(hearth_devices::mqtt::serve_device_keyed(
+        MqttBroker::plain(&broker.addr),
+        PORCH.into(),
+        sim.clone(),
+        Some(Secret::new(key)),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match hub
+            .send(&porch(), cmd("i-00000000000000ee/1", 2, 1, "locked"))
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r, Reply::Applied);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "keyed device never believed: {e}"
+            ),
+        }
+    }
+    // The same device without its key is not believed.
+    device.abort();
+    let unkeyed = tokio::spawn(hearth_devices::mqtt::serve_device(
+        MqttBroker::plain(&broker.addr),
+        PORCH.into(),
+        DeviceSim::new(None).unwrap(),
+    ));
+    // Until its unkeyed ack is seen too (eavesdropper: 2 per command, the device: 1).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 2.. {
+        let before = hub_broker.ignored_acks();
+        let r = hub
+            .send(
+                &porch(),
+                cmd(&format!("i-00000000000000ee/{n}"), 2, 1, "locked"),
+            )
+            .await;
+        assert!(r.is_err(), "an ack without a MAC was believed: {r:?}");
+        if hub_broker.ignored_acks() >= before + 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unkeyed device never answered"
+        );
+    }
+    unkeyed.abort();
+    eavesdropper.abort();
+}
+
+/// The hub identified by a client certificate instead of a password (the broker takes the
+/// certificate's common name as the username, so the same ACL applies): the lock's answer is
+/// recorded; the same listener without a client certificate refuses the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_logs_in_with_a_client_certificate() {
+    let b = SecureBroker::start();
+    let d = b.dir.path();
+    let settings = MqttBrokerSettings {
+        ca: Some(d.join("ca.pem")),
+        client_cert: Some(d.join("hub.pem")),
+        client_key: Some(d.join("hub.key")),
+        ..MqttBrokerSettings::plain(&b.mtls)
+    };
+    let hub = Devices {
+        mqtt: Some(settings.load().unwrap()),
+        ..Default::default()
+    };
+    let sim = DeviceSim::new(None).unwrap();
+    let device = tokio::spawn(hearth_devices::mqtt::serve_device(
+        b.login(LOCK, true),
+        PORCH.into(),
+        sim.clone(),
+    ));
+    wait_until_answering(&hub, &porch()).await;
+    assert_eq!(
+        hub.send(&porch(), cmd("i-00000000000000ff/0", 2, 1, "locked"))
+            .await
+            .unwrap(),
+        Reply::Applied
+    );
+    let no_cert = Devices {
+        mqtt: Some(
+            MqttBroker::plain(&b.mtls).with_tls(tls_client_config(&b.ca_pem, None).unwrap()),
+        ),
+        ..Default::default()
+    };
+    assert!(
+        no_cert
+            .send(&porch(), cmd("i-00000000000000ff/1", 2, 1, "locked"))
+            .await
+            .is_err()
+    );
+    device.abort();
 }

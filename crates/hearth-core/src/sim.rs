@@ -54,6 +54,70 @@ pub struct Ack {
     pub token: FencingToken,
     #[serde(flatten)]
     pub reply: Reply,
+    /// For a device that shares a key with the hubs: lower-case hex of
+    /// HMAC-SHA256(key, [`ack_mac_message`]). Required for such a device, ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Ack {
+    /// The ack answering `cmd` with `reply`, with its MAC if the device has a key.
+    pub fn answer(cmd: &DeviceCommand, reply: Reply, key: Option<&[u8]>) -> Ack {
+        let mac = key.map(|k| ack_mac(k, &cmd.action_id, &cmd.token, &reply));
+        Ack {
+            action_id: cmd.action_id.clone(),
+            token: cmd.token,
+            reply,
+            mac,
+        }
+    }
+}
+
+/// What the ack MAC covers, one field a line: `hearth-ack-v1`, the action id, term, leader,
+/// index, the reply, then `reason` (refused) or `highest_term` and `highest_leader`
+/// (stale_token). docs/INTENTS.md shows an example.
+pub fn ack_mac_message(action_id: &str, token: &FencingToken, reply: &Reply) -> Vec<u8> {
+    let tail = match reply {
+        Reply::Applied => "applied".to_string(),
+        Reply::AlreadyApplied => "already_applied".to_string(),
+        Reply::StaleToken {
+            highest_term,
+            highest_leader,
+        } => format!("stale_token\n{highest_term}\n{highest_leader}"),
+        Reply::Refused { reason } => format!("refused\n{reason}"),
+    };
+    format!(
+        "hearth-ack-v1\n{action_id}\n{}\n{}\n{}\n{tail}",
+        token.term, token.leader, token.index
+    )
+    .into_bytes()
+}
+
+fn mac_of(key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of every length"),
+    }
+}
+
+/// Lower-case hex HMAC-SHA256 of [`ack_mac_message`] under `key`.
+pub fn ack_mac(key: &[u8], action_id: &str, token: &FencingToken, reply: &Reply) -> String {
+    use hmac::Mac;
+    let mut m = mac_of(key);
+    m.update(&ack_mac_message(action_id, token, reply));
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn mac_ok(key: &[u8], ack: &Ack) -> bool {
+    use hmac::Mac;
+    let Some(given) = ack.mac.as_deref().and_then(|h| hex::decode(h).ok()) else {
+        return false;
+    };
+    let mut m = mac_of(key);
+    m.update(&ack_mac_message(&ack.action_id, &ack.token, &ack.reply));
+    m.verify_slice(&given).is_ok()
 }
 
 /// Largest ack read (bytes).
@@ -79,6 +143,8 @@ pub enum IgnoredAck {
     OtherAction(String),
     /// This action id with another fencing token: not the command this hub sent.
     WrongToken(FencingToken),
+    /// The device shares a key with the hubs and the MAC is missing or wrong.
+    BadMac,
 }
 
 impl std::fmt::Display for IgnoredAck {
@@ -93,13 +159,20 @@ impl std::fmt::Display for IgnoredAck {
                 "this action id with another fencing token ({}, {}, {})",
                 t.term, t.leader, t.index
             ),
+            IgnoredAck::BadMac => write!(f, "its MAC is missing or wrong for this device's key"),
         }
     }
 }
 
 /// Binds an ack to its command: only an ack naming the command's action id *and* its fencing
-/// token is its answer. (Who may publish on the ack topic at all is the broker's ACL.)
-pub fn judge_ack(cmd: &DeviceCommand, payload: &[u8], retained: bool) -> AckVerdict {
+/// token (and, for a device with a `key`, a valid MAC over them and the reply) is its answer.
+/// (Who may publish on the ack topic at all is the broker's ACL.)
+pub fn judge_ack(
+    cmd: &DeviceCommand,
+    payload: &[u8],
+    retained: bool,
+    key: Option<&[u8]>,
+) -> AckVerdict {
     let ignored = AckVerdict::Ignored;
     if retained {
         return ignored(IgnoredAck::Retained);
@@ -116,6 +189,11 @@ pub fn judge_ack(cmd: &DeviceCommand, payload: &[u8], retained: bool) -> AckVerd
     }
     if ack.token != cmd.token {
         return ignored(IgnoredAck::WrongToken(ack.token));
+    }
+    if let Some(k) = key
+        && !mac_ok(k, &ack)
+    {
+        return ignored(IgnoredAck::BadMac);
     }
     AckVerdict::Ours(ack.reply)
 }
@@ -205,19 +283,86 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_keyed_device_is_believed_only_with_a_valid_mac() {
+        let c = cmd("i-1/0", 3, 1, "locked");
+        let key = b"porch-lock shared secret";
+        let judge =
+            |a: &Ack, k: Option<&[u8]>| judge_ack(&c, &serde_json::to_vec(a).unwrap(), false, k);
+        for reply in [
+            Reply::Applied,
+            Reply::AlreadyApplied,
+            Reply::StaleToken {
+                highest_term: 9,
+                highest_leader: 2,
+            },
+            Reply::Refused {
+                reason: "jammed".into(),
+            },
+        ] {
+            let good = Ack::answer(&c, reply.clone(), Some(key));
+            assert_eq!(judge(&good, Some(key)), AckVerdict::Ours(reply.clone()));
+            let bad = AckVerdict::Ignored(IgnoredAck::BadMac);
+            // No MAC, another key, a MAC over another reply, garbage.
+            assert_eq!(judge(&Ack::answer(&c, reply.clone(), None), Some(key)), bad);
+            assert_eq!(
+                judge(&Ack::answer(&c, reply.clone(), Some(b"other")), Some(key)),
+                bad
+            );
+            let mut swapped = Ack::answer(&c, Reply::Applied, Some(key));
+            if reply != Reply::Applied {
+                swapped.reply = reply.clone();
+                assert_eq!(judge(&swapped, Some(key)), bad);
+            }
+            swapped.mac = Some("zz".into());
+            assert_eq!(judge(&swapped, Some(key)), bad);
+        }
+        // The MAC covers the token and the action id too.
+        let mut other = cmd("i-1/0", 3, 1, "locked");
+        other.token.index = 8;
+        let moved = Ack::answer(&other, Reply::Applied, Some(key));
+        let mut moved = moved;
+        moved.token = c.token;
+        assert_eq!(
+            judge(&moved, Some(key)),
+            AckVerdict::Ignored(IgnoredAck::BadMac)
+        );
+        // The documented example (docs/INTENTS.md).
+        let t = FencingToken {
+            term: 3,
+            leader: 1,
+            index: 42,
+        };
+        assert_eq!(
+            String::from_utf8(ack_mac_message("i-5f0c2a9e1b7d3c48/0", &t, &Reply::Applied))
+                .unwrap(),
+            "hearth-ack-v1\ni-5f0c2a9e1b7d3c48/0\n3\n1\n42\napplied"
+        );
+        // …and its MAC under the documented example key (computed with Python's hmac).
+        assert_eq!(
+            ack_mac(
+                b"example-key-0123456789",
+                "i-5f0c2a9e1b7d3c48/0",
+                &t,
+                &Reply::Applied
+            ),
+            "9580adfa6dc27f7c1c50ab2decf622ad5114b80fdc5b01ad4ffd3df24a4361de"
+        );
+    }
+
+    #[test]
     fn an_ack_is_the_answer_only_with_its_action_id_and_token() {
         let c = cmd("i-1/0", 3, 1, "locked");
         let tok = r#""token":{"term":3,"leader":1,"index":7}"#;
         // Exactly as docs/INTENTS.md documents it.
         let doc = format!(r#"{{"action_id":"i-1/0",{tok},"reply":"applied"}}"#);
         assert_eq!(
-            judge_ack(&c, doc.as_bytes(), false),
+            judge_ack(&c, doc.as_bytes(), false, None),
             AckVerdict::Ours(Reply::Applied)
         );
         let refused =
             format!(r#"{{"action_id":"i-1/0",{tok},"reply":"refused","reason":"jammed","at":1}}"#);
         assert_eq!(
-            judge_ack(&c, refused.as_bytes(), false),
+            judge_ack(&c, refused.as_bytes(), false, None),
             AckVerdict::Ours(Reply::Refused {
                 reason: "jammed".into()
             })
@@ -226,24 +371,19 @@ mod tests {
             r#"{{"action_id":"i-1/0",{tok},"reply":"stale_token","highest_term":4,"highest_leader":2}}"#
         );
         assert_eq!(
-            judge_ack(&c, stale.as_bytes(), false),
+            judge_ack(&c, stale.as_bytes(), false, None),
             AckVerdict::Ours(Reply::StaleToken {
                 highest_term: 4,
                 highest_leader: 2
             })
         );
         // What an adapter sends is what it reads.
-        let ours = serde_json::to_vec(&Ack {
-            action_id: "i-1/0".into(),
-            token: c.token,
-            reply: Reply::AlreadyApplied,
-        })
-        .unwrap();
+        let ours = serde_json::to_vec(&Ack::answer(&c, Reply::AlreadyApplied, None)).unwrap();
         assert_eq!(
-            judge_ack(&c, &ours, false),
+            judge_ack(&c, &ours, false, None),
             AckVerdict::Ours(Reply::AlreadyApplied)
         );
-        let ignored = |p: &str, retained| match judge_ack(&c, p.as_bytes(), retained) {
+        let ignored = |p: &str, retained| match judge_ack(&c, p.as_bytes(), retained, None) {
             AckVerdict::Ignored(why) => why,
             other => panic!("{p} taken as {other:?}"),
         };

@@ -48,6 +48,12 @@ pub trait Gateway: Send + Sync {
         adapter: &'a Adapter,
         cmd: DeviceCommand,
     ) -> BoxFuture<'a, Result<Reply, AdapterError>>;
+
+    /// Messages on ack topics that were not the answer being waited for (forged, stale or
+    /// misdirected), since this gateway was made.
+    fn ignored_acks(&self) -> u64 {
+        0
+    }
 }
 
 /// Simulated devices living in this process, by name.
@@ -205,6 +211,10 @@ pub fn command_from_pb(c: pb::DeviceCommand) -> DeviceCommand {
 }
 
 impl Gateway for Devices {
+    fn ignored_acks(&self) -> u64 {
+        self.mqtt.as_ref().map_or(0, mqtt::MqttBroker::ignored_acks)
+    }
+
     fn send<'a>(
         &'a self,
         adapter: &'a Adapter,

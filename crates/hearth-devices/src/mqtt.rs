@@ -11,6 +11,7 @@
 //! One short-lived connection per command: simple and robust for a household's command rate;
 //! a pooled connection is a later optimisation.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,8 +55,10 @@ pub struct MqttBroker {
     /// TLS to the broker (see [`tls_client_config`]); plain TCP when `None`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Messages on an ack topic that were not the answer being waited for (another action id
-    /// or token, unreadable, retained): forged, stale or misdirected.
+    /// or token, unreadable, retained, a bad MAC): forged, stale or misdirected.
     pub ignored_acks: Arc<AtomicU64>,
+    /// Keys shared with devices, by device id: such a device's acks must carry a valid MAC.
+    pub ack_keys: Arc<BTreeMap<String, Secret>>,
 }
 
 impl std::fmt::Debug for MqttBroker {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for MqttBroker {
             .field("addr", &self.addr)
             .field("username", &self.login.as_ref().map(|(u, _)| u))
             .field("tls", &self.tls.is_some())
+            .field("ack_keys", &self.ack_keys.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -76,7 +80,14 @@ impl MqttBroker {
             login: None,
             tls: None,
             ignored_acks: Arc::default(),
+            ack_keys: Arc::default(),
         }
+    }
+
+    /// Devices whose acks must carry a MAC under their key.
+    pub fn with_ack_keys(mut self, keys: BTreeMap<String, Secret>) -> Self {
+        self.ack_keys = Arc::new(keys);
+        self
     }
 
     pub fn with_login(mut self, username: impl Into<String>, password: Secret) -> Self {
@@ -192,6 +203,12 @@ pub async fn send(
     let payload =
         serde_json::to_vec(cmd).map_err(|e| AdapterError::BadReply(dev(), e.to_string()))?;
     let mut published = false;
+    // Summed up when this wait ends, also when the caller's timeout drops it.
+    let mut ignored_here = IgnoredSummary {
+        count: 0,
+        topic: &ack_topic,
+        action: &cmd.action_id,
+    };
     let result = loop {
         let ev = match events.poll().await {
             Ok(ev) => ev,
@@ -227,29 +244,71 @@ pub async fn send(
                 }
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
-                match judge_ack(cmd, &p.payload, p.retain) {
+                let key = broker
+                    .ack_keys
+                    .get(&cmd.device)
+                    .map(|k| k.expose().as_bytes());
+                match judge_ack(cmd, &p.payload, p.retain, key) {
                     AckVerdict::Ours(reply) => break Ok(reply),
                     AckVerdict::Ignored(why) => {
                         broker.ignored_acks.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            topic = %p.topic,
-                            action = %cmd.action_id,
-                            %why,
-                            "ignoring a message on the ack topic: not the answer to this command (forged, stale or misdirected)"
-                        );
+                        ignored_here.count += 1;
+                        // A flood must not fill the disk with log lines: the first few, then
+                        // one summary when the wait ends.
+                        if ignored_here.count <= LOGGED_PER_COMMAND {
+                            tracing::warn!(
+                                topic = %p.topic,
+                                action = %cmd.action_id,
+                                %why,
+                                "ignoring a message on the ack topic: not the answer to this command (forged, stale or misdirected)"
+                            );
+                        }
                     }
                 }
             }
             _ => {}
         }
     };
+    drop(ignored_here);
     let _ = client.disconnect().await;
     result
+}
+
+/// Ignored acks logged one by one per command; more are summed up.
+const LOGGED_PER_COMMAND: u64 = 3;
+
+struct IgnoredSummary<'a> {
+    count: u64,
+    topic: &'a str,
+    action: &'a str,
+}
+
+impl Drop for IgnoredSummary<'_> {
+    fn drop(&mut self) {
+        if self.count > LOGGED_PER_COMMAND {
+            tracing::warn!(
+                topic = %self.topic,
+                action = %self.action,
+                ignored = self.count,
+                "ignored this many messages on the ack topic while waiting for one answer"
+            );
+        }
+    }
 }
 
 /// Serves a simulated device over MQTT until the task is aborted: reads `<topic>/command`,
 /// answers on `<topic>/ack` in the documented format. Reconnects after broker errors.
 pub async fn serve_device(broker: MqttBroker, topic: String, sim: DeviceSim) {
+    serve_device_keyed(broker, topic, sim, None).await
+}
+
+/// [`serve_device`] for a device sharing `key` with the hubs: its acks carry a MAC.
+pub async fn serve_device_keyed(
+    broker: MqttBroker,
+    topic: String,
+    sim: DeviceSim,
+    key: Option<Secret>,
+) {
     let opts = match broker.options("hearth-device-sim") {
         Ok(o) => o,
         Err(e) => {
@@ -272,13 +331,8 @@ pub async fn serve_device(broker: MqttBroker, topic: String, sim: DeviceSim) {
                     tracing::warn!("device-sim ignores an unreadable command");
                     continue;
                 };
-                let (action_id, token) = (cmd.action_id.clone(), cmd.token);
-                let reply = sim.receive(cmd);
-                let ack = Ack {
-                    action_id,
-                    token,
-                    reply,
-                };
+                let reply = sim.receive(cmd.clone());
+                let ack = Ack::answer(&cmd, reply, key.as_ref().map(|k| k.expose().as_bytes()));
                 if let Ok(bytes) = serde_json::to_vec(&ack)
                     && let Err(e) = client
                         .publish(&ack_topic, QoS::AtLeastOnce, false, bytes)

@@ -37,6 +37,7 @@
 //! ca = "pki/mqtt-ca.pem"    # TLS; needed unless the broker is on this machine (loopback)
 //! client_cert = "pki/mqtt-hub-1.pem"        # optional, with client_key
 //! client_key = "pki/mqtt-hub-1.key"
+//! ack_keys_dir = "secrets/ack-keys"         # optional: <device id>.key files (0600): MAC'd acks
 //!
 //! [assist]                  # two hubs without a witness (docs/topologies/two-hubs.md)
 //! targets = ["192.168.1.1:80"]  # independent targets a hub probes (TCP connect)
@@ -240,6 +241,11 @@ pub struct MqttBrokerSettings {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Keys shared with devices: a directory of `<device id>.key` files (mode 0600, the
+    /// first line is the key, at least 16 characters). Such a device's acks must carry a
+    /// valid MAC (docs/INTENTS.md).
+    #[serde(default)]
+    pub ack_keys_dir: Option<PathBuf>,
 }
 
 impl MqttBrokerSettings {
@@ -252,6 +258,7 @@ impl MqttBrokerSettings {
             ca: None,
             client_cert: None,
             client_key: None,
+            ack_keys_dir: None,
         }
     }
 
@@ -335,52 +342,33 @@ impl MqttBrokerSettings {
         Ok(())
     }
 
-    /// Reads the password, CA and client certificate: the broker as the device adapter uses
-    /// it. The password file must not be readable by group or others.
+    /// Reads the password, CA and client certificate, and the device keys: the broker as the
+    /// device adapter uses it. Secret files must not be readable by group or others.
     pub fn load(&self) -> Result<hearth_devices::mqtt::MqttBroker, ConfigError> {
         let read = |field: &str, p: &Path| {
             std::fs::read(p).map_err(|e| invalid(field, format!("{}: {e}", p.display())))
         };
         let mut b = hearth_devices::mqtt::MqttBroker::plain(self.addr.clone());
         if let (Some(user), Some(pf)) = (&self.username, &self.password_file) {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(pf)
-                    .map_err(|e| {
-                        invalid(
-                            "mqtt_broker.password_file",
-                            format!("{}: {e}", pf.display()),
-                        )
-                    })?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(invalid(
-                        "mqtt_broker.password_file",
-                        format!(
-                            "{} is readable by other users (mode {:o}); chmod 600 it",
-                            pf.display(),
-                            mode & 0o777
-                        ),
-                    ));
-                }
+            let password = read_secret("mqtt_broker.password_file", pf, 1)?;
+            b = b.with_login(user.clone(), password);
+        }
+        if let Some(dir) = &self.ack_keys_dir {
+            let field = "mqtt_broker.ack_keys_dir";
+            let mut keys = std::collections::BTreeMap::new();
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| invalid(field, format!("{}: {e}", dir.display())))?;
+            for e in entries {
+                let e = e.map_err(|e| invalid(field, format!("{}: {e}", dir.display())))?;
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some(device) = name.strip_suffix(".key") else {
+                    continue;
+                };
+                hearth_core::intent::check_id(field, device)
+                    .map_err(|_| invalid(field, format!("{name}: not <device id>.key")))?;
+                keys.insert(device.to_string(), read_secret(field, &e.path(), 16)?);
             }
-            let text = read("mqtt_broker.password_file", pf)?;
-            let text = String::from_utf8(text).map_err(|_| {
-                invalid(
-                    "mqtt_broker.password_file",
-                    format!("{} is not UTF-8", pf.display()),
-                )
-            })?;
-            let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
-            if password.is_empty() {
-                return Err(invalid(
-                    "mqtt_broker.password_file",
-                    format!("{}: the first line (the password) is empty", pf.display()),
-                ));
-            }
-            b = b.with_login(user.clone(), hearth_devices::mqtt::Secret::new(password));
+            b = b.with_ack_keys(keys);
         }
         if let Some(ca) = &self.ca {
             let ca_pem = read("mqtt_broker.ca", ca)?;
@@ -435,6 +423,39 @@ fn de_mqtt_broker<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<MqttBrokerSettings>, D::Error> {
     Ok(Some(MqttBrokerSettingsOrAddr::deserialize(d)?.0))
+}
+
+/// The first line of a secret file that only its owner may read, at least `min` characters.
+fn read_secret(
+    field: &str,
+    path: &Path,
+    min: usize,
+) -> Result<hearth_devices::mqtt::Secret, ConfigError> {
+    let at = |e: String| invalid(field, format!("{}: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| at(e.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(at(format!(
+                "readable by other users (mode {:o}); chmod 600 it",
+                mode & 0o777
+            )));
+        }
+    }
+    let text = std::fs::read(path).map_err(|e| at(e.to_string()))?;
+    let text = String::from_utf8(text).map_err(|_| at("not UTF-8".into()))?;
+    let secret = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if secret.is_empty() {
+        return Err(at("the first line (the secret) is empty".into()));
+    }
+    if secret.chars().count() < min {
+        return Err(at(format!("the secret is shorter than {min} characters")));
+    }
+    Ok(hearth_devices::mqtt::Secret::new(secret))
 }
 
 /// The PEM files `hearth init-pki` wrote for this node.
@@ -594,6 +615,7 @@ impl NodeConfig {
                 &mut m.ca,
                 &mut m.client_cert,
                 &mut m.client_key,
+                &mut m.ack_keys_dir,
             ]
             .into_iter()
             .flatten()
@@ -958,6 +980,49 @@ role = "witness"
         std::fs::write(&ca, "not a certificate").unwrap();
         m.ca = Some(ca);
         assert!(m.load().unwrap_err().to_string().contains("mqtt_broker"));
+    }
+
+    #[test]
+    fn device_ack_keys_are_private_files_named_by_device() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("porch-lock.key", "0123456789abcdef-porch\n", 0o600);
+        put("README", "not a key", 0o644);
+        let mut m = MqttBrokerSettings::plain("127.0.0.1:1883");
+        m.ack_keys_dir = Some(dir.path().to_path_buf());
+        let b = m.load().unwrap();
+        assert_eq!(b.ack_keys.keys().collect::<Vec<_>>(), ["porch-lock"]);
+        assert!(!format!("{b:?}").contains("0123456789abcdef"));
+        for (name, text, mode, needle) in [
+            ("short.key", "too-short", 0o600, "shorter than 16"),
+            ("open.key", "0123456789abcdef-open", 0o644, "chmod 600"),
+            (
+                "Bad Name.key",
+                "0123456789abcdef-bad",
+                0o600,
+                "<device id>.key",
+            ),
+        ] {
+            put(name, text, mode);
+            let e = m.load().unwrap_err().to_string();
+            assert!(
+                e.contains("mqtt_broker.ack_keys_dir") && e.contains(needle),
+                "{name}: {e}"
+            );
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        m.ack_keys_dir = Some(dir.path().join("missing"));
+        assert!(
+            m.load()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_broker.ack_keys_dir")
+        );
     }
 
     #[test]

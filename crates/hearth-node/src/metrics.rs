@@ -77,6 +77,11 @@ pub async fn render(node: &Node, c: &Counters) -> String {
         s.chain_disagreeing.len() as u64,
     );
     gauge(
+        "hearth_devices_unreachable",
+        "Hub: registered devices it could not drive if it led (an adapter it has not configured).",
+        s.device_warnings.len() as u64,
+    );
+    gauge(
         "hearth_checkpoint_last_index",
         "Hub: index of the last checkpoint it signed (0: none).",
         last_checkpoint,
@@ -163,6 +168,12 @@ pub async fn render(node: &Node, c: &Counters) -> String {
             v.load(Ordering::Relaxed)
         ));
     }
+    let name = "hearth_device_acks_ignored_total";
+    out.push_str(&format!(
+        "# HELP {name} Messages on device ack topics that were not the answer awaited (another action id or fencing token, unreadable, retained): forged, stale or misdirected.\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {}\n",
+        s.node_id,
+        node.ignored_device_acks()
+    ));
     out
 }
 

@@ -255,6 +255,8 @@ pub struct Node {
     /// This node's wall clock (a seam for tests) and what it concludes about it.
     wall: crate::health::WallClock,
     clock_watch: Arc<crate::health::ClockWatch>,
+    /// How this hub reaches devices (also handed to its dispatcher).
+    gateway: Arc<dyn hearth_devices::Gateway>,
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
@@ -322,8 +324,9 @@ impl Node {
             Some(m) => Some(m.load().map_err(|e| NodeError::Settings(e.to_string()))?),
             None => None,
         };
-        if let Some(m) = &mqtt
-            && m.login.is_none()
+        if let Some(m) = &config.mqtt_broker
+            && m.username.is_none()
+            && m.client_cert.is_none()
         {
             tracing::warn!(
                 node = config.node_id,
@@ -456,7 +459,7 @@ impl Node {
                 id,
                 raft: raft.clone(),
                 sm: sm.clone(),
-                gateway,
+                gateway: gateway.clone(),
                 wall: wall.clone(),
                 clock_watch: clock_watch.clone(),
             };
@@ -488,7 +491,20 @@ impl Node {
             wall,
             clock_watch,
             chain_check: Default::default(),
+            gateway,
         })
+        .inspect(|n| {
+            // Loudly, at every start: a hub that may lead and could not reach a device.
+            for w in n.device_warnings() {
+                tracing::error!(node = n.id, "{w}; configure it before this hub leads");
+            }
+        })
+    }
+
+    /// Messages on device ack topics that were not the answer being waited for (forged,
+    /// stale or misdirected), since this node started.
+    pub fn ignored_device_acks(&self) -> u64 {
+        self.gateway.ignored_acks()
     }
 
     pub fn config(&self) -> &NodeConfig {

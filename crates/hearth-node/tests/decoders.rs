@@ -59,6 +59,7 @@ proptest! {
         };
         if let Ok(d) = device_from_pb(&dev) {
             prop_assert!(d.validate().is_ok());
+            let _ = d.validate_request();
         }
         let _ = check_intent_id("id", &s[8]);
     }
@@ -76,7 +77,7 @@ proptest! {
 
     #[test]
     fn config_parse_never_panics_on_near_toml(
-        lines in proptest::collection::vec(r#"(\[(timing|assist|peers|tls|auth|checkpoint)\]|\[\[peers\]\]|[a-z_]{1,22} = ("[0-9a-z.:/]{0,20}"|[0-9]{1,21}|true|false|\[\]))"#, 0..12)) {
+        lines in proptest::collection::vec(r#"(\[(timing|assist|peers|tls|auth|checkpoint|mqtt_broker)\]|\[\[peers\]\]|[a-z_]{1,22} = ("[0-9a-z.:/]{0,20}"|[0-9]{1,21}|true|false|\[\]))"#, 0..12)) {
         let _ = NodeConfig::parse(&lines.join("\n"));
     }
 }

@@ -114,6 +114,18 @@ pub enum Command {
         /// … on this topic (commands on TOPIC/command, acks on TOPIC/ack).
         #[arg(long)]
         topic: Option<String>,
+        /// MQTT login (the device's own account in the broker's ACL) …
+        #[arg(long, requires = "mqtt_password_file")]
+        mqtt_user: Option<String>,
+        /// … with the password in this file (first line).
+        #[arg(long, requires = "mqtt_user")]
+        mqtt_password_file: Option<PathBuf>,
+        /// TLS to the broker, trusting this CA (PEM).
+        #[arg(long)]
+        mqtt_ca: Option<PathBuf>,
+        /// The key this device shares with the hubs (first line): its acks carry a MAC.
+        #[arg(long)]
+        mqtt_ack_key_file: Option<PathBuf>,
     },
 }
 
@@ -563,7 +575,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             journal,
             mqtt,
             topic,
-        } => crate::domain_cli::device_sim(listen, http, journal, mqtt.zip(topic)).await,
+            mqtt_user,
+            mqtt_password_file,
+            mqtt_ca,
+            mqtt_ack_key_file,
+        } => {
+            let login = crate::domain_cli::SimMqttLogin {
+                user: mqtt_user.zip(mqtt_password_file),
+                ca: mqtt_ca,
+                ack_key_file: mqtt_ack_key_file,
+            };
+            crate::domain_cli::device_sim(listen, http, journal, mqtt.zip(topic), login).await
+        }
         Command::Audit { command } => match command {
             AuditCmd::Tail { target, count } => tail(&target.addr, count).await,
             AuditCmd::Export { target, out } => export(&target.addr, out).await,

@@ -652,12 +652,33 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How `hearth device-sim` logs in to the MQTT broker (all optional).
+#[derive(Debug, Default)]
+pub struct SimMqttLogin {
+    pub user: Option<(String, PathBuf)>,
+    pub ca: Option<PathBuf>,
+    pub ack_key_file: Option<PathBuf>,
+}
+
+fn first_line(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    anyhow::ensure!(
+        !line.is_empty(),
+        "{}: the first line is empty",
+        path.display()
+    );
+    Ok(line.to_string())
+}
+
 /// `hearth device-sim`: serve a simulated device until Ctrl-C.
 pub async fn device_sim(
     listen: String,
     http: Option<String>,
     journal: Option<PathBuf>,
     mqtt: Option<(String, String)>,
+    login: SimMqttLogin,
 ) -> anyhow::Result<ExitCode> {
     let sim = hearth_devices::server::DeviceSim::new(journal.clone())
         .context("opening the journal file")?;
@@ -673,10 +694,24 @@ pub async fn device_sim(
     }
     if let Some((broker, topic)) = mqtt {
         println!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
-        tokio::spawn(hearth_devices::mqtt::serve_device(
-            hearth_devices::mqtt::MqttBroker::plain(broker),
+        use hearth_devices::mqtt::{MqttBroker, Secret, tls_client_config};
+        let mut b = MqttBroker::plain(broker);
+        if let Some((user, pw)) = &login.user {
+            b = b.with_login(user.clone(), Secret::new(first_line(pw)?));
+        }
+        if let Some(ca) = &login.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            b = b.with_tls(tls_client_config(&pem, None).map_err(anyhow::Error::msg)?);
+        }
+        let key = match &login.ack_key_file {
+            Some(k) => Some(Secret::new(first_line(k)?)),
+            None => None,
+        };
+        tokio::spawn(hearth_devices::mqtt::serve_device_keyed(
+            b,
             topic,
             sim.clone(),
+            key,
         ));
     }
     println!(
