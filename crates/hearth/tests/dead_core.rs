@@ -215,4 +215,17 @@ async fn a_node_whose_disk_fills_exits_nonzero_and_loses_no_acknowledged_write()
     for a in p.addrs.values() {
         wait_applied(a, max, Duration::from_secs(20)).await;
     }
+    // One chain: every node converges on the same head.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut heads = Vec::new();
+        for a in p.addrs.values() {
+            heads.push(status(a).await.map(|s| (s.applied_index, s.head_hash)));
+        }
+        if heads.windows(2).all(|w| w[0] == w[1]) && heads[0].is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heads differ: {heads:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
