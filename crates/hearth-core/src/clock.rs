@@ -114,15 +114,30 @@ impl Verdict {
 
 /// Judges this hub's clock from its peers' samples and the chain's time.
 ///
-/// - Behind the chain by more than `tolerance_ms` (`now_ms + tolerance < chain_ms`): `Off`. The
-///   chain's time was stamped by leaders whose clocks agreed with a quorum, so a clock that
-///   lags it is wrong (a Pi booted without an RTC).
+/// - Behind the chain by more than `tolerance_ms` (`now_ms + tolerance < chain_ms`) with no
+///   peer agreeing with this clock: `Off` (a Pi booted without an RTC). With a peer agreeing,
+///   the chain ran ahead (a fast leader stamped it before it was caught): `Unsure`.
 /// - Otherwise, a peer whose offset (beyond the sample's own uncertainty) is within the
 ///   tolerance agrees with this hub. When at least two peers disagree, they outnumber the
 ///   peers that agree, and they agree with each other: `Off`. Any other difference (one peer
 ///   only, or peers that disagree among themselves): `Unsure`, reported but not acted on.
 pub fn judge(now_ms: u64, chain_ms: u64, samples: &[Sample], tolerance_ms: u64) -> Verdict {
-    if now_ms.saturating_add(tolerance_ms) < chain_ms {
+    let tol = tolerance_ms as i128;
+    let differs = |s: &Sample| (s.offset_ms() as i128).abs() > tol + s.error_ms() as i128;
+    let behind_chain = now_ms.saturating_add(tolerance_ms) < chain_ms;
+    if behind_chain && samples.iter().any(|s| !differs(s)) {
+        // A peer's clock agrees with this one: the chain's time ran ahead (a leader with a
+        // fast clock stamped it before it was caught). Not this hub's fault; say so.
+        return Verdict::Unsure {
+            reason: format!(
+                "the chain's time ({chain_ms} ms) is {} ms ahead of this hub's clock, which a \
+                 peer's clock agrees with: a leader with a fast clock stamped it; new entries \
+                 carry the chain's time until real time catches up",
+                chain_ms - now_ms
+            ),
+        };
+    }
+    if behind_chain {
         return Verdict::Off {
             reason: format!(
                 "this hub's clock reads {now_ms} ms, {} ms behind the last time the chain recorded \
@@ -131,8 +146,6 @@ pub fn judge(now_ms: u64, chain_ms: u64, samples: &[Sample], tolerance_ms: u64) 
             ),
         };
     }
-    let tol = tolerance_ms as i128;
-    let differs = |s: &Sample| (s.offset_ms() as i128).abs() > tol + s.error_ms() as i128;
     let off: Vec<&Sample> = samples.iter().filter(|s| differs(s)).collect();
     if off.is_empty() {
         return Verdict::Ok;
@@ -250,11 +263,18 @@ mod tests {
         assert_eq!(judge(NOW, 0, &[s(2, 100), s(3, -200)], tol), Verdict::Ok);
         // A Pi booted in 1970, the chain says 2026.
         assert!(judge(0, NOW, &[], tol).is_off());
-        assert!(judge(NOW - 2 * tol, NOW, &[s(2, 0)], tol).is_off());
+        assert!(judge(NOW - 2 * tol, NOW, &[s(2, 2 * tol as i64)], tol).is_off());
         assert!(
             !judge(NOW - tol, NOW, &[], tol).is_off(),
             "within tolerance"
         );
+        // The chain ran ahead (a fast leader stamped it) but a peer agrees with this clock:
+        // not this hub's fault, so not OFF (else every right hub would stop).
+        assert!(matches!(
+            judge(NOW, NOW + YEAR, &[s(2, 20)], tol),
+            Verdict::Unsure { .. }
+        ));
+        assert!(judge(NOW, NOW + YEAR, &[s(2, YEAR as i64)], tol).is_off());
         // Both peers say this hub is 6 h behind (they agree): off.
         let six_h = 6 * 3600 * 1000;
         assert!(judge(NOW, 0, &[s(2, six_h), s(3, six_h + 50)], tol).is_off());

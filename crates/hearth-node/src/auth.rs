@@ -594,6 +594,7 @@ mod tests {
             ("/hearth.v1.Intents/Submit", ClientRole::Agent),
             ("/hearth.v1.Intents/Approve", ClientRole::Operator),
             ("/hearth.v1.Devices/Register", ClientRole::Operator),
+            ("/hearth.v1.Devices/Refence", ClientRole::Admin),
             ("/hearth.v1.Audit/Export", ClientRole::Operator),
             ("/hearth.v1.Cluster/AddMember", ClientRole::Admin),
             ("/hearth.v1.Cluster/Promote", ClientRole::Admin),

@@ -98,17 +98,30 @@ impl ClockWatch {
     }
 }
 
-/// Free bytes on the file system holding `dir`, and a warning when below [`DISK_WARN_BYTES`].
+/// The warning threshold: [`DISK_WARN_BYTES`], or the environment variable
+/// `HEARTH_DISK_WARN_BYTES` (read once; tests raise it to see the warning on any disk).
+pub fn disk_warn_bytes() -> u64 {
+    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("HEARTH_DISK_WARN_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DISK_WARN_BYTES)
+    })
+}
+
+/// Free bytes on the file system holding `dir`, and a warning when below [`disk_warn_bytes`].
 pub fn disk(dir: &Path) -> (Option<u64>, String) {
+    let warn = disk_warn_bytes();
     match fs2::available_space(dir) {
-        Ok(free) if free < DISK_WARN_BYTES => (
+        Ok(free) if free < warn => (
             Some(free),
             format!(
                 "only {} MiB free on the file system of {} (warning below {} MiB): the node stops \
                  when its log cannot be written; free space now",
                 free / (1024 * 1024),
                 dir.display(),
-                DISK_WARN_BYTES / (1024 * 1024)
+                warn / (1024 * 1024)
             ),
         ),
         Ok(free) => (Some(free), String::new()),

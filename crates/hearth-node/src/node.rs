@@ -1494,8 +1494,10 @@ impl Node {
     /// The plan an intent would get now, executing nothing and appending nothing.
     pub fn explain(&self, intent: &Intent) -> Result<Plan, NodeError> {
         intent.validate_request().map_err(NodeError::from)?;
+        // Read the clock first: it reads the domain state too (no nested lock).
+        let clock = self.clock();
         self.sm
-            .with_domain(|d| d.plan(intent, self.clock()))?
+            .with_domain(|d| d.plan(intent, clock))?
             .map_err(NodeError::from)
     }
 

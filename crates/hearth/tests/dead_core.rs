@@ -72,6 +72,15 @@ impl Procs {
                 "HEARTH_FAILPOINT_ENOSPC",
                 self.dir.join(format!("disk-full-{id}")),
             )
+            // Any disk is "nearly full" for node 1: its warning must show before anything fails.
+            .env(
+                "HEARTH_DISK_WARN_BYTES",
+                if id == 1 {
+                    u64::MAX.to_string()
+                } else {
+                    "0".to_string()
+                },
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -171,6 +180,14 @@ async fn a_node_whose_disk_fills_exits_nonzero_and_loses_no_acknowledged_write()
     let health = s.health.expect("status carries health");
     assert!(health.disk_free_bytes.is_some_and(|b| b > 0), "{health:?}");
     assert_eq!(health.core_stopped, "");
+    assert_eq!(health.disk_warning.is_empty(), l != 1, "{health:?}");
+    let one = status(&p.addrs[&1])
+        .await
+        .and_then(|s| s.health)
+        .expect("health");
+    assert!(one.disk_warning.contains("MiB free"), "{one:?}");
+    let log1 = std::fs::read_to_string(dir.path().join("node1.log")).unwrap();
+    assert!(log1.contains("DISK_LOW"), "{log1}");
 
     // The leader's disk is full: its next append fails.
     std::fs::write(dir.path().join(format!("disk-full-{l}")), b"").unwrap();
@@ -214,5 +231,18 @@ async fn a_node_whose_disk_fills_exits_nonzero_and_loses_no_acknowledged_write()
     let max = *acked.iter().max().unwrap();
     for a in p.addrs.values() {
         wait_applied(a, max, Duration::from_secs(20)).await;
+    }
+    // One chain: every node converges on the same head.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut heads = Vec::new();
+        for a in p.addrs.values() {
+            heads.push(status(a).await.map(|s| (s.applied_index, s.head_hash)));
+        }
+        if heads.windows(2).all(|w| w[0] == w[1]) && heads[0].is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heads differ: {heads:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
