@@ -946,6 +946,22 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         devices.contains(&"siren") && devices.contains(&"front-door"),
         "{devices:?}"
     );
+    assert!(
+        !devices.contains(&"back-door"),
+        "emergency_capable = false: {devices:?}"
+    );
+    // Without an emergency, ensure_safety unlocks nothing.
+    let alert = submit(
+        leader,
+        ask("ensure_safety", "home", "alert", "agent-alert"),
+        &t.other_agent,
+    )
+    .await
+    .expect("an alert");
+    assert!(
+        alert.actions.iter().all(|a| a.capability != "lock"),
+        "{alert:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = IntentsClient::new(c.api(leader))
         .get(with_token(
@@ -1068,11 +1084,9 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         "{typo:?}"
     );
     let acted: Vec<&str> = typo.actions.iter().map(|a| a.device.as_str()).collect();
-    assert_eq!(
-        acted,
-        ["siren"],
-        "only declared emergency actions, no unlock: {typo:?}"
-    );
+    // Only emergency actions: the siren and the emergency-capable escape route; never the
+    // back door registered with emergency_capable = false.
+    assert_eq!(acted, ["siren", "front-door"], "{typo:?}");
     // An intent whose every device a policy excluded is no_action, with the reason.
     for d in ["siren", "front-door", "back-door"] {
         PoliciesClient::new(c.api(follower))

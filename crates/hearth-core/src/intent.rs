@@ -252,8 +252,8 @@ pub struct Device {
     #[serde(default)]
     pub actuators: BTreeMap<String, BTreeSet<String>>,
     /// Legacy (manifests before `emergency_actions`): with no `emergency_actions` listed,
-    /// `true` declares every state of every actuator *except `unlocked`* an emergency action;
-    /// an unlock is an emergency action only where the household lists it.
+    /// `true` declares every state of every actuator an emergency action *except `unlocked`*,
+    /// which it declares only for a device the household also tagged `escape_route`.
     #[serde(default)]
     pub emergency_capable: bool,
     /// The actions (capability → states) this device may take in an emergency even when a
@@ -268,12 +268,15 @@ pub struct Device {
 /// manifest lists `unlocked` among its `emergency_actions`.
 pub const UNLOCKED: &str = "unlocked";
 
+/// The tag of a door people leave by in an emergency.
+pub const ESCAPE_ROUTE: &str = "escape_route";
+
 impl Device {
     /// Whether putting `capability` in `state` is one of this device's emergency actions.
     pub fn is_emergency_action(&self, capability: &str, state: &str) -> bool {
         if self.emergency_actions.is_empty() {
             return self.emergency_capable
-                && state != UNLOCKED
+                && (state != UNLOCKED || self.tags.contains(ESCAPE_ROUTE))
                 && self
                     .actuators
                     .get(capability)
@@ -358,6 +361,10 @@ pub struct Step {
     pub target: Target,
     #[serde(default)]
     pub tags: BTreeSet<String>,
+    /// The step acts only in an emergency, and only on devices that list its action among
+    /// their emergency actions (`ensure_safety` unlocking escape routes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency_only: bool,
 }
 
 /// What an intent class means in device actions.
@@ -437,16 +444,19 @@ pub fn default_classes() -> Vec<IntentClass> {
                     capability: "siren".into(),
                     target: state("on"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "light".into(),
                     target: state("on"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "lock".into(),
                     target: state("unlocked"),
                     tags: set(&["escape_route"]),
+                    emergency_only: true,
                 },
             ],
             repeat_safe: true,
@@ -460,11 +470,13 @@ pub fn default_classes() -> Vec<IntentClass> {
                     capability: "light".into(),
                     target: state("flash"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "notifier".into(),
                     target: state("alert"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
             ],
             repeat_safe: true,
@@ -481,6 +493,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                     default: Some("locked".into()),
                 },
                 tags: BTreeSet::new(),
+                emergency_only: false,
             }],
             repeat_safe: true,
         },
@@ -497,6 +510,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                 capability: "notifier".into(),
                 target: state("message"),
                 tags: BTreeSet::new(),
+                emergency_only: false,
             }],
             repeat_safe: false,
         },

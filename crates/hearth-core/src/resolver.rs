@@ -305,6 +305,20 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 note(&d.id, false, format!("{}: {why}", step.capability));
                 continue;
             }
+            if step.emergency_only
+                && !(emergency && d.is_emergency_action(&step.capability, &state))
+            {
+                note(
+                    &d.id,
+                    false,
+                    format!(
+                        "{} -> {state}: only in an emergency, and only for a device that lists \
+                         it among its emergency actions",
+                        step.capability
+                    ),
+                );
+                continue;
+            }
             if widened && !d.is_emergency_action(&step.capability, &state) {
                 note(
                     &d.id,
@@ -980,8 +994,11 @@ mod tests {
                 class: None,
             },
         );
-        let i = intent("ensure_safety", Urgency::Emergency, "home/hall");
+        let mut i = intent("control_access", Urgency::Emergency, "home/hall");
+        i.context.insert("state".into(), "unlocked".into());
         let mut devices = house();
+        // Registered with emergency_capable = false: never unlocked past a policy.
+        devices.get_mut("front-door").unwrap().emergency_capable = false;
         let p = plan_in(&devices, std::slice::from_ref(&exclude), &i).unwrap();
         assert!(acted(&p).is_empty(), "{p:?}");
         let v = p
@@ -1035,9 +1052,15 @@ mod tests {
             NOON,
         )
         .unwrap();
-        // The legacy emergency-capable siren sounds; the light (not capable) and the doors
-        // (no declared unlock) do not.
-        assert_eq!(acted(&p), [("kitchen-siren".into(), "on".into())]);
+        // The legacy emergency-capable siren sounds and the legacy emergency-capable escape
+        // route opens; the light and the shed lock (not capable) do not.
+        assert_eq!(
+            acted(&p),
+            [
+                ("kitchen-siren".into(), "on".into()),
+                ("front-door".into(), "unlocked".into())
+            ]
+        );
         assert!(
             p.notes
                 .iter()
@@ -1173,6 +1196,13 @@ mod tests {
                                 declared.contains(&state)
                                     || (declared.is_empty() && capable && state != "unlocked")
                             );
+                            let mut tagged = door.clone();
+                            tagged.tags.insert("escape_route".into());
+                            assert_eq!(
+                                tagged.is_emergency_action("lock", state),
+                                declared.contains(&state) || (declared.is_empty() && capable),
+                                "legacy: an escape route's unlock counts"
+                            );
                             let ctx =
                                 format!("{capable} {declared:?} {over:?} {rule:?} {u:?} {state}");
                             if confirm {
@@ -1194,5 +1224,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 13 item 2, second sequence, without an emergency: `ensure_safety` at `alert`
+    /// unlocked every escape route for any agent. Its unlock step now acts only in an
+    /// emergency, and only on doors that list the unlock (or, legacy, are emergency-capable
+    /// escape routes).
+    #[test]
+    fn ensure_safety_unlocks_escape_routes_only_in_an_emergency() {
+        let mut devices = house();
+        let mut back = devices["front-door"].clone();
+        back.id = "back-door".into();
+        back.emergency_capable = false;
+        devices.insert(back.id.clone(), back);
+        for u in [Urgency::Info, Urgency::Warning, Urgency::Alert] {
+            let p = plan_in(&devices, &[], &intent("ensure_safety", u, "home")).unwrap();
+            assert!(
+                p.actions.iter().all(|a| a.capability != "lock"),
+                "{u:?}: {:?}",
+                acted(&p)
+            );
+            let v = p
+                .verdicts
+                .iter()
+                .find(|v| v.device == "front-door")
+                .unwrap();
+            assert!(v.reason.contains("only in an emergency"), "{v:?}");
+        }
+        let p = plan_in(
+            &devices,
+            &[],
+            &intent("ensure_safety", Urgency::Emergency, "home"),
+        )
+        .unwrap();
+        let locks: Vec<(String, String)> = acted(&p)
+            .into_iter()
+            .filter(|(d, _)| d.ends_with("door"))
+            .collect();
+        assert_eq!(
+            locks,
+            [("front-door".into(), "unlocked".into())],
+            "not the back door"
+        );
     }
 }
