@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::intent::{Device, Intent, IntentClass, default_classes};
 use crate::policy::{Policy, RateWindows};
-use crate::resolver::{Clock, Plan, PlanError, PlannedAction, World, resolve};
+use crate::resolver::{
+    Clock, Plan, PlanError, PlannedAction, Rules, World, resolve, resolve_under,
+};
 
 /// How long rate-limit windows are remembered.
 pub const RATE_MEMORY_SECS: u32 = 24 * 3600;
@@ -434,7 +436,13 @@ impl DomainState {
                     now_ms: *at_ms,
                     minute_of_day: *minute_of_day,
                 };
-                let plan = match self.plan(intent, clock) {
+                // Entries from before scoped keys were decided under the rules of their time.
+                let rules = if key_scope.is_some() {
+                    Rules::Current
+                } else {
+                    Rules::Legacy
+                };
+                let plan = match resolve_under(&self.world(), intent, clock, rules) {
                     Ok(p) => p,
                     Err(e) => {
                         return Outcome::Refused {
@@ -916,8 +924,16 @@ mod tests {
         );
         let mut i = intent("k", "x");
         i.urgency = Urgency::Alert;
-        s.apply(&submit(i), at(3));
-        let r = &s.intents[&intent_id("k")];
+        s.apply(
+            &Command::SubmitIntent {
+                key_scope: Some(i.source.clone()),
+                intent: i.clone(),
+                at_ms: 1000,
+                minute_of_day: 600,
+            },
+            at(3),
+        );
+        let r = &s.intents[&scoped_intent_id(Some("agent"), "k")];
         assert_eq!(r.status, IntentStatus::NoAction);
         assert!(
             r.plan
@@ -987,5 +1003,54 @@ mod tests {
             "{reason}"
         );
         assert_eq!(s, before);
+    }
+
+    /// `apply` is deterministic across versions: an entry written before these rules (no
+    /// `key_scope`) replays to the plan it got then, a new one gets the new rules.
+    #[test]
+    fn old_entries_replay_under_the_rules_of_their_time() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        let mut typo = intent("old-typo", "smoke");
+        typo.location = crate::intent::Location::parse("l", "home/kitchn").unwrap();
+        let mut typo_alert = typo.clone();
+        typo_alert.urgency = Urgency::Alert;
+        typo_alert.idempotency_key = "old-typo-alert".into();
+        s.apply(&submit(typo_alert), at(2));
+        assert_eq!(
+            s.intents[&intent_id("old-typo-alert")].status,
+            IntentStatus::Done,
+            "then: an unknown location planned nothing and was done"
+        );
+        s.apply(
+            &Command::ApplyPolicies {
+                policies: vec![Policy::new(
+                    "ask",
+                    Rule::RequireConfirmation {
+                        class: "ensure_safety".into(),
+                    },
+                )],
+                by: None,
+            },
+            at(2),
+        );
+        s.apply(&submit(intent("old", "smoke")), at(3));
+        let old = &s.intents[&intent_id("old")];
+        assert_eq!(
+            old.status,
+            IntentStatus::Accepted,
+            "then: no approval in an emergency"
+        );
+        let new = Command::SubmitIntent {
+            key_scope: Some("agent".into()),
+            intent: intent("new", "smoke"),
+            at_ms: 1000,
+            minute_of_day: 600,
+        };
+        s.apply(&new, at(5));
+        assert_eq!(
+            s.intents[&scoped_intent_id(Some("agent"), "new")].status,
+            IntentStatus::AwaitingApproval
+        );
     }
 }

@@ -201,8 +201,30 @@ fn target_state(intent: &Intent, t: &Target) -> Result<String, FieldError> {
     }
 }
 
-/// Plans an intent.
+/// Which planning rules an entry was decided under. `apply` must give an old entry the plan it
+/// got when it was first applied, so entries written before these rules (issue 13: emergencies
+/// per device and policy, unknown locations, `no_action`) replay under [`Rules::Legacy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// An emergency overrides every non-absolute policy for `emergency_capable` devices and
+    /// skips confirmation; unknown locations plan nothing; `emergency_only` is ignored.
+    Legacy,
+    Current,
+}
+
+/// Plans an intent under the current rules.
 pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan, PlanError> {
+    resolve_under(world, intent, clock, Rules::Current)
+}
+
+/// Plans an intent under `rules`.
+pub fn resolve_under(
+    world: &World<'_>,
+    intent: &Intent,
+    clock: Clock,
+    rules: Rules,
+) -> Result<Plan, PlanError> {
+    let legacy = rules == Rules::Legacy;
     intent.validate()?;
     let class = world
         .classes
@@ -240,7 +262,7 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
     // A location that names no device is a typo or a room without devices: refused, except
     // in an emergency, where every device that may act in one does, and the plan says so.
     let mut widened = false;
-    if in_scope.is_empty() {
+    if in_scope.is_empty() && !legacy {
         let known: BTreeSet<String> = world
             .devices
             .values()
@@ -305,7 +327,8 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 note(&d.id, false, format!("{}: {why}", step.capability));
                 continue;
             }
-            if step.emergency_only
+            if !legacy
+                && step.emergency_only
                 && !(emergency && d.is_emergency_action(&step.capability, &state))
             {
                 note(
@@ -342,7 +365,16 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 );
                 continue;
             } else {
-                match emergency_overrides(d, &step.capability, &state, &hits) {
+                let verdict = if legacy {
+                    if d.emergency_capable {
+                        Ok(())
+                    } else {
+                        Err("not emergency-capable".to_string())
+                    }
+                } else {
+                    emergency_overrides(d, &step.capability, &state, &hits)
+                };
+                match verdict {
                     Ok(()) => note(
                         &d.id,
                         true,
@@ -385,7 +417,9 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
         .filter(|p| matches!(&p.rule, Rule::RequireConfirmation { class: c } if c == &class.name))
         .collect();
     let mut needs_confirmation = !confirm.is_empty();
-    if needs_confirmation && emergency {
+    if legacy {
+        needs_confirmation &= !emergency;
+    } else if needs_confirmation && emergency {
         let blocker = actions.iter().find_map(|a| {
             let d = world.devices.get(&a.device)?;
             emergency_overrides(d, &a.capability, &a.state, &confirm).err()
@@ -439,7 +473,7 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
         };
         verdicts.push(v);
     }
-    let nothing_to_do = (actions.is_empty() && reads.is_empty()).then(|| {
+    let nothing_to_do = (!legacy && actions.is_empty() && reads.is_empty()).then(|| {
         let why: Vec<String> = verdicts
             .iter()
             .filter(|v| reasons_in_scope(v, intent, widened, world))
