@@ -578,4 +578,55 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn emergency_actions_must_be_actions_the_device_can_take_and_old_manifests_map() {
+        let door = |extra: serde_json::Value| -> Device {
+            let mut v = serde_json::json!({
+                "id": "door", "name": "d", "location": "home/hall",
+                "actuators": {"lock": ["locked", "unlocked"]},
+                "adapter": {"kind": "sim", "address": "x"}
+            });
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        door(serde_json::json!({"emergency_actions": {"lock": ["unlocked"]}}))
+            .validate()
+            .unwrap();
+        for (bad, field) in [
+            (
+                serde_json::json!({"siren": ["on"]}),
+                "emergency_actions.siren",
+            ),
+            (
+                serde_json::json!({"lock": ["toggle"]}),
+                "emergency_actions.lock",
+            ),
+            (serde_json::json!({"lock": []}), "emergency_actions.lock"),
+        ] {
+            let e = door(serde_json::json!({ "emergency_actions": bad }))
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        // An old manifest (no emergency_actions) decodes; `emergency_capable` maps.
+        let old = door(serde_json::json!({"emergency_capable": true}));
+        assert!(old.is_emergency_action("lock", "locked"));
+        assert!(
+            !old.is_emergency_action("lock", "unlocked"),
+            "an unlock is never implied"
+        );
+        let mut escape = old.clone();
+        escape.tags.insert(ESCAPE_ROUTE.into());
+        assert!(escape.is_emergency_action("lock", "unlocked"));
+        let off = door(serde_json::json!({"emergency_capable": false, "tags": ["escape_route"]}));
+        assert!(!off.is_emergency_action("lock", "unlocked") && !off.has_emergency_actions());
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("emergency_actions")
+        );
+    }
 }
