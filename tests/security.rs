@@ -1012,6 +1012,42 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("location"), "{}", e.message());
+    // A token limited to the hall, allowed emergencies, cannot widen one to the whole house
+    // through a misspelt room under its own location.
+    let hall = hearth_node::pki::add_token_with(
+        &c.pki().join("tokens.toml"),
+        "hall-smoke",
+        ClientRole::Agent,
+        hearth_node::pki::TokenLimits {
+            emergency: Some(true),
+            locations: Some(vec!["home/hall".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let e = submit(
+            leader,
+            ask("ensure_safety", "home/hall/closett", "emergency", "w-1"),
+            &hall,
+        )
+        .await
+        .unwrap_err();
+        if e.code() != Code::Unauthenticated || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("act everywhere"), "{}", e.message());
+    submit(
+        follower,
+        ask("ensure_safety", "home/hall", "emergency", "w-2"),
+        &hall,
+    )
+    .await
+    .expect("its own location");
 
     // Item 4: agent B ("other") uses A's predictable key first; A's emergency still runs, and
     // nothing names B's intent to A.

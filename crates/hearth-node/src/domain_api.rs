@@ -344,7 +344,7 @@ impl pb::intents_server::Intents for DomainApi {
                         }
                     }
                     let i = intent_from_pb(&m)?;
-                    crate::auth::check_grants(&i)
+                    crate::auth::check_grants(&i, &node.devices()?)
                         .map_err(|e| NodeError::Forbidden(e.to_string()))?;
                     if m.dry_run {
                         return node.explain(&i).map(|p| plan_view(&p));
@@ -515,7 +515,9 @@ impl pb::intents_server::Intents for DomainApi {
             m.idempotency_key = "explain".into();
         }
         let i = intent_from_pb(&m).map_err(invalid)?;
-        crate::auth::check_grants(&i).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let devices = self.node.devices().map_err(to_status)?;
+        crate::auth::check_grants(&i, &devices)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let p = self.node.explain(&i).map_err(to_status)?;
         Ok(Response::new(plan_view(&p)))
     }
