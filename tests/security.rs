@@ -889,6 +889,23 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
                 .map(|r| r.into_inner())
         }
     };
+    // A token just added: each node re-reads the tokens file on its own; retry while one does
+    // not know it yet.
+    let submit_new = |id: u64, req: pb::SubmitIntentRequest, token: String| {
+        let submit = &submit;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = submit(id, req.clone(), &token).await;
+                match &r {
+                    Err(e) if e.code() == Code::Unauthenticated && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    _ => return r,
+                }
+            }
+        }
+    };
     let before = c.status(leader).await.unwrap().last_index;
 
     // Item 2, as an agent without the emergency grant: both sequences refused, on the leader
@@ -991,25 +1008,22 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let e = loop {
-        let e = submit(
-            follower,
-            ask("control_access", "home/kitchen", "info", "l-1"),
-            &limited,
-        )
-        .await
-        .unwrap_err();
-        if e.code() != Code::Unauthenticated || Instant::now() > deadline {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let e = submit_new(
+        follower,
+        ask("control_access", "home/kitchen", "info", "l-1"),
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
     assert!(e.message().contains("class"), "{}", e.message());
-    let e = submit(leader, ask("notify", "home", "info", "l-2"), &limited)
-        .await
-        .unwrap_err();
+    let e = submit_new(
+        leader,
+        ask("notify", "home", "info", "l-2"),
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("location"), "{}", e.message());
     // A token limited to the hall, allowed emergencies, cannot widen one to the whole house
@@ -1025,26 +1039,19 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let e = loop {
-        let e = submit(
-            leader,
-            ask("ensure_safety", "home/hall/closett", "emergency", "w-1"),
-            &hall,
-        )
-        .await
-        .unwrap_err();
-        if e.code() != Code::Unauthenticated || Instant::now() > deadline {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let e = submit_new(
+        leader,
+        ask("ensure_safety", "home/hall/closett", "emergency", "w-1"),
+        hall.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
     assert!(e.message().contains("act everywhere"), "{}", e.message());
-    submit(
+    submit_new(
         follower,
         ask("ensure_safety", "home/hall", "emergency", "w-2"),
-        &hall,
+        hall.clone(),
     )
     .await
     .expect("its own location");
@@ -1134,6 +1141,17 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
             .await
             .expect("add one policy");
     }
+    // Adding an id that exists is refused naming it (through a follower: the leader checks).
+    let e = PoliciesClient::new(c.api(follower))
+        .add_policy(with_token(
+            policy_doc(serde_json::json!([{"id": "hush-siren",
+                "rule": {"kind": "exclude_device", "device": "back-door"}}])),
+            op,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("policies[0].id") && e.message().contains("remove it first"));
     let quiet = submit(
         leader,
         ask("ensure_safety", "home", "alert", "none-1"),
