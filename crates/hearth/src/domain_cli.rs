@@ -193,8 +193,10 @@ fn policy_lines(text: &str) -> Vec<Option<usize>> {
             d.policies
                 .iter()
                 .map(|e| {
-                    e.id.as_ref()
-                        .map(|s| text[..s.span().start.min(text.len())].matches('\n').count() + 1)
+                    e.id.as_ref().and_then(|s| {
+                        text.get(..s.span().start)
+                            .map(|before| before.matches('\n').count() + 1)
+                    })
                 })
                 .collect()
         },
