@@ -473,10 +473,18 @@ impl pb::intents_server::Intents for DomainApi {
                         } else {
                             "partial"
                         };
-                        events.push((
-                            stage.into(),
-                            format!("{ok} of {} actions applied", r.actions.len()),
-                        ));
+                        let mut detail = if r.actions.is_empty() && !r.plan.reads.is_empty() {
+                            format!("sensors of {} devices read", r.plan.reads.len())
+                        } else {
+                            format!("{ok} of {} actions applied", r.actions.len())
+                        };
+                        // What the household must know about the outcome as a whole (e.g. an
+                        // emergency's location was not found) is on the final line too.
+                        for n in &r.plan.notes {
+                            detail.push_str("; ");
+                            detail.push_str(n);
+                        }
+                        events.push((stage.into(), detail));
                     }
                     for (stage, detail) in events {
                         let ev = pb::IntentEvent {
