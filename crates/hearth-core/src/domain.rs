@@ -251,6 +251,23 @@ pub struct IntentRecord {
     pub approved_by: Option<String>,
 }
 
+impl IntentRecord {
+    /// Accepted, with some actions still held for an approval nobody gave yet.
+    pub fn awaits_partial_approval(&self) -> bool {
+        self.status == IntentStatus::Accepted
+            && self.approved_by.is_none()
+            && self
+                .actions
+                .iter()
+                .any(|a| a.action.needs_approval && a.outcome.is_none())
+    }
+
+    /// Whether `approve` would be accepted now.
+    pub fn awaits_approval(&self) -> bool {
+        self.status == IntentStatus::AwaitingApproval || self.awaits_partial_approval()
+    }
+}
+
 /// What applying a command answers. Business refusals are answers, never errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -469,7 +486,7 @@ impl DomainState {
                 );
                 let status = if plan.nothing_to_do.is_some() {
                     IntentStatus::NoAction
-                } else if plan.needs_confirmation {
+                } else if plan.needs_confirmation && !plan.partly_held() {
                     IntentStatus::AwaitingApproval
                 } else if actions.is_empty() {
                     IntentStatus::Done
@@ -495,6 +512,10 @@ impl DomainState {
                 Outcome::Accepted { intent_id: id }
             }
             Command::Approve { intent_id, by } => match self.intents.get_mut(intent_id) {
+                Some(r) if r.awaits_partial_approval() => {
+                    r.approved_by = Some(by.clone());
+                    Outcome::Done
+                }
                 Some(r) if r.status == IntentStatus::AwaitingApproval => {
                     r.status = if r.actions.is_empty() {
                         IntentStatus::Done
@@ -556,6 +577,7 @@ impl DomainState {
                 r.actions
                     .iter()
                     .filter(|a| a.outcome.is_none())
+                    .filter(|a| !a.action.needs_approval || r.approved_by.is_some())
                     .map(move |a| (r, a))
             })
             .collect();
@@ -1052,5 +1074,80 @@ mod tests {
             s.intents[&scoped_intent_id(Some("agent"), "new")].status,
             IntentStatus::AwaitingApproval
         );
+    }
+
+    /// The held part of a partly held emergency is dispatched only after an approval; the
+    /// rest goes at once.
+    #[test]
+    fn a_partly_held_emergency_dispatches_the_rest_and_waits_for_approval() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        let mut lamp = siren();
+        lamp.id = "lamp".into();
+        lamp.emergency_capable = false;
+        lamp.actuators = [("light".to_string(), ["on".to_string()].into())].into();
+        s.apply(
+            &Command::RegisterDevice {
+                device: lamp,
+                by: None,
+            },
+            at(2),
+        );
+        let mut ask = Policy::new(
+            "ask",
+            Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        );
+        ask.emergency_override = Some(true);
+        s.apply(
+            &Command::AddPolicy {
+                policy: ask,
+                by: None,
+            },
+            at(3),
+        );
+        let cmd = Command::SubmitIntent {
+            key_scope: Some("agent".into()),
+            intent: intent("fire", "smoke"),
+            at_ms: 1000,
+            minute_of_day: 600,
+        };
+        s.apply(&cmd, at(4));
+        let id = scoped_intent_id(Some("agent"), "fire");
+        assert_eq!(s.intents[&id].status, IntentStatus::Accepted);
+        let now: Vec<String> = s
+            .outbox()
+            .iter()
+            .map(|(_, a)| a.action.device.clone())
+            .collect();
+        assert_eq!(now, ["siren"], "only the emergency action goes now");
+        assert!(s.intents[&id].awaits_approval());
+        assert_eq!(
+            s.apply(
+                &Command::Approve {
+                    intent_id: id.clone(),
+                    by: "ana".into()
+                },
+                at(5)
+            ),
+            Outcome::Done
+        );
+        let now: Vec<String> = s
+            .outbox()
+            .iter()
+            .map(|(_, a)| a.action.device.clone())
+            .collect();
+        assert_eq!(now, ["siren", "lamp"]);
+        assert!(matches!(
+            s.apply(
+                &Command::Approve {
+                    intent_id: id,
+                    by: "bob".into()
+                },
+                at(6)
+            ),
+            Outcome::Refused { .. }
+        ));
     }
 }

@@ -35,6 +35,10 @@ pub struct PlannedAction {
     /// The absolute state the device is put in ("locked", never "toggle").
     pub state: String,
     pub adapter: Adapter,
+    /// Held until a person approves: an emergency got the rest of the plan past a
+    /// confirmation policy, not this action (not one of its device's emergency actions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_approval: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +46,16 @@ pub struct Verdict {
     pub device: String,
     pub included: bool,
     pub reason: String,
+}
+
+impl Plan {
+    /// Some actions go now and others wait for an approval (an emergency under a confirmation
+    /// policy that lets only some devices' actions past it).
+    pub fn partly_held(&self) -> bool {
+        self.needs_confirmation
+            && self.actions.iter().any(|a| a.needs_approval)
+            && self.actions.iter().any(|a| !a.needs_approval)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,13 +418,15 @@ pub fn resolve_under(
                     capability: step.capability.clone(),
                     state: state.clone(),
                     adapter: d.adapter.clone(),
+                    needs_approval: false,
                 });
             }
         }
     }
 
-    // Confirmation: an emergency skips it only if every confirmation policy allows that and
-    // every planned action is an emergency action of its device.
+    // Confirmation, per action: an emergency skips it for an action only if every
+    // confirmation policy allows that and the action is an emergency action of its device; the
+    // other actions wait for a person (the rest of the plan goes now).
     let confirm: Vec<&Policy> = world
         .policies
         .iter()
@@ -420,22 +436,35 @@ pub fn resolve_under(
     if legacy {
         needs_confirmation &= !emergency;
     } else if needs_confirmation && emergency {
-        let blocker = actions.iter().find_map(|a| {
-            let d = world.devices.get(&a.device)?;
-            emergency_overrides(d, &a.capability, &a.state, &confirm).err()
-        });
-        match blocker {
-            None => {
-                needs_confirmation = false;
-                notes.push(format!(
-                    "emergency overrides policy {} (every action is an emergency action of its device)",
-                    ids(&confirm)
-                ));
+        let mut held = Vec::new();
+        for a in actions.iter_mut() {
+            let why = match world.devices.get(&a.device) {
+                Some(d) => emergency_overrides(d, &a.capability, &a.state, &confirm).err(),
+                None => Some(format!("device {} is not registered", a.device)),
+            };
+            if let Some(why) = why {
+                a.needs_approval = true;
+                held.push(why);
             }
-            Some(why) => notes.push(format!(
-                "waits for approval (policy {}) despite the emergency: {why}",
+        }
+        if held.is_empty() {
+            needs_confirmation = false;
+            notes.push(format!(
+                "emergency overrides policy {} (every action is an emergency action of its device)",
                 ids(&confirm)
-            )),
+            ));
+        } else if held.len() == actions.len() {
+            notes.push(format!(
+                "waits for approval (policy {}) despite the emergency: {}",
+                ids(&confirm),
+                held.join("; ")
+            ));
+        } else {
+            notes.push(format!(
+                "the emergency actions go now; the rest wait for approval (policy {}): {}",
+                ids(&confirm),
+                held.join("; ")
+            ));
         }
     } else if needs_confirmation {
         notes.push(format!("waits for approval (policy {})", ids(&confirm)));
@@ -989,9 +1018,12 @@ mod tests {
         for over in [None, Some(false), Some(true)] {
             let p = plan_in(&devices, &[confirm_access(over)], &i).unwrap();
             assert!(p.needs_confirmation, "{over:?}: {p:?}");
+            assert!(p.notes.iter().any(|n| n.contains("approval")), "{p:?}");
             assert!(
-                p.notes.iter().any(|n| n.contains("waits for approval")),
-                "{p:?}"
+                p.actions
+                    .iter()
+                    .any(|a| a.device == "back-door" && a.needs_approval),
+                "the back door's unlock is held: {p:?}"
             );
         }
         // The household declares the unlock on the front door only; the back door stays a
@@ -1300,5 +1332,32 @@ mod tests {
             [("front-door".into(), "unlocked".into())],
             "not the back door"
         );
+    }
+
+    /// Per device, not per intent: under a confirmation policy that lets emergencies past it,
+    /// the siren (an emergency action) goes now and the light (not emergency-capable) waits.
+    #[test]
+    fn an_emergency_past_confirmation_holds_only_the_actions_that_may_not_skip_it() {
+        let mut ask = Policy::new(
+            "ask",
+            Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        );
+        ask.emergency_override = Some(true);
+        let p = plan_with(
+            &[ask],
+            &RateWindows::default(),
+            &intent("ensure_safety", Urgency::Emergency, "home/kitchen"),
+            NOON,
+        )
+        .unwrap();
+        assert!(p.needs_confirmation && p.partly_held(), "{p:?}");
+        let held: Vec<(&str, bool)> = p
+            .actions
+            .iter()
+            .map(|a| (a.device.as_str(), a.needs_approval))
+            .collect();
+        assert_eq!(held, [("kitchen-siren", false), ("kitchen-light", true)]);
     }
 }

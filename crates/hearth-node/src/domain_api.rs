@@ -135,6 +135,7 @@ fn planned_view(id: String, a: &PlannedAction) -> pb::ActionView {
         device: a.device.clone(),
         capability: a.capability.clone(),
         state: a.state.clone(),
+        needs_approval: a.needs_approval,
         ..Default::default()
     }
 }

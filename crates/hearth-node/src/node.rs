@@ -1159,7 +1159,7 @@ impl Node {
         if self.raft.metrics().borrow_watched().state == ServerState::Leader {
             match self.get_intent(intent_id)? {
                 None => return Err(NodeError::Refused(format!("no intent {intent_id}"))),
-                Some(r) if r.status != hearth_core::domain::IntentStatus::AwaitingApproval => {
+                Some(r) if !r.awaits_approval() => {
                     return Err(NodeError::Refused(format!(
                         "intent {intent_id} does not wait for approval (it is {:?})",
                         r.status
