@@ -828,6 +828,25 @@ fn lock(id: &str, location: &str, tags: &[&str], legacy_capable: bool) -> pb::De
     }
 }
 
+fn lamp() -> pb::DeviceManifest {
+    pb::DeviceManifest {
+        id: "hall-lamp".into(),
+        name: "Hall lamp".into(),
+        location: "home/hall".into(),
+        actuators: [(
+            "light".to_string(),
+            pb::StateList {
+                states: vec!["on".into(), "off".into()],
+            },
+        )]
+        .into(),
+        emergency_capable: false,
+        adapter_kind: "sim".into(),
+        adapter_target: "local:security-grants".into(),
+        ..Default::default()
+    }
+}
+
 fn ask(class: &str, location: &str, urgency: &str, key: &str) -> pb::SubmitIntentRequest {
     pb::SubmitIntentRequest {
         class: class.into(),
@@ -865,6 +884,7 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         lock("front-door", "home/hall", &["escape_route"], true),
         lock("back-door", "home/back", &["escape_route"], false),
         device("siren"),
+        lamp(),
     ] {
         DevicesClient::new(c.api(leader))
             .register(with_token(d, op))
@@ -1056,6 +1076,96 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
     .await
     .expect("its own location");
 
+    // Per action: under a confirmation policy that lets emergencies past it, the siren and
+    // the escape route go at once; the lamp (not emergency-capable) waits for a person.
+    PoliciesClient::new(c.api(leader))
+        .add_policy(with_token(
+            policy_doc(
+                serde_json::json!([{"id": "ask-safety", "emergency_override": true,
+                "rule": {"kind": "require_confirmation", "class": "ensure_safety"}}]),
+            ),
+            op,
+        ))
+        .await
+        .expect("the safety confirmation");
+    let part = submit(
+        leader,
+        ask("ensure_safety", "home", "emergency", "partial-1"),
+        &t.agent,
+    )
+    .await
+    .expect("partly held");
+    assert_eq!(part.status, "accepted", "{part:?}");
+    let held: Vec<(&str, bool)> = part
+        .actions
+        .iter()
+        .map(|a| (a.device.as_str(), a.needs_approval))
+        .collect();
+    assert!(
+        held.contains(&("hall-lamp", true)) && held.contains(&("siren", false)),
+        "{held:?}"
+    );
+    let get_op = |id: String| {
+        let ch = c.api(leader);
+        let op = t.operator.clone();
+        async move {
+            IntentsClient::new(ch)
+                .get(with_token(pb::GetIntentRequest { id }, Some(&op)))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let outcome = |v: &pb::IntentView, d: &str| {
+        v.actions
+            .iter()
+            .find(|a| a.device == d)
+            .map(|a| a.outcome.clone())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_op(part.id.clone()).await;
+        if !outcome(&v, "siren").is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome(&v, "siren"), "APPLIED", "{v:?}");
+    assert_eq!(
+        outcome(&v, "hall-lamp"),
+        "",
+        "the held lamp was dispatched: {v:?}"
+    );
+    IntentsClient::new(c.api(follower))
+        .approve(with_token(
+            pb::ApproveRequest {
+                id: part.id.clone(),
+                by: "olga".into(),
+            },
+            op,
+        ))
+        .await
+        .expect("approve the held part");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_op(part.id.clone()).await;
+        if !outcome(&v, "hall-lamp").is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome(&v, "hall-lamp"), "APPLIED", "{v:?}");
+    PoliciesClient::new(c.api(leader))
+        .remove_policy(with_token(
+            pb::RemovePolicyRequest {
+                id: "ask-safety".into(),
+            },
+            op,
+        ))
+        .await
+        .expect("remove the safety confirmation");
+
     // Item 4: agent B ("other") uses A's predictable key first; A's emergency still runs, and
     // nothing names B's intent to A.
     let b = submit(
@@ -1131,7 +1241,7 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
     // back door registered with emergency_capable = false.
     assert_eq!(acted, ["siren", "front-door"], "{typo:?}");
     // An intent whose every device a policy excluded is no_action, with the reason.
-    for d in ["siren", "front-door", "back-door"] {
+    for d in ["siren", "front-door", "back-door", "hall-lamp"] {
         PoliciesClient::new(c.api(follower))
             .add_policy(with_token(
                 policy_doc(serde_json::json!([{"id": format!("hush-{d}"),
