@@ -919,6 +919,25 @@ fn lock(id: &str, location: &str, tags: &[&str], legacy_capable: bool) -> pb::De
     }
 }
 
+fn lamp() -> pb::DeviceManifest {
+    pb::DeviceManifest {
+        id: "hall-lamp".into(),
+        name: "Hall lamp".into(),
+        location: "home/hall".into(),
+        actuators: [(
+            "light".to_string(),
+            pb::StateList {
+                states: vec!["on".into(), "off".into()],
+            },
+        )]
+        .into(),
+        emergency_capable: false,
+        adapter_kind: "sim".into(),
+        adapter_target: "local:security-grants".into(),
+        ..Default::default()
+    }
+}
+
 fn ask(class: &str, location: &str, urgency: &str, key: &str) -> pb::SubmitIntentRequest {
     pb::SubmitIntentRequest {
         class: class.into(),
@@ -956,6 +975,7 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         lock("front-door", "home/hall", &["escape_route"], true),
         lock("back-door", "home/back", &["escape_route"], false),
         device("siren"),
+        lamp(),
     ] {
         DevicesClient::new(c.api(leader))
             .register(with_token(d, op))
@@ -978,6 +998,23 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
                 .submit(with_token(req, Some(&token)))
                 .await
                 .map(|r| r.into_inner())
+        }
+    };
+    // A token just added: each node re-reads the tokens file on its own; retry while one does
+    // not know it yet.
+    let submit_new = |id: u64, req: pb::SubmitIntentRequest, token: String| {
+        let submit = &submit;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = submit(id, req.clone(), &token).await;
+                match &r {
+                    Err(e) if e.code() == Code::Unauthenticated && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    _ => return r,
+                }
+            }
         }
     };
     let before = c.status(leader).await.unwrap().last_index;
@@ -1037,6 +1074,22 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         devices.contains(&"siren") && devices.contains(&"front-door"),
         "{devices:?}"
     );
+    assert!(
+        !devices.contains(&"back-door"),
+        "emergency_capable = false: {devices:?}"
+    );
+    // Without an emergency, ensure_safety unlocks nothing.
+    let alert = submit(
+        leader,
+        ask("ensure_safety", "home", "alert", "agent-alert"),
+        &t.other_agent,
+    )
+    .await
+    .expect("an alert");
+    assert!(
+        alert.actions.iter().all(|a| a.capability != "lock"),
+        "{alert:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = IntentsClient::new(c.api(leader))
         .get(with_token(
@@ -1066,27 +1119,143 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let e = loop {
-        let e = submit(
-            follower,
-            ask("control_access", "home/kitchen", "info", "l-1"),
-            &limited,
-        )
-        .await
-        .unwrap_err();
-        if e.code() != Code::Unauthenticated || Instant::now() > deadline {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let e = submit_new(
+        follower,
+        ask("control_access", "home/kitchen", "info", "l-1"),
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
     assert!(e.message().contains("class"), "{}", e.message());
-    let e = submit(leader, ask("notify", "home", "info", "l-2"), &limited)
-        .await
-        .unwrap_err();
+    let e = submit_new(
+        leader,
+        ask("notify", "home", "info", "l-2"),
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("location"), "{}", e.message());
+    // A token limited to the hall, allowed emergencies, cannot widen one to the whole house
+    // through a misspelt room under its own location.
+    let hall = hearth_node::pki::add_token_with(
+        &c.pki().join("tokens.toml"),
+        "hall-smoke",
+        ClientRole::Agent,
+        hearth_node::pki::TokenLimits {
+            emergency: Some(true),
+            locations: Some(vec!["home/hall".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = submit_new(
+        leader,
+        ask("ensure_safety", "home/hall/closett", "emergency", "w-1"),
+        hall.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("act everywhere"), "{}", e.message());
+    submit_new(
+        follower,
+        ask("ensure_safety", "home/hall", "emergency", "w-2"),
+        hall.clone(),
+    )
+    .await
+    .expect("its own location");
+
+    // Per action: under a confirmation policy that lets emergencies past it, the siren and
+    // the escape route go at once; the lamp (not emergency-capable) waits for a person.
+    PoliciesClient::new(c.api(leader))
+        .add_policy(with_token(
+            policy_doc(
+                serde_json::json!([{"id": "ask-safety", "emergency_override": true,
+                "rule": {"kind": "require_confirmation", "class": "ensure_safety"}}]),
+            ),
+            op,
+        ))
+        .await
+        .expect("the safety confirmation");
+    let part = submit(
+        leader,
+        ask("ensure_safety", "home", "emergency", "partial-1"),
+        &t.agent,
+    )
+    .await
+    .expect("partly held");
+    assert_eq!(part.status, "accepted", "{part:?}");
+    let held: Vec<(&str, bool)> = part
+        .actions
+        .iter()
+        .map(|a| (a.device.as_str(), a.needs_approval))
+        .collect();
+    assert!(
+        held.contains(&("hall-lamp", true)) && held.contains(&("siren", false)),
+        "{held:?}"
+    );
+    let get_op = |id: String| {
+        let ch = c.api(leader);
+        let op = t.operator.clone();
+        async move {
+            IntentsClient::new(ch)
+                .get(with_token(pb::GetIntentRequest { id }, Some(&op)))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let outcome = |v: &pb::IntentView, d: &str| {
+        v.actions
+            .iter()
+            .find(|a| a.device == d)
+            .map(|a| a.outcome.clone())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_op(part.id.clone()).await;
+        if !outcome(&v, "siren").is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome(&v, "siren"), "APPLIED", "{v:?}");
+    assert_eq!(
+        outcome(&v, "hall-lamp"),
+        "",
+        "the held lamp was dispatched: {v:?}"
+    );
+    IntentsClient::new(c.api(follower))
+        .approve(with_token(
+            pb::ApproveRequest {
+                id: part.id.clone(),
+                by: "olga".into(),
+            },
+            op,
+        ))
+        .await
+        .expect("approve the held part");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_op(part.id.clone()).await;
+        if !outcome(&v, "hall-lamp").is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome(&v, "hall-lamp"), "APPLIED", "{v:?}");
+    PoliciesClient::new(c.api(leader))
+        .remove_policy(with_token(
+            pb::RemovePolicyRequest {
+                id: "ask-safety".into(),
+            },
+            op,
+        ))
+        .await
+        .expect("remove the safety confirmation");
 
     // Item 4: agent B ("other") uses A's predictable key first; A's emergency still runs, and
     // nothing names B's intent to A.
@@ -1159,13 +1328,11 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         "{typo:?}"
     );
     let acted: Vec<&str> = typo.actions.iter().map(|a| a.device.as_str()).collect();
-    assert_eq!(
-        acted,
-        ["siren"],
-        "only declared emergency actions, no unlock: {typo:?}"
-    );
+    // Only emergency actions: the siren and the emergency-capable escape route; never the
+    // back door registered with emergency_capable = false.
+    assert_eq!(acted, ["siren", "front-door"], "{typo:?}");
     // An intent whose every device a policy excluded is no_action, with the reason.
-    for d in ["siren", "front-door", "back-door"] {
+    for d in ["siren", "front-door", "back-door", "hall-lamp"] {
         PoliciesClient::new(c.api(follower))
             .add_policy(with_token(
                 policy_doc(serde_json::json!([{"id": format!("hush-{d}"),
@@ -1175,6 +1342,17 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
             .await
             .expect("add one policy");
     }
+    // Adding an id that exists is refused naming it (through a follower: the leader checks).
+    let e = PoliciesClient::new(c.api(follower))
+        .add_policy(with_token(
+            policy_doc(serde_json::json!([{"id": "hush-siren",
+                "rule": {"kind": "exclude_device", "device": "back-door"}}])),
+            op,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("policies[0].id") && e.message().contains("remove it first"));
     let quiet = submit(
         leader,
         ask("ensure_safety", "home", "alert", "none-1"),

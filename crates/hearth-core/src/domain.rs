@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::intent::{Device, Intent, IntentClass, default_classes};
 use crate::policy::{Policy, RateWindows};
-use crate::resolver::{Clock, Plan, PlanError, PlannedAction, World, resolve};
+use crate::resolver::{
+    Clock, Plan, PlanError, PlannedAction, Rules, World, resolve, resolve_under,
+};
 
 /// How long rate-limit windows are remembered.
 pub const RATE_MEMORY_SECS: u32 = 24 * 3600;
@@ -324,6 +326,23 @@ impl IntentRecord {
     }
 }
 
+impl IntentRecord {
+    /// Accepted, with some actions still held for an approval nobody gave yet.
+    pub fn awaits_partial_approval(&self) -> bool {
+        self.status == IntentStatus::Accepted
+            && self.approved_by.is_none()
+            && self
+                .actions
+                .iter()
+                .any(|a| a.action.needs_approval && a.outcome.is_none())
+    }
+
+    /// Whether `approve` would be accepted now.
+    pub fn awaits_approval(&self) -> bool {
+        self.status == IntentStatus::AwaitingApproval || self.awaits_partial_approval()
+    }
+}
+
 /// What applying a command answers. Business refusals are answers, never errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -519,7 +538,13 @@ impl DomainState {
                     now_ms: now,
                     minute_of_day,
                 };
-                let plan = match self.plan(intent, clock) {
+                // Entries from before scoped keys were decided under the rules of their time.
+                let rules = if key_scope.is_some() {
+                    Rules::Current
+                } else {
+                    Rules::Legacy
+                };
+                let plan = match resolve_under(&self.world(), intent, clock, rules) {
                     Ok(p) => p,
                     Err(e) => {
                         return Outcome::Refused {
@@ -547,7 +572,7 @@ impl DomainState {
                 );
                 let status = if plan.nothing_to_do.is_some() {
                     IntentStatus::NoAction
-                } else if plan.needs_confirmation {
+                } else if plan.needs_confirmation && !plan.partly_held() {
                     IntentStatus::AwaitingApproval
                 } else if actions.is_empty() {
                     IntentStatus::Done
@@ -579,6 +604,15 @@ impl DomainState {
                 by,
                 at_ms,
             } => match self.intents.get_mut(intent_id) {
+                Some(r) if r.awaits_partial_approval() => {
+                    r.approved_by = Some(by.clone());
+                    // The held actions may be sent from now: their deadline runs from the
+                    // approval (older entries: no stamp, the submit time stays).
+                    if let Some(t) = at_ms {
+                        r.dispatchable_ms = Some(crate::clock::effective(*t, self.rates.chain_ms));
+                    }
+                    Outcome::Done
+                }
                 Some(r) if r.status == IntentStatus::AwaitingApproval => {
                     r.status = if r.actions.is_empty() {
                         IntentStatus::Done
@@ -732,6 +766,7 @@ impl DomainState {
                 r.actions
                     .iter()
                     .filter(|a| a.outcome.is_none())
+                    .filter(|a| !a.action.needs_approval || r.approved_by.is_some())
                     .map(move |a| (r, a))
             })
             .collect();
@@ -1348,8 +1383,16 @@ mod tests {
         );
         let mut i = intent("k", "x");
         i.urgency = Urgency::Alert;
-        s.apply(&submit(i), at(3));
-        let r = &s.intents[&intent_id("k")];
+        s.apply(
+            &Command::SubmitIntent {
+                key_scope: Some(i.source.clone()),
+                intent: i.clone(),
+                at_ms: 1000,
+                minute_of_day: 600,
+            },
+            at(3),
+        );
+        let r = &s.intents[&scoped_intent_id(Some("agent"), "k")];
         assert_eq!(r.status, IntentStatus::NoAction);
         assert!(
             r.plan
@@ -1419,5 +1462,129 @@ mod tests {
             "{reason}"
         );
         assert_eq!(s, before);
+    }
+
+    /// `apply` is deterministic across versions: an entry written before these rules (no
+    /// `key_scope`) replays to the plan it got then, a new one gets the new rules.
+    #[test]
+    fn old_entries_replay_under_the_rules_of_their_time() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        let mut typo = intent("old-typo", "smoke");
+        typo.location = crate::intent::Location::parse("l", "home/kitchn").unwrap();
+        let mut typo_alert = typo.clone();
+        typo_alert.urgency = Urgency::Alert;
+        typo_alert.idempotency_key = "old-typo-alert".into();
+        s.apply(&submit(typo_alert), at(2));
+        assert_eq!(
+            s.intents[&intent_id("old-typo-alert")].status,
+            IntentStatus::Done,
+            "then: an unknown location planned nothing and was done"
+        );
+        s.apply(
+            &Command::ApplyPolicies {
+                policies: vec![Policy::new(
+                    "ask",
+                    Rule::RequireConfirmation {
+                        class: "ensure_safety".into(),
+                    },
+                )],
+                by: None,
+            },
+            at(2),
+        );
+        s.apply(&submit(intent("old", "smoke")), at(3));
+        let old = &s.intents[&intent_id("old")];
+        assert_eq!(
+            old.status,
+            IntentStatus::Accepted,
+            "then: no approval in an emergency"
+        );
+        let new = Command::SubmitIntent {
+            key_scope: Some("agent".into()),
+            intent: intent("new", "smoke"),
+            at_ms: 1000,
+            minute_of_day: 600,
+        };
+        s.apply(&new, at(5));
+        assert_eq!(
+            s.intents[&scoped_intent_id(Some("agent"), "new")].status,
+            IntentStatus::AwaitingApproval
+        );
+    }
+
+    /// The held part of a partly held emergency is dispatched only after an approval; the
+    /// rest goes at once.
+    #[test]
+    fn a_partly_held_emergency_dispatches_the_rest_and_waits_for_approval() {
+        let mut s = DomainState::default();
+        register(&mut s, 1);
+        let mut lamp = siren();
+        lamp.id = "lamp".into();
+        lamp.emergency_capable = false;
+        lamp.actuators = [("light".to_string(), ["on".to_string()].into())].into();
+        s.apply(
+            &Command::RegisterDevice {
+                device: lamp,
+                by: None,
+            },
+            at(2),
+        );
+        let mut ask = Policy::new(
+            "ask",
+            Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        );
+        ask.emergency_override = Some(true);
+        s.apply(
+            &Command::AddPolicy {
+                policy: ask,
+                by: None,
+            },
+            at(3),
+        );
+        let cmd = Command::SubmitIntent {
+            key_scope: Some("agent".into()),
+            intent: intent("fire", "smoke"),
+            at_ms: 1000,
+            minute_of_day: 600,
+        };
+        s.apply(&cmd, at(4));
+        let id = scoped_intent_id(Some("agent"), "fire");
+        assert_eq!(s.intents[&id].status, IntentStatus::Accepted);
+        let now: Vec<String> = s
+            .outbox()
+            .iter()
+            .map(|(_, a)| a.action.device.clone())
+            .collect();
+        assert_eq!(now, ["siren"], "only the emergency action goes now");
+        assert!(s.intents[&id].awaits_approval());
+        assert_eq!(
+            s.apply(
+                &Command::Approve {
+                    intent_id: id.clone(),
+                    by: "ana".into()
+                },
+                at(5)
+            ),
+            Outcome::Done
+        );
+        let now: Vec<String> = s
+            .outbox()
+            .iter()
+            .map(|(_, a)| a.action.device.clone())
+            .collect();
+        assert_eq!(now, ["siren", "lamp"]);
+        assert!(matches!(
+            s.apply(
+                &Command::Approve {
+                    intent_id: id,
+                    by: "bob".into()
+                },
+                at(6)
+            ),
+            Outcome::Refused { .. }
+        ));
     }
 }

@@ -252,8 +252,8 @@ pub struct Device {
     #[serde(default)]
     pub actuators: BTreeMap<String, BTreeSet<String>>,
     /// Legacy (manifests before `emergency_actions`): with no `emergency_actions` listed,
-    /// `true` declares every state of every actuator *except `unlocked`* an emergency action;
-    /// an unlock is an emergency action only where the household lists it.
+    /// `true` declares every state of every actuator an emergency action *except `unlocked`*,
+    /// which it declares only for a device the household also tagged `escape_route`.
     #[serde(default)]
     pub emergency_capable: bool,
     /// The actions (capability → states) this device may take in an emergency even when a
@@ -268,12 +268,15 @@ pub struct Device {
 /// manifest lists `unlocked` among its `emergency_actions`.
 pub const UNLOCKED: &str = "unlocked";
 
+/// The tag of a door people leave by in an emergency.
+pub const ESCAPE_ROUTE: &str = "escape_route";
+
 impl Device {
     /// Whether putting `capability` in `state` is one of this device's emergency actions.
     pub fn is_emergency_action(&self, capability: &str, state: &str) -> bool {
         if self.emergency_actions.is_empty() {
             return self.emergency_capable
-                && state != UNLOCKED
+                && (state != UNLOCKED || self.tags.contains(ESCAPE_ROUTE))
                 && self
                     .actuators
                     .get(capability)
@@ -546,6 +549,10 @@ pub struct Step {
     pub target: Target,
     #[serde(default)]
     pub tags: BTreeSet<String>,
+    /// The step acts only in an emergency, and only on devices that list its action among
+    /// their emergency actions (`ensure_safety` unlocking escape routes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency_only: bool,
 }
 
 /// What an intent class means in device actions.
@@ -637,16 +644,19 @@ pub fn default_classes() -> Vec<IntentClass> {
                     capability: "siren".into(),
                     target: state("on"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "light".into(),
                     target: state("on"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "lock".into(),
                     target: state("unlocked"),
                     tags: set(&["escape_route"]),
+                    emergency_only: true,
                 },
             ],
             repeat_safe: true,
@@ -661,11 +671,13 @@ pub fn default_classes() -> Vec<IntentClass> {
                     capability: "light".into(),
                     target: state("flash"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
                 Step {
                     capability: "notifier".into(),
                     target: state("alert"),
                     tags: BTreeSet::new(),
+                    emergency_only: false,
                 },
             ],
             repeat_safe: true,
@@ -683,6 +695,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                     default: Some("locked".into()),
                 },
                 tags: BTreeSet::new(),
+                emergency_only: false,
             }],
             repeat_safe: true,
             deadline_ms: None,
@@ -701,6 +714,7 @@ pub fn default_classes() -> Vec<IntentClass> {
                 capability: "notifier".into(),
                 target: state("message"),
                 tags: BTreeSet::new(),
+                emergency_only: false,
             }],
             repeat_safe: false,
             deadline_ms: None,
@@ -972,6 +986,57 @@ mod tests {
                 "report_status",
                 "notify"
             ]
+        );
+    }
+
+    #[test]
+    fn emergency_actions_must_be_actions_the_device_can_take_and_old_manifests_map() {
+        let door = |extra: serde_json::Value| -> Device {
+            let mut v = serde_json::json!({
+                "id": "door", "name": "d", "location": "home/hall",
+                "actuators": {"lock": ["locked", "unlocked"]},
+                "adapter": {"kind": "sim", "address": "x"}
+            });
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        door(serde_json::json!({"emergency_actions": {"lock": ["unlocked"]}}))
+            .validate()
+            .unwrap();
+        for (bad, field) in [
+            (
+                serde_json::json!({"siren": ["on"]}),
+                "emergency_actions.siren",
+            ),
+            (
+                serde_json::json!({"lock": ["toggle"]}),
+                "emergency_actions.lock",
+            ),
+            (serde_json::json!({"lock": []}), "emergency_actions.lock"),
+        ] {
+            let e = door(serde_json::json!({ "emergency_actions": bad }))
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        // An old manifest (no emergency_actions) decodes; `emergency_capable` maps.
+        let old = door(serde_json::json!({"emergency_capable": true}));
+        assert!(old.is_emergency_action("lock", "locked"));
+        assert!(
+            !old.is_emergency_action("lock", "unlocked"),
+            "an unlock is never implied"
+        );
+        let mut escape = old.clone();
+        escape.tags.insert(ESCAPE_ROUTE.into());
+        assert!(escape.is_emergency_action("lock", "unlocked"));
+        let off = door(serde_json::json!({"emergency_capable": false, "tags": ["escape_route"]}));
+        assert!(!off.is_emergency_action("lock", "unlocked") && !off.has_emergency_actions());
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("emergency_actions")
         );
     }
 }

@@ -443,6 +443,37 @@ impl Grants {
         }
         Ok(())
     }
+
+    /// [`Grants::permits`], and for a token limited to some locations, that the intent's
+    /// location names a registered device: an emergency to an unknown location acts
+    /// everywhere, which such a token may not ask for.
+    pub fn permits_with<'a>(
+        &self,
+        who: &str,
+        intent: &Intent,
+        device_locations: impl IntoIterator<Item = &'a Location>,
+    ) -> Result<(), FieldError> {
+        self.permits(who, intent)?;
+        if let Some(locs) = &self.locations
+            && !device_locations
+                .into_iter()
+                .any(|l| intent.location.contains(l))
+        {
+            return Err(FieldError::new(
+                "location",
+                format!(
+                    "no device is at or under {}; {who:?} may address only {} and an emergency \
+                     to an unknown location would act everywhere",
+                    intent.location,
+                    locs.iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -726,5 +757,38 @@ mod tests {
                 )
                 .is_ok()
         );
+    }
+
+    /// A token limited to the kitchen must not widen an emergency to the whole house through
+    /// a misspelt location under its own.
+    #[test]
+    fn a_location_limited_token_cannot_widen_an_emergency() {
+        let loc = |s: &str| Location::parse("l", s).unwrap();
+        let g = Grants {
+            emergency: true,
+            classes: None,
+            locations: Some(vec![loc("home/kitchen")]),
+        };
+        let i = |at: &str| Intent {
+            class: "ensure_safety".into(),
+            urgency: Urgency::Emergency,
+            subject: String::new(),
+            location: loc(at),
+            context: BTreeMap::new(),
+            source: "robot".into(),
+            idempotency_key: "k".into(),
+        };
+        let devices = [loc("home/kitchen"), loc("home/hall")];
+        g.permits_with("robot", &i("home/kitchen"), &devices)
+            .unwrap();
+        let e = g
+            .permits_with("robot", &i("home/kitchen/sinkk"), &devices)
+            .unwrap_err();
+        assert_eq!(e.field, "location");
+        assert!(e.problem.contains("act everywhere"), "{e}");
+        // Unlimited tokens may (the resolver widens and says so).
+        Grants::all()
+            .permits_with("op", &i("home/kitchn"), &devices)
+            .unwrap();
     }
 }

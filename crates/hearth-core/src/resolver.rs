@@ -35,6 +35,10 @@ pub struct PlannedAction {
     /// The absolute state the device is put in ("locked", never "toggle").
     pub state: String,
     pub adapter: Adapter,
+    /// Held until a person approves: an emergency got the rest of the plan past a
+    /// confirmation policy, not this action (not one of its device's emergency actions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_approval: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +46,16 @@ pub struct Verdict {
     pub device: String,
     pub included: bool,
     pub reason: String,
+}
+
+impl Plan {
+    /// Some actions go now and others wait for an approval (an emergency under a confirmation
+    /// policy that lets only some devices' actions past it).
+    pub fn partly_held(&self) -> bool {
+        self.needs_confirmation
+            && self.actions.iter().any(|a| a.needs_approval)
+            && self.actions.iter().any(|a| !a.needs_approval)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,8 +215,30 @@ fn target_state(intent: &Intent, t: &Target) -> Result<String, FieldError> {
     }
 }
 
-/// Plans an intent.
+/// Which planning rules an entry was decided under. `apply` must give an old entry the plan it
+/// got when it was first applied, so entries written before these rules (issue 13: emergencies
+/// per device and policy, unknown locations, `no_action`) replay under [`Rules::Legacy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// An emergency overrides every non-absolute policy for `emergency_capable` devices and
+    /// skips confirmation; unknown locations plan nothing; `emergency_only` is ignored.
+    Legacy,
+    Current,
+}
+
+/// Plans an intent under the current rules.
 pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan, PlanError> {
+    resolve_under(world, intent, clock, Rules::Current)
+}
+
+/// Plans an intent under `rules`.
+pub fn resolve_under(
+    world: &World<'_>,
+    intent: &Intent,
+    clock: Clock,
+    rules: Rules,
+) -> Result<Plan, PlanError> {
+    let legacy = rules == Rules::Legacy;
     intent.validate()?;
     let class = world
         .classes
@@ -240,7 +276,7 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
     // A location that names no device is a typo or a room without devices: refused, except
     // in an emergency, where every device that may act in one does, and the plan says so.
     let mut widened = false;
-    if in_scope.is_empty() {
+    if in_scope.is_empty() && !legacy {
         let known: BTreeSet<String> = world
             .devices
             .values()
@@ -305,6 +341,21 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 note(&d.id, false, format!("{}: {why}", step.capability));
                 continue;
             }
+            if !legacy
+                && step.emergency_only
+                && !(emergency && d.is_emergency_action(&step.capability, &state))
+            {
+                note(
+                    &d.id,
+                    false,
+                    format!(
+                        "{} -> {state}: only in an emergency, and only for a device that lists \
+                         it among its emergency actions",
+                        step.capability
+                    ),
+                );
+                continue;
+            }
             if widened && !d.is_emergency_action(&step.capability, &state) {
                 note(
                     &d.id,
@@ -328,7 +379,16 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                 );
                 continue;
             } else {
-                match emergency_overrides(d, &step.capability, &state, &hits) {
+                let verdict = if legacy {
+                    if d.emergency_capable {
+                        Ok(())
+                    } else {
+                        Err("not emergency-capable".to_string())
+                    }
+                } else {
+                    emergency_overrides(d, &step.capability, &state, &hits)
+                };
+                match verdict {
                     Ok(()) => note(
                         &d.id,
                         true,
@@ -358,36 +418,53 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
                     capability: step.capability.clone(),
                     state: state.clone(),
                     adapter: d.adapter.clone(),
+                    needs_approval: false,
                 });
             }
         }
     }
 
-    // Confirmation: an emergency skips it only if every confirmation policy allows that and
-    // every planned action is an emergency action of its device.
+    // Confirmation, per action: an emergency skips it for an action only if every
+    // confirmation policy allows that and the action is an emergency action of its device; the
+    // other actions wait for a person (the rest of the plan goes now).
     let confirm: Vec<&Policy> = world
         .policies
         .iter()
         .filter(|p| matches!(&p.rule, Rule::RequireConfirmation { class: c } if c == &class.name))
         .collect();
     let mut needs_confirmation = !confirm.is_empty();
-    if needs_confirmation && emergency {
-        let blocker = actions.iter().find_map(|a| {
-            let d = world.devices.get(&a.device)?;
-            emergency_overrides(d, &a.capability, &a.state, &confirm).err()
-        });
-        match blocker {
-            None => {
-                needs_confirmation = false;
-                notes.push(format!(
-                    "emergency overrides policy {} (every action is an emergency action of its device)",
-                    ids(&confirm)
-                ));
+    if legacy {
+        needs_confirmation &= !emergency;
+    } else if needs_confirmation && emergency {
+        let mut held = Vec::new();
+        for a in actions.iter_mut() {
+            let why = match world.devices.get(&a.device) {
+                Some(d) => emergency_overrides(d, &a.capability, &a.state, &confirm).err(),
+                None => Some(format!("device {} is not registered", a.device)),
+            };
+            if let Some(why) = why {
+                a.needs_approval = true;
+                held.push(why);
             }
-            Some(why) => notes.push(format!(
-                "waits for approval (policy {}) despite the emergency: {why}",
+        }
+        if held.is_empty() {
+            needs_confirmation = false;
+            notes.push(format!(
+                "emergency overrides policy {} (every action is an emergency action of its device)",
                 ids(&confirm)
-            )),
+            ));
+        } else if held.len() == actions.len() {
+            notes.push(format!(
+                "waits for approval (policy {}) despite the emergency: {}",
+                ids(&confirm),
+                held.join("; ")
+            ));
+        } else {
+            notes.push(format!(
+                "the emergency actions go now; the rest wait for approval (policy {}): {}",
+                ids(&confirm),
+                held.join("; ")
+            ));
         }
     } else if needs_confirmation {
         notes.push(format!("waits for approval (policy {})", ids(&confirm)));
@@ -425,7 +502,7 @@ pub fn resolve(world: &World<'_>, intent: &Intent, clock: Clock) -> Result<Plan,
         };
         verdicts.push(v);
     }
-    let nothing_to_do = (actions.is_empty() && reads.is_empty()).then(|| {
+    let nothing_to_do = (!legacy && actions.is_empty() && reads.is_empty()).then(|| {
         let why: Vec<String> = verdicts
             .iter()
             .filter(|v| reasons_in_scope(v, intent, widened, world))
@@ -941,9 +1018,12 @@ mod tests {
         for over in [None, Some(false), Some(true)] {
             let p = plan_in(&devices, &[confirm_access(over)], &i).unwrap();
             assert!(p.needs_confirmation, "{over:?}: {p:?}");
+            assert!(p.notes.iter().any(|n| n.contains("approval")), "{p:?}");
             assert!(
-                p.notes.iter().any(|n| n.contains("waits for approval")),
-                "{p:?}"
+                p.actions
+                    .iter()
+                    .any(|a| a.device == "back-door" && a.needs_approval),
+                "the back door's unlock is held: {p:?}"
             );
         }
         // The household declares the unlock on the front door only; the back door stays a
@@ -980,8 +1060,11 @@ mod tests {
                 class: None,
             },
         );
-        let i = intent("ensure_safety", Urgency::Emergency, "home/hall");
+        let mut i = intent("control_access", Urgency::Emergency, "home/hall");
+        i.context.insert("state".into(), "unlocked".into());
         let mut devices = house();
+        // Registered with emergency_capable = false: never unlocked past a policy.
+        devices.get_mut("front-door").unwrap().emergency_capable = false;
         let p = plan_in(&devices, std::slice::from_ref(&exclude), &i).unwrap();
         assert!(acted(&p).is_empty(), "{p:?}");
         let v = p
@@ -1035,9 +1118,15 @@ mod tests {
             NOON,
         )
         .unwrap();
-        // The legacy emergency-capable siren sounds; the light (not capable) and the doors
-        // (no declared unlock) do not.
-        assert_eq!(acted(&p), [("kitchen-siren".into(), "on".into())]);
+        // The legacy emergency-capable siren sounds and the legacy emergency-capable escape
+        // route opens; the light and the shed lock (not capable) do not.
+        assert_eq!(
+            acted(&p),
+            [
+                ("kitchen-siren".into(), "on".into()),
+                ("front-door".into(), "unlocked".into())
+            ]
+        );
         assert!(
             p.notes
                 .iter()
@@ -1173,6 +1262,13 @@ mod tests {
                                 declared.contains(&state)
                                     || (declared.is_empty() && capable && state != "unlocked")
                             );
+                            let mut tagged = door.clone();
+                            tagged.tags.insert("escape_route".into());
+                            assert_eq!(
+                                tagged.is_emergency_action("lock", state),
+                                declared.contains(&state) || (declared.is_empty() && capable),
+                                "legacy: an escape route's unlock counts"
+                            );
                             let ctx =
                                 format!("{capable} {declared:?} {over:?} {rule:?} {u:?} {state}");
                             if confirm {
@@ -1194,5 +1290,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 13 item 2, second sequence, without an emergency: `ensure_safety` at `alert`
+    /// unlocked every escape route for any agent. Its unlock step now acts only in an
+    /// emergency, and only on doors that list the unlock (or, legacy, are emergency-capable
+    /// escape routes).
+    #[test]
+    fn ensure_safety_unlocks_escape_routes_only_in_an_emergency() {
+        let mut devices = house();
+        let mut back = devices["front-door"].clone();
+        back.id = "back-door".into();
+        back.emergency_capable = false;
+        devices.insert(back.id.clone(), back);
+        for u in [Urgency::Info, Urgency::Warning, Urgency::Alert] {
+            let p = plan_in(&devices, &[], &intent("ensure_safety", u, "home")).unwrap();
+            assert!(
+                p.actions.iter().all(|a| a.capability != "lock"),
+                "{u:?}: {:?}",
+                acted(&p)
+            );
+            let v = p
+                .verdicts
+                .iter()
+                .find(|v| v.device == "front-door")
+                .unwrap();
+            assert!(v.reason.contains("only in an emergency"), "{v:?}");
+        }
+        let p = plan_in(
+            &devices,
+            &[],
+            &intent("ensure_safety", Urgency::Emergency, "home"),
+        )
+        .unwrap();
+        let locks: Vec<(String, String)> = acted(&p)
+            .into_iter()
+            .filter(|(d, _)| d.ends_with("door"))
+            .collect();
+        assert_eq!(
+            locks,
+            [("front-door".into(), "unlocked".into())],
+            "not the back door"
+        );
+    }
+
+    /// Per device, not per intent: under a confirmation policy that lets emergencies past it,
+    /// the siren (an emergency action) goes now and the light (not emergency-capable) waits.
+    #[test]
+    fn an_emergency_past_confirmation_holds_only_the_actions_that_may_not_skip_it() {
+        let mut ask = Policy::new(
+            "ask",
+            Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        );
+        ask.emergency_override = Some(true);
+        let p = plan_with(
+            &[ask],
+            &RateWindows::default(),
+            &intent("ensure_safety", Urgency::Emergency, "home/kitchen"),
+            NOON,
+        )
+        .unwrap();
+        assert!(p.needs_confirmation && p.partly_held(), "{p:?}");
+        let held: Vec<(&str, bool)> = p
+            .actions
+            .iter()
+            .map(|a| (a.device.as_str(), a.needs_approval))
+            .collect();
+        assert_eq!(held, [("kitchen-siren", false), ("kitchen-light", true)]);
     }
 }

@@ -165,9 +165,13 @@ pub fn agent_name() -> Option<String> {
 /// submitted and explained, on the node that receives the call and again on the leader.
 pub fn check_grants(
     intent: &hearth_core::intent::Intent,
+    devices: &[hearth_core::intent::Device],
 ) -> Result<(), hearth_core::intent::FieldError> {
     match current() {
-        Some(p) if !p.is_node() => p.grants.permits(&p.name, intent),
+        Some(p) if !p.is_node() => {
+            p.grants
+                .permits_with(&p.name, intent, devices.iter().map(|d| &d.location))
+        }
         _ => Ok(()),
     }
 }

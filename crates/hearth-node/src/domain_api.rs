@@ -136,6 +136,7 @@ fn planned_view(id: String, a: &PlannedAction) -> pb::ActionView {
         device: a.device.clone(),
         capability: a.capability.clone(),
         state: a.state.clone(),
+        needs_approval: a.needs_approval,
         ..Default::default()
     }
 }
@@ -354,7 +355,7 @@ impl pb::intents_server::Intents for DomainApi {
                         }
                     }
                     let i = intent_from_pb(&m)?;
-                    crate::auth::check_grants(&i)
+                    crate::auth::check_grants(&i, &node.devices()?)
                         .map_err(|e| NodeError::Forbidden(e.to_string()))?;
                     if m.dry_run {
                         return node.explain(&i).map(|p| plan_view(&p));
@@ -483,10 +484,18 @@ impl pb::intents_server::Intents for DomainApi {
                         } else {
                             "partial"
                         };
-                        events.push((
-                            stage.into(),
-                            format!("{ok} of {} actions applied", r.actions.len()),
-                        ));
+                        let mut detail = if r.actions.is_empty() && !r.plan.reads.is_empty() {
+                            format!("sensors of {} devices read", r.plan.reads.len())
+                        } else {
+                            format!("{ok} of {} actions applied", r.actions.len())
+                        };
+                        // What the household must know about the outcome as a whole (e.g. an
+                        // emergency's location was not found) is on the final line too.
+                        for n in &r.plan.notes {
+                            detail.push_str("; ");
+                            detail.push_str(n);
+                        }
+                        events.push((stage.into(), detail));
                     }
                     for (stage, detail) in events {
                         let ev = pb::IntentEvent {
@@ -525,7 +534,9 @@ impl pb::intents_server::Intents for DomainApi {
             m.idempotency_key = "explain".into();
         }
         let i = intent_from_pb(&m).map_err(invalid)?;
-        crate::auth::check_grants(&i).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let devices = self.node.devices().map_err(to_status)?;
+        crate::auth::check_grants(&i, &devices)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let p = self.node.explain(&i).map_err(to_status)?;
         Ok(Response::new(plan_view(&p)))
     }

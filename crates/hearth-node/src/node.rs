@@ -1449,19 +1449,22 @@ impl Node {
 
     /// Adds one policy (refused if its id is taken), checked like [`Node::apply_policies`].
     pub async fn add_policy(&self, policy: Policy) -> Result<Applied, NodeError> {
+        hearth_core::policy::validate_set(std::slice::from_ref(&policy))
+            .map_err(NodeError::from)?;
         if self.is_leader() {
-            let mut all = self.sm.with_domain(|d| d.policies.clone())?;
-            all.push(policy.clone());
-            hearth_core::policy::validate_set(&all).map_err(|e| {
-                NodeError::from(hearth_core::intent::FieldError::new(
-                    "policies[0]",
-                    e.problem,
-                ))
-            })?;
+            if self
+                .sm
+                .with_domain(|d| d.policies.iter().any(|p| p.id == policy.id))?
+            {
+                return Err(NodeError::Invalid {
+                    field: "policies[0].id",
+                    problem: format!(
+                        "a policy {:?} exists; remove it first (`hearth policy remove {}`)",
+                        policy.id, policy.id
+                    ),
+                });
+            }
             self.check_policy_refs(std::slice::from_ref(&policy))?;
-        } else {
-            hearth_core::policy::validate_set(std::slice::from_ref(&policy))
-                .map_err(NodeError::from)?;
         }
         let by = crate::auth::current_name();
         self.propose_checked(&DomainCommand::AddPolicy { policy, by })
@@ -1567,7 +1570,7 @@ impl Node {
         if self.raft.metrics().borrow_watched().state == ServerState::Leader {
             match self.get_intent(intent_id)? {
                 None => return Err(NodeError::Refused(format!("no intent {intent_id}"))),
-                Some(r) if r.status != hearth_core::domain::IntentStatus::AwaitingApproval => {
+                Some(r) if !r.awaits_approval() => {
                     return Err(NodeError::Refused(format!(
                         "intent {intent_id} does not wait for approval (it is {:?})",
                         r.status

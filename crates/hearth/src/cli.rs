@@ -444,7 +444,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         classes: (!classes.is_empty()).then_some(classes),
                         locations: (!locations.is_empty()).then_some(locations),
                     };
+                    let may_claim = limits
+                        .emergency
+                        .unwrap_or(role >= hearth_node::auth::ClientRole::Operator);
                     let t = hearth_node::pki::add_token_with(&file, &name, role, limits)?;
+                    if !may_claim {
+                        eprintln!(
+                            "{name:?} may not claim an emergency (give it --emergency if it is, say, a smoke detector)"
+                        );
+                    }
                     eprintln!(
                         "token for {name:?} ({}) added to {}; shown once, keep it secret:",
                         role.name(),

@@ -207,8 +207,10 @@ fn policy_lines(text: &str) -> Vec<Option<usize>> {
             d.policies
                 .iter()
                 .map(|e| {
-                    e.id.as_ref()
-                        .map(|s| text[..s.span().start.min(text.len())].matches('\n').count() + 1)
+                    e.id.as_ref().and_then(|s| {
+                        text.get(..s.span().start)
+                            .map(|before| before.matches('\n').count() + 1)
+                    })
                 })
                 .collect()
         },
@@ -325,11 +327,20 @@ fn print_view(v: &pb::IntentView) {
         v.urgency,
         v.index
     );
-    if v.needs_confirmation && v.status == "awaiting_approval" {
+    let held = v
+        .actions
+        .iter()
+        .any(|a| a.needs_approval && a.outcome.is_empty());
+    if v.needs_confirmation
+        && v.approved_by.is_empty()
+        && (v.status == "awaiting_approval" || (v.status == "accepted" && held))
+    {
         println!("  waits for approval: hearth intent approve {}", v.id);
     }
     for a in &v.actions {
-        let outcome = if a.outcome.is_empty() {
+        let outcome = if a.outcome.is_empty() && a.needs_approval && v.approved_by.is_empty() {
+            "held for approval".to_string()
+        } else if a.outcome.is_empty() {
             "pending".to_string()
         } else {
             a.outcome.clone()

@@ -120,6 +120,15 @@ fn the_cli_says_when_nothing_happened_and_policy_files_fail_loudly() {
     let out = text(&o);
     assert!(out.contains("home/kitchn was not found"), "{out}");
     assert!(out.contains("kitchen-siren"), "{out}");
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with("done") && last.contains("was not found"),
+        "the final line says the location was not found: {out}"
+    );
     assert!(!out.contains("done               0 of 0"), "{out}");
 
     // Item 13: policy files that failed silently now fail with the field and the line.
