@@ -709,6 +709,7 @@ impl DomainState {
                     capability: REFENCE_CAPABILITY.into(),
                     state: "reset".into(),
                     adapter: self.devices[d.as_str()].adapter.clone(),
+                    needs_approval: false,
                 },
                 outcome: None,
                 token: None,
@@ -1389,6 +1390,7 @@ mod tests {
                 intent: i.clone(),
                 at_ms: 1000,
                 minute_of_day: 600,
+                deadline_ms: None,
             },
             at(3),
         );
@@ -1505,6 +1507,7 @@ mod tests {
             intent: intent("new", "smoke"),
             at_ms: 1000,
             minute_of_day: 600,
+            deadline_ms: None,
         };
         s.apply(&new, at(5));
         assert_eq!(
@@ -1549,6 +1552,7 @@ mod tests {
             intent: intent("fire", "smoke"),
             at_ms: 1000,
             minute_of_day: 600,
+            deadline_ms: None,
         };
         s.apply(&cmd, at(4));
         let id = scoped_intent_id(Some("agent"), "fire");
@@ -1564,7 +1568,8 @@ mod tests {
             s.apply(
                 &Command::Approve {
                     intent_id: id.clone(),
-                    by: "ana".into()
+                    by: "ana".into(),
+                    at_ms: None,
                 },
                 at(5)
             ),
@@ -1580,7 +1585,8 @@ mod tests {
             s.apply(
                 &Command::Approve {
                     intent_id: id,
-                    by: "bob".into()
+                    by: "bob".into(),
+                    at_ms: None,
                 },
                 at(6)
             ),
