@@ -7,6 +7,7 @@ pub mod caretaker;
 pub mod chain;
 pub mod checkpoint;
 pub mod domain;
+pub mod election;
 pub mod export;
 pub mod intent;
 pub mod policy;

@@ -198,6 +198,26 @@ fn to_leader<T>(
     Ok((ClusterClient::new(channel), req))
 }
 
+/// A forward that did not reach the leader names the leader, not this node: the client sees
+/// "the leader at ADDR did not answer" instead of a transport error it would pin on the node
+/// it called. The leader's own answers pass through unchanged.
+fn leader_failed(addr: &str, s: Status) -> Status {
+    let transport = matches!(
+        s.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) || (s.code() == tonic::Code::Unavailable
+        && !s.message().starts_with("NO_QUORUM"));
+    if !transport {
+        return s;
+    }
+    Status::unavailable(format!(
+        "NO_QUORUM: this node forwarded the request to the leader at {addr}, which did not \
+         answer ({}); nothing is known to have run there. Retry in a few seconds (a new leader \
+         is elected if it is gone)",
+        s.message()
+    ))
+}
+
 fn parse_role(role: &str) -> Result<Role, Status> {
     match role {
         "hub" => Ok(Role::Hub),
@@ -262,7 +282,9 @@ impl Cluster for Api {
                 );
                 let (mut c, req) =
                     to_leader(&self.node, &addr, pb::AppendTestRecordRequest { text })?;
-                c.append_test_record(req).await
+                c.append_test_record(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -284,7 +306,7 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.add_member(req).await
+                c.add_member(req).await.map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -305,7 +327,9 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.remove_member(req).await
+                c.remove_member(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -334,7 +358,9 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.replace_member(req).await
+                c.replace_member(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -355,7 +381,9 @@ impl Cluster for Api {
             Ok((leader, term)) => Ok(Response::new(pb::TransferLeaderResponse { leader, term })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.transfer_leader(req).await
+                c.transfer_leader(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -417,7 +445,7 @@ impl Cluster for Api {
             })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.record_act(req).await
+                c.record_act(req).await.map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }

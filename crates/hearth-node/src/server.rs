@@ -78,6 +78,10 @@ async fn serve_once(
         None => Authenticator::disabled(),
     });
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
+    // The stores made their files at this start: the whole directory is the user's only.
+    if let Err(e) = hearth_store::private::tighten(&node.config().data_dir) {
+        tracing::warn!(error = %e, "cannot make the data directory private (0700/0600)");
+    }
     node.checkpoints
         .set_client(Arc::new(hearth_cluster::grpc::GrpcCosignClient {
             timeout: crate::checkpoint::COSIGN_TIMEOUT,

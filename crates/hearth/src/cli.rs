@@ -345,20 +345,35 @@ pub enum CheckpointCmd {
     },
 }
 
-/// Resolves on Ctrl-C or SIGTERM (`docker stop`, systemd): both stop the node gracefully.
-async fn stop_signal() {
+/// Writes to standard output, ignoring a closed pipe (`hearth dev | head`): for servers, which
+/// must go on to stop gracefully; client commands end quietly on SIGPIPE instead.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{args}");
+}
+
+/// Resolves on Ctrl-C, SIGTERM (`docker stop`, systemd) or SIGHUP (the terminal closed): each
+/// stops the node gracefully, handing leadership over first.
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = hup.recv() => {}
                 }
+                tracing::info!("stop signal received: stopping gracefully");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGHUP; Ctrl-C only")
+            }
         }
     }
     let _ = tokio::signal::ctrl_c().await;
@@ -623,24 +638,56 @@ impl tonic::service::Interceptor for Credentials {
 
 pub type ApiChannel = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
+/// How long a client waits to connect to a node (TCP and TLS), and for one answer.
+/// `HEARTH_CONNECT_TIMEOUT_MS` and `HEARTH_TIMEOUT_MS` change them.
+const CONNECT_TIMEOUT_MS: u64 = 3_000;
+const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(default),
+    )
+}
+
+/// Every client call has a deadline: connecting (TCP and the TLS handshake) within the
+/// connect timeout, each answer within the request timeout (a stopped node, SIGSTOP, answers
+/// nothing: the call ends with DEADLINE_EXCEEDED naming it). Streams (`--watch`) are kept by
+/// HTTP/2 pings: a node that stops answering them is dropped within about 15 s.
+fn client_endpoint(
+    addr: &str,
+    s: &ClientSettings,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let connect = env_ms("HEARTH_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    let scheme = if s.ca_pem.is_some() { "https" } else { "http" };
+    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        .connect_timeout(connect)
+        .timeout(env_ms("HEARTH_TIMEOUT_MS", REQUEST_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if let Some(ca) = &s.ca_pem {
+        e = e.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(hearth_cluster::tls::CLUSTER_NAME)
+                // The handshake is part of connecting: a stopped node never finishes it.
+                .timeout(connect),
+        )?;
+    }
+    Ok(e)
+}
+
 /// A channel to a node's public API: TLS against the cluster CA when one is set, with the token.
 pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
     let s = client();
-    let ch = match &s.ca_pem {
-        None => hearth_cluster::grpc::lazy_channel(addr),
-        Some(ca) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .and_then(|e| {
-                e.connect_timeout(Duration::from_millis(1500))
-                    .tcp_nodelay(true)
-                    .tls_config(
-                        tonic::transport::ClientTlsConfig::new()
-                            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                            .domain_name(hearth_cluster::tls::CLUSTER_NAME),
-                    )
-            })
-            .map(|e| e.connect_lazy()),
-    }
-    .with_context(|| format!("{addr:?} is not a valid node address"))?;
+    let ch = client_endpoint(addr, &s)
+        .map(|e| e.connect_lazy())
+        .with_context(|| format!("{addr:?} is not a valid node address"))?;
     if s.token.is_some() && s.ca_pem.is_none() {
         // Over plain text the token would cross the network readable by anyone (even to a
         // node that speaks TLS: the request headers leave before the node can refuse them).
@@ -668,6 +715,11 @@ pub fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
         " — the node probably speaks TLS: pass --ca pki/ca.pem or set HEARTH_CA"
     } else {
         ""
+    };
+    let hint = if s.code() == tonic::Code::DeadlineExceeded && hint.is_empty() {
+        " — the node did not answer in time (stopped, or overloaded); HEARTH_TIMEOUT_MS sets the deadline"
+    } else {
+        hint
     };
     anyhow::anyhow!("node {addr}: {} ({:?}){hint}", s.message(), s.code())
 }

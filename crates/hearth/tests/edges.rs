@@ -1,0 +1,291 @@
+//! Rough edges of the real binary (issue 13 items 9 and 11, issue 14 item 8): a closed pipe,
+//! a busy port, the dev banner, file modes, stop signals with a closed log pipe, and a client
+//! against a stopped (SIGSTOP) node. Every wait here is bounded and stops by itself.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn hearth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// Waits for `c` to exit, at most `within`; kills it (and fails) otherwise.
+fn wait_exit(c: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} did not end by itself within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(c: &Child, sig: i32) {
+    // SAFETY: sends a signal to a child this test started.
+    let r = unsafe { libc::kill(c.id() as i32, sig) };
+    assert_eq!(r, 0, "kill({}, {sig})", c.id());
+}
+
+/// One insecure hub as a real `hearth serve`.
+struct OneNode {
+    _dir: tempfile::TempDir,
+    addr: String,
+    child: Child,
+}
+
+impl OneNode {
+    fn start(stderr: Stdio) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = hearth()
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let n = OneNode {
+            _dir: dir,
+            addr,
+            child,
+        };
+        n.wait_ready();
+        n
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = hearth()
+                .args(["audit", "append", "--addr", &self.addr, "ready?"])
+                .env("HEARTH_TIMEOUT_MS", "2000")
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the node never took a write");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OneNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_client_commands_quietly() {
+    let node = OneNode::start(Stdio::null());
+    for args in [
+        vec!["cluster", "status"],
+        vec!["audit", "tail"],
+        vec!["audit", "export"],
+    ] {
+        // `hearth … | head -0`: the reader is gone before the command writes.
+        let mut c = hearth()
+            .args(&args)
+            .args(["--addr", &node.addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(c.stdout.take());
+        let status = wait_exit(&mut c, Duration::from_secs(30), "a client command");
+        let mut err = String::new();
+        c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            !err.contains("panicked"),
+            "`hearth {}` panicked on a closed pipe: {err}",
+            args.join(" ")
+        );
+        // Ended by SIGPIPE (as `cat` is) or successfully; never the panic exit code 101.
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.signal() == Some(libc::SIGPIPE) || status.success(),
+            "`hearth {}`: {status:?} {err}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn a_stopped_node_gets_a_deadline_and_is_named() {
+    let node = OneNode::start(Stdio::null());
+    signal(&node.child, libc::SIGSTOP);
+    let started = Instant::now();
+    let mut c = hearth()
+        .args(["audit", "tail", "--addr", &node.addr])
+        .env("HEARTH_TIMEOUT_MS", "1500")
+        .env("HEARTH_CONNECT_TIMEOUT_MS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: far longer than the deadline given, so only a missing deadline hits it.
+    let status = wait_exit(
+        &mut c,
+        Duration::from_secs(60),
+        "`audit tail` on a stopped node",
+    );
+    signal(&node.child, libc::SIGCONT);
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success(), "a stopped node answered? {err}");
+    assert!(
+        err.contains(&node.addr),
+        "the error does not name the node: {err}"
+    );
+    eprintln!("ended after {:?}: {err}", started.elapsed());
+}
+
+#[test]
+fn ctrl_c_with_a_closed_log_pipe_still_stops_gracefully() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // `hearth serve 2>&1 | tee log`, then Ctrl-C: tee is gone before the node logs its stop.
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut node = OneNode::start(Stdio::from(writer));
+        drop(reader);
+        signal(&node.child, sig);
+        let status = wait_exit(&mut node.child, Duration::from_secs(30), "hearth serve");
+        assert!(
+            status.success(),
+            "signal {sig}: the node did not stop gracefully: {status:?}"
+        );
+    }
+}
+
+fn modes_under(dir: &Path, bad: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    if m != 0o700 {
+        bad.push(format!("{} {m:o}", dir.display()));
+    }
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            modes_under(&e.path(), bad);
+        } else if t.is_file() {
+            let m = e.metadata().unwrap().permissions().mode() & 0o777;
+            if m & 0o077 != 0 {
+                bad.push(format!("{} {m:o}", e.path().display()));
+            }
+        }
+    }
+}
+
+#[test]
+fn hearth_dev_banner_modes_and_the_ca_key_apart() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("dev");
+    let port = free_port();
+    let mut c = hearth()
+        .args([
+            "dev",
+            "--topology",
+            "one",
+            "--base-port",
+            &port.to_string(),
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        banner.push_str(&l);
+        banner.push('\n');
+        if l.contains("registered") {
+            break;
+        }
+    }
+    assert!(
+        banner.contains(&format!("cluster status --addr 127.0.0.1:{port}")),
+        "the banner's commands do not name the port: {banner}"
+    );
+    // The CA key is not in the directory the nodes read.
+    assert!(dir.join("ca").join("ca.key").exists(), "{banner}");
+    assert!(
+        !dir.join("pki").join("ca.key").exists(),
+        "the CA key is among the nodes' files"
+    );
+    assert!(dir.join("pki").join("node-1.key").exists());
+    // The node's data directory, its state and its log are the user's only.
+    let mut bad = Vec::new();
+    modes_under(&dir.join("node1"), &mut bad);
+    {
+        // Certificates are public; the CA's folder and key are not.
+        use std::os::unix::fs::PermissionsExt;
+        for (p, want) in [
+            (dir.join("ca"), 0o700),
+            (dir.join("ca").join("ca.key"), 0o600),
+        ] {
+            let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            if m != want {
+                bad.push(format!("{} {m:o}", p.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "readable by others: {bad:?}");
+    signal(&c, libc::SIGINT);
+    let status = wait_exit(&mut c, Duration::from_secs(30), "hearth dev");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn hearth_dev_on_a_busy_port_says_so_and_leaves_nothing_behind() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = hearth()
+        .args(["dev", "--topology", "one", "--base-port", &port.to_string()])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut c, Duration::from_secs(30), "hearth dev on a busy port");
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(&port.to_string()) && err.contains("not free"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "hearth dev left {left:?} behind");
+}
