@@ -574,6 +574,85 @@ impl NodeConfig {
     }
 }
 
+/// `hearth serve --check-config FILE`: everything a start would refuse, found without
+/// starting: the file parses and validates, the TLS files exist, load and are this node's,
+/// the private key and tokens file are safe, the tokens file loads, and a data directory
+/// that exists is readable by its owner only. Returns the problems (empty: all good).
+pub fn check_config_file(path: &Path) -> Vec<String> {
+    let cfg = match NodeConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = cfg.security() {
+        problems.push(e.to_string());
+    }
+    if let Some(t) = &cfg.tls {
+        for (what, p) in [
+            ("tls.ca", &t.ca),
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+        ] {
+            if let Some(m) = writable_by_others(p) {
+                problems.push(format!(
+                    "{what} {} is writable by other users (mode {m:o}): chmod go-w {0}",
+                    p.display()
+                ));
+            }
+        }
+    }
+    if let Some(a) = &cfg.auth {
+        if let Err(e) = crate::auth::TokensFile::load(&a.tokens_file) {
+            problems.push(format!("auth.tokens_file: {e}"));
+        }
+        if let Some(m) = writable_by_others(&a.tokens_file) {
+            problems.push(format!(
+                "auth.tokens_file {} is writable by other users (mode {m:o}): anyone could add a \
+                 token; chmod go-w {0}",
+                a.tokens_file.display()
+            ));
+        }
+    }
+    if let Some(m) = writable_by_others(path) {
+        problems.push(format!(
+            "the config file {} is writable by other users (mode {m:o}): chmod go-w {0}",
+            path.display()
+        ));
+    }
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&cfg.data_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let m = meta.permissions().mode() & 0o777;
+        if !meta.is_dir() {
+            problems.push(format!(
+                "data_dir {} exists and is not a directory",
+                cfg.data_dir.display()
+            ));
+        } else if m & 0o077 != 0 {
+            problems.push(format!(
+                "data_dir {} is readable by other users (mode {m:o}): the node makes it 0700 at \
+                 start; chmod 700 {0} to be sure",
+                cfg.data_dir.display()
+            ));
+        }
+    }
+    problems
+}
+
+fn writable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (m & 0o022 != 0).then_some(m)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,8 +34,12 @@ pub struct Args {
 pub enum Command {
     /// Run one node from a config file.
     Serve {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "check_config")]
+        config: Option<PathBuf>,
+        /// Check FILE as a start would (fields, TLS files and their modes, tokens file, data
+        /// directory), print every problem, exit non-zero if there is one; start nothing.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        check_config: Option<PathBuf>,
     },
     /// Run a local cluster of two hubs and a witness on loopback (data in a temporary folder).
     Dev {
@@ -441,7 +445,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            check_config: Some(file),
+            ..
+        } => {
+            let problems = hearth_node::config::check_config_file(&file);
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            if problems.is_empty() {
+                println!("{}: OK", file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Serve { config, .. } => {
+            let config = config.context("--config FILE is required")?;
             let cfg = hearth_node::NodeConfig::load(&config)?;
             hearth_node::server::serve(cfg, stop_signal()).await?;
             Ok(ExitCode::SUCCESS)

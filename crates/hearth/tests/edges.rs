@@ -289,3 +289,48 @@ fn hearth_dev_on_a_busy_port_says_so_and_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "hearth dev left {left:?} behind");
 }
+
+#[test]
+fn every_shipped_example_passes_check_config_and_bad_files_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let out = hearth()
+        .args(["init-pki", "--dir"])
+        .arg(t.path().join("pki"))
+        .args(["--node", "1", "--node", "2", "--node", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    for name in ["pi.toml", "laptop.toml", "witness.toml"] {
+        let to = t.path().join(name);
+        std::fs::copy(root.join(name), &to).unwrap();
+        let out = hearth()
+            .args(["serve", "--check-config"])
+            .arg(&to)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A key others can read, and a missing certificate: refused, each named.
+    use std::os::unix::fs::PermissionsExt;
+    let key = t.path().join("pki").join("node-2.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::remove_file(t.path().join("pki").join("node-3.pem")).unwrap();
+    for (name, named) in [
+        ("laptop.toml", "node-2.key"),
+        ("witness.toml", "node-3.pem"),
+    ] {
+        let out = hearth()
+            .args(["serve", "--check-config"])
+            .arg(t.path().join(name))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(named), "{name}: {err}");
+    }
+}
