@@ -159,6 +159,7 @@ async fn idle_and_half_open_connections_are_closed_and_the_household_still_write
         max_connections: 32,
         handshake_timeout_ms: 500,
         idle_timeout_ms: 1500,
+        ..Default::default()
     };
     let mut node = OneNode::start(limits);
     node.wait_writable().await;

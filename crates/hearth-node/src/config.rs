@@ -42,6 +42,8 @@
 //! max_connections = 512     # at the cap the quietest connection is closed for a new one
 //! handshake_timeout_ms = 5000
 //! idle_timeout_ms = 60000   # nothing moved either way this long: closed
+//! emergency_max = 30        # emergency intents per source per window (they pass policies'
+//! emergency_window_secs = 60  # rate limits, not this; at most 3600 s)
 //!
 //! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
 //! heartbeat_ms = 150
@@ -191,6 +193,29 @@ pub struct LimitsSettings {
     /// A connection on which nothing moved for this long is closed.
     #[serde(default = "d_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// Emergency intents one source may send within `emergency_window_secs` (emergencies pass
+    /// the household's rate-limit policies; this bound is separate, high, and written into
+    /// each intent's entry by the leader).
+    #[serde(default = "d_emergency_max")]
+    pub emergency_max: u32,
+    #[serde(default = "d_emergency_window")]
+    pub emergency_window_secs: u32,
+}
+
+impl LimitsSettings {
+    pub fn emergency_limit(&self) -> hearth_core::policy::EmergencyLimit {
+        hearth_core::policy::EmergencyLimit {
+            max: self.emergency_max,
+            window_secs: self.emergency_window_secs,
+        }
+    }
+}
+
+fn d_emergency_max() -> u32 {
+    hearth_core::policy::DEFAULT_EMERGENCY_LIMIT.max
+}
+fn d_emergency_window() -> u32 {
+    hearth_core::policy::DEFAULT_EMERGENCY_LIMIT.window_secs
 }
 
 fn d_max_connections() -> usize {
@@ -209,6 +234,8 @@ impl Default for LimitsSettings {
             max_connections: d_max_connections(),
             handshake_timeout_ms: d_handshake_ms(),
             idle_timeout_ms: d_idle_ms(),
+            emergency_max: d_emergency_max(),
+            emergency_window_secs: d_emergency_window(),
         }
     }
 }
@@ -446,6 +473,12 @@ impl NodeConfig {
                 ));
             }
         }
+        self.limits.emergency_limit().validate().map_err(|e| {
+            invalid(
+                "limits.emergency_max / limits.emergency_window_secs",
+                e.to_string(),
+            )
+        })?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory"));
         }

@@ -1067,6 +1067,13 @@ impl Node {
             None => {}
         }
         let clock = Self::clock();
+        let emergency_limit = Some(self.config.limits.emergency_limit());
+        if let Some(why) = self
+            .sm
+            .with_domain(|d| d.emergency_limited(&intent, clock.now_ms, emergency_limit))?
+        {
+            return Err(NodeError::Refused(why));
+        }
         self.sm
             .with_domain(|d| d.plan(&intent, clock))?
             .map_err(NodeError::from)?;
@@ -1075,6 +1082,7 @@ impl Node {
                 intent,
                 at_ms: clock.now_ms,
                 minute_of_day: clock.minute_of_day,
+                emergency_limit,
             })
             .await?;
         match a.outcome {

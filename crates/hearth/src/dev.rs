@@ -31,7 +31,16 @@ impl Topology {
 /// Writes the three config files (two hubs and a witness), plain text (the benchmarks compare
 /// with an etcd without TLS), and returns their paths.
 pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>> {
-    write_topology(dir, base_port, Topology::Three, false)
+    let paths = write_topology(dir, base_port, Topology::Three, false)?;
+    // The benchmarks submit thousands of emergencies from one source: lift the bound on
+    // emergencies per source (30 a minute by default) for them.
+    for p in &paths {
+        let mut text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        text.push_str("\n[limits]\nemergency_max = 1000000\n");
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(paths)
 }
 
 /// Writes one config file per node of `topology` and returns their paths.

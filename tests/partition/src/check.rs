@@ -288,6 +288,7 @@ mod tests {
             },
             at_ms,
             minute_of_day: 0,
+            emergency_limit: None,
         }
     }
 
