@@ -168,7 +168,8 @@ impl Command {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
-    /// Address of any node's gRPC port.
+    /// Address of any node's gRPC port; several, comma-separated, to use the first that
+    /// answers.
     #[arg(long, env = "HEARTH_ADDR", default_value = "127.0.0.1:7101")]
     pub addr: String,
 }
@@ -658,6 +659,55 @@ impl tonic::service::Interceptor for Credentials {
 
 pub type ApiChannel = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
+/// `--addr` / `HEARTH_ADDR` may list several nodes (`pi.local:7101,laptop.local:7101`): the
+/// client uses the first that accepts a connection, so a command still works while one node
+/// is down. The choice is kept for the rest of the command.
+pub fn pick_node(addrs: &str) -> String {
+    static PICKED: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.len() <= 1 {
+        return list.first().copied().unwrap_or(addrs).to_string();
+    }
+    let mut g = PICKED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((from, to)) = &*g
+        && from == addrs
+    {
+        return to.clone();
+    }
+    let connect = env_ms("HEARTH_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    let reachable = list.iter().find(|a| {
+        use std::net::ToSocketAddrs;
+        a.to_socket_addrs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .any(|sa| std::net::TcpStream::connect_timeout(&sa, connect).is_ok())
+    });
+    let chosen = match reachable {
+        Some(a) => {
+            if *a != list[0] {
+                let _ = writeln_err(format_args!(
+                    "note: {} does not answer; using {a}",
+                    list[..list.iter().position(|x| x == a).unwrap_or(0)].join(", ")
+                ));
+            }
+            a.to_string()
+        }
+        None => list[0].to_string(),
+    };
+    *g = Some((addrs.to_string(), chosen.clone()));
+    chosen
+}
+
+fn writeln_err(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{args}")
+}
+
 /// How long a client waits to connect to a node (TCP and TLS), and for one answer.
 /// `HEARTH_CONNECT_TIMEOUT_MS` and `HEARTH_TIMEOUT_MS` change them.
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -704,6 +754,7 @@ fn client_endpoint(
 
 /// A channel to a node's public API: TLS against the cluster CA when one is set, with the token.
 pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
+    let addr = &pick_node(addr);
     let s = client();
     let ch = client_endpoint(addr, &s)
         .map(|e| e.connect_lazy())
@@ -731,6 +782,7 @@ pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
 }
 
 pub fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+    let addr = &pick_node(addr);
     let hint = if client().ca_pem.is_none() && s.message().contains("h2 protocol error") {
         " — the node probably speaks TLS: pass --ca pki/ca.pem or set HEARTH_CA"
     } else {

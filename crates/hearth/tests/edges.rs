@@ -334,3 +334,156 @@ fn every_shipped_example_passes_check_config_and_bad_files_are_named() {
         assert!(err.contains(named), "{name}: {err}");
     }
 }
+
+/// Two hubs as real processes (no witness: once the leader dies, no new one can be elected,
+/// so what the follower says is deterministic).
+fn two_hubs(dir: &Path) -> (Vec<String>, Vec<Child>) {
+    let addrs: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut children = Vec::new();
+    for id in 1..=2usize {
+        let peer = 3 - id;
+        let text = format!(
+            "insecure = true\nnode_id = {id}\nrole = \"hub\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\
+             [[peers]]\nid = {peer}\naddr = \"{}\"\nrole = \"hub\"\n\
+             [timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n",
+            addrs[id - 1],
+            dir.join(format!("node{id}")).display(),
+            id == 1,
+            addrs[peer - 1],
+        );
+        let cfg = dir.join(format!("node{id}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        children.push(
+            hearth()
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    (addrs, children)
+}
+
+fn leader_of(addr: &str) -> Option<String> {
+    let out = hearth()
+        .args(["cluster", "status", "--addr", addr])
+        .env("HEARTH_TIMEOUT_MS", "2000")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find(|l| l.contains("Leader"))
+        .map(|l| l.to_string())
+}
+
+#[test]
+fn a_dead_leader_is_named_and_the_cli_uses_a_node_that_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let (addrs, mut children) = two_hubs(t.path());
+    // Both hubs take writes through the leader (node 1 bootstraps and leads).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = addrs.iter().all(|a| {
+            hearth()
+                .args(["audit", "append", "--addr", a, "ready?"])
+                .env("HEARTH_TIMEOUT_MS", "2000")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if ok && leader_of(&addrs[0]).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (leader, follower) = match leader_of(&addrs[0]) {
+        Some(l) if l.contains(&addrs[1]) && !l.contains(&addrs[0]) => (1, 0),
+        _ => (0, 1),
+    };
+    let _ = children[leader].kill();
+    let _ = children[leader].wait();
+    // A write through the follower, right after: it forwards to a leader that is gone.
+    let out = hearth()
+        .args([
+            "audit",
+            "append",
+            "--addr",
+            &addrs[follower],
+            "after the crash",
+        ])
+        .env("HEARTH_TIMEOUT_MS", "10000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a write without a quorum succeeded");
+    eprintln!("the follower said: {err}");
+    assert!(
+        err.contains(&addrs[leader]) || err.contains("electing a leader"),
+        "the error neither names the dead leader {} nor says an election is under way: {err}",
+        addrs[leader]
+    );
+    // Then, while an election could still succeed: "electing a leader, retry in N ms"; once it
+    // plainly cannot (longer than a few election timeouts): NO_QUORUM with who answers.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = hearth()
+            .args(["audit", "append", "--addr", &addrs[follower], "again"])
+            .env("HEARTH_TIMEOUT_MS", "10000")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let kind = if err.contains("electing a leader, retry in") {
+            "electing"
+        } else if err.contains("peers not answering") {
+            "no quorum"
+        } else {
+            "forward failed"
+        };
+        if seen.last() != Some(&kind) {
+            seen.push(kind);
+        }
+        if kind == "no quorum" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reported no quorum: {seen:?} {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen.contains(&"electing"),
+        "an election in progress was never reported as such: {seen:?}"
+    );
+    // With both addresses listed, the CLI uses the one that answers.
+    let out = hearth()
+        .args([
+            "cluster",
+            "status",
+            "--addr",
+            &format!("{},{}", addrs[leader], addrs[follower]),
+        ])
+        .env("HEARTH_TIMEOUT_MS", "5000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains(&format!("using {}", addrs[follower])),
+        "the CLI did not move on to the node that answers: {err}"
+    );
+    assert!(
+        text.contains(&addrs[follower]),
+        "no status from the follower: {text} {err}"
+    );
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
