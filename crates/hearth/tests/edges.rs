@@ -50,17 +50,30 @@ struct OneNode {
 
 impl OneNode {
     fn start(stderr: Stdio) -> Self {
+        Self::start_with(stderr, false)
+    }
+
+    /// With `tls`: mutual TLS and tokens from `hearth init-pki` (clients need `client_env`).
+    fn start_with(stderr: Stdio, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let cfg = dir.path().join("node.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "node_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n",
+            dir.path().join("data").display()
+        );
+        if tls {
+            let out = hearth()
+                .args(["init-pki", "--node", "1", "--dir"])
+                .arg(dir.path().join("pki"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            text.push_str("[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-1.pem\"\nkey = \"pki/node-1.key\"\n[auth]\ntokens_file = \"pki/tokens.toml\"\n");
+        } else {
+            text.insert_str(0, "insecure = true\n");
+        }
+        std::fs::write(&cfg, text).unwrap();
         let child = hearth()
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -78,12 +91,27 @@ impl OneNode {
         n
     }
 
+    fn client_env(&self) -> Vec<(String, String)> {
+        let pki = self._dir.path().join("pki");
+        if !pki.exists() {
+            return vec![];
+        }
+        vec![
+            ("HEARTH_CA".into(), pki.join("ca.pem").display().to_string()),
+            (
+                "HEARTH_TOKEN_FILE".into(),
+                pki.join("admin.token").display().to_string(),
+            ),
+        ]
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = hearth()
                 .args(["audit", "append", "--addr", &self.addr, "ready?"])
                 .env("HEARTH_TIMEOUT_MS", "2000")
+                .envs(self.client_env())
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -139,11 +167,14 @@ fn a_closed_pipe_ends_client_commands_quietly() {
 
 #[test]
 fn a_stopped_node_gets_a_deadline_and_is_named() {
-    let node = OneNode::start(Stdio::null());
+    // Over TLS (as a household runs it): the kernel still accepts the connection of a stopped
+    // node, and the handshake never finishes.
+    let node = OneNode::start_with(Stdio::null(), true);
     signal(&node.child, libc::SIGSTOP);
     let started = Instant::now();
     let mut c = hearth()
         .args(["audit", "tail", "--addr", &node.addr])
+        .envs(node.client_env())
         .env("HEARTH_TIMEOUT_MS", "1500")
         .env("HEARTH_CONNECT_TIMEOUT_MS", "1000")
         .stdout(Stdio::null())
