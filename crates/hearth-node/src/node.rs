@@ -808,7 +808,9 @@ impl Node {
         let silent = self.handler.last_leader_contact().elapsed();
         let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
         let leaderless = m.current_leader.is_none() || why.contains("has not heard");
+        // A peer that refuses this node for good is no ordinary election: say so instead.
         if leaderless
+            && refused.is_empty()
             && let hearth_core::election::Leaderless::Electing { retry_ms } =
                 hearth_core::election::leaderless(
                     silent_ms,

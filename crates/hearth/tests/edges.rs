@@ -518,3 +518,87 @@ fn a_dead_leader_is_named_and_the_cli_uses_a_node_that_answers() {
         let _ = c.wait();
     }
 }
+
+#[test]
+fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let roles = ["hub", "hub", "witness"];
+    let mut children = Vec::new();
+    for id in 1..=3usize {
+        let mut text = format!(
+            "insecure = true\nnode_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
+            roles[id - 1],
+            addrs[id - 1],
+            dir.join(format!("node{id}")).display(),
+            id == 1,
+        );
+        for p in (1..=3usize).filter(|p| *p != id) {
+            text.push_str(&format!(
+                "[[peers]]\nid = {p}\naddr = \"{}\"\nrole = \"{}\"\n",
+                addrs[p - 1],
+                roles[p - 1]
+            ));
+        }
+        text.push_str("[timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n");
+        let cfg = dir.join(format!("node{id}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+        children.push(
+            hearth()
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                // The shipped default filter, as a household runs it.
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hearth()
+        .args(["audit", "append", "--addr", &addrs[0], "ready?"])
+        .env("HEARTH_TIMEOUT_MS", "2000")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The witness goes away; the hubs keep their quorum and keep sending it heartbeats.
+    let _ = children[2].kill();
+    let _ = children[2].wait();
+    let warns = || {
+        (1..=2)
+            .map(|id| {
+                std::fs::read_to_string(dir.join(format!("node{id}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("WARN"))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    // 60 heartbeat intervals (3 s at 50 ms) with the peer down, counted after the first second.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = warns();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = warns() - before;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let log = std::fs::read_to_string(dir.join("node1.log")).unwrap_or_default();
+    assert!(
+        during <= 2,
+        "{during} WARN lines in 3 s for one peer that is down:\n{log}"
+    );
+    assert!(
+        log.contains("peer 3 at") && log.contains("unreachable since"),
+        "the peer being down is not said once: {log}"
+    );
+}
