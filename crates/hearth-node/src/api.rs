@@ -188,13 +188,29 @@ fn to_leader<T>(
     addr: &str,
     msg: T,
 ) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
+    // Membership changes wait for a learner to catch up: a long deadline.
+    to_leader_within(node, addr, Duration::from_secs(120), msg)
+}
+
+/// A plain write forwarded to the leader waits a little longer than the leader's own write
+/// timeout, so a stopped leader is named by this node before the client's deadline.
+fn short_forward(node: &Node) -> Duration {
+    Duration::from_millis(node.config().timing.write_timeout_ms) + Duration::from_secs(3)
+}
+
+fn to_leader_within<T>(
+    node: &Node,
+    addr: &str,
+    timeout: Duration,
+    msg: T,
+) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
     let channel = hearth_cluster::grpc::shared_channel(addr, node.security())
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     crate::auth::forward_credentials(&mut req);
-    req.set_timeout(Duration::from_secs(120));
+    req.set_timeout(timeout);
     Ok((ClusterClient::new(channel), req))
 }
 
@@ -280,8 +296,12 @@ impl Cluster for Api {
                     leader,
                     "forwarding a write to the leader"
                 );
-                let (mut c, req) =
-                    to_leader(&self.node, &addr, pb::AppendTestRecordRequest { text })?;
+                let (mut c, req) = to_leader_within(
+                    &self.node,
+                    &addr,
+                    short_forward(&self.node),
+                    pb::AppendTestRecordRequest { text },
+                )?;
                 c.append_test_record(req)
                     .await
                     .map_err(|s| leader_failed(&addr, s))
@@ -444,7 +464,8 @@ impl Cluster for Api {
                 leader: self.node.id,
             })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&self.node, &addr, r)?;
+                let (mut c, req) =
+                    to_leader_within(&self.node, &addr, short_forward(&self.node), r)?;
                 c.record_act(req).await.map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),

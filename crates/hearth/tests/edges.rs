@@ -602,3 +602,62 @@ fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
         "the peer being down is not said once: {log}"
     );
 }
+
+#[test]
+fn a_stopped_leader_is_named_by_the_follower_before_the_clients_deadline() {
+    let t = tempfile::tempdir().unwrap();
+    let (addrs, mut children) = two_hubs(t.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !addrs.iter().all(|a| {
+        hearth()
+            .args(["audit", "append", "--addr", a, "ready?"])
+            .env("HEARTH_TIMEOUT_MS", "2000")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) {
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (leader, follower) = match leader_of(&addrs[0]) {
+        Some(l) if l.contains(&addrs[1]) && !l.contains(&addrs[0]) => (1, 0),
+        _ => (0, 1),
+    };
+    signal(&children[leader], libc::SIGSTOP);
+    let mut c = hearth()
+        .args([
+            "audit",
+            "append",
+            "--addr",
+            &addrs[follower],
+            "leader stopped",
+        ])
+        .env("HEARTH_TIMEOUT_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(
+        &mut c,
+        Duration::from_secs(60),
+        "a write through the follower",
+    );
+    signal(&children[leader], libc::SIGCONT);
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    for ch in &mut children {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    assert!(!status.success(), "{err}");
+    // The follower answers (before the client's own deadline) and names the leader, or says
+    // an election is under way; it does not leave the client to time out on the follower.
+    assert!(
+        err.contains(&addrs[leader]) || err.contains("electing a leader"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DeadlineExceeded)"),
+        "the client's deadline fired: {err}"
+    );
+    eprintln!("the follower said: {err}");
+}
