@@ -137,6 +137,17 @@ fn a_closed_pipe_ends_client_commands_quietly() {
         vec!["cluster", "status"],
         vec!["audit", "tail"],
         vec!["audit", "export"],
+        vec!["policy", "show"],
+        vec!["device", "list"],
+        vec![
+            "intent",
+            "send",
+            "ensure_safety",
+            "--urgency",
+            "emergency",
+            "--location",
+            "home",
+        ],
     ] {
         // `hearth … | head -0`: the reader is gone before the command writes.
         let mut c = hearth()
