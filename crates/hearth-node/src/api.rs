@@ -34,6 +34,10 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Plan(_) => Status::invalid_argument(msg),
         NodeError::KeyConflict(_) => Status::already_exists(msg),
+        // The bound on emergencies per source is a rate limit like the policies' ones.
+        NodeError::Refused(m) if m.starts_with("emergency rate limit") => {
+            Status::resource_exhausted(msg)
+        }
         NodeError::Refused(_) => Status::failed_precondition(msg),
         NodeError::Forbidden(_) => Status::permission_denied(msg),
         NodeError::Discarded => Status::aborted(msg),
