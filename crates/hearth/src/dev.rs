@@ -91,6 +91,14 @@ fn node_pki(dir: &Path, ids: &[u64]) -> anyhow::Result<()> {
     hearth_node::pki::init_pki(&ca, ids, false)?;
     let pki = dir.join("pki");
     hearth_node::pki::create_private_dir(&pki)?;
+    if pki.join("ca.key").exists() {
+        tracing::warn!(
+            "{} holds a CA key from an older `hearth dev`: this folder's nodes no longer use \
+             it (their CA is in {}); move it off the nodes' folder",
+            pki.join("ca.key").display(),
+            ca.display()
+        );
+    }
     let mut files = vec!["ca.pem".to_string()];
     for id in ids {
         files.push(format!("node-{id}.pem"));
