@@ -14,6 +14,8 @@ use hearth_proto::raft::RaftBytes;
 use hearth_proto::raft::raft_client::RaftClient;
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
+use hearth_proto::v1::devices_client::DevicesClient;
+use hearth_proto::v1::intents_client::IntentsClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -159,6 +161,7 @@ async fn idle_and_half_open_connections_are_closed_and_the_household_still_write
         max_connections: 32,
         handshake_timeout_ms: 500,
         idle_timeout_ms: 1500,
+        ..Default::default()
     };
     let mut node = OneNode::start(limits);
     node.wait_writable().await;
@@ -301,5 +304,74 @@ async fn a_large_raft_message_without_a_node_certificate_is_refused_unread() {
     node.write("after")
         .await
         .expect("a write after the refused message");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emergencies_from_one_source_are_bounded_over_the_api() {
+    hearth_tests::init_tracing();
+    let mut node = OneNode::start(LimitsSettings {
+        emergency_max: 3,
+        emergency_window_secs: 3600,
+        ..Default::default()
+    });
+    node.wait_writable().await;
+    fn auth<T>(admin: &str, mut r: tonic::Request<T>) -> tonic::Request<T> {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        r
+    }
+    DevicesClient::new(node.channel(&node.addr))
+        .register(auth(
+            &node.admin,
+            tonic::Request::new(pb::DeviceManifest {
+                id: "siren".into(),
+                name: "Siren".into(),
+                location: "home".into(),
+                actuators: [(
+                    "siren".to_string(),
+                    pb::StateList {
+                        states: vec!["on".into(), "off".into()],
+                    },
+                )]
+                .into(),
+                emergency_capable: true,
+                adapter_kind: "sim".into(),
+                adapter_target: "local:limits-test".into(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect("register the siren");
+    let send = |n: u32| {
+        let req = auth(
+            &node.admin,
+            tonic::Request::new(pb::SubmitIntentRequest {
+                class: "ensure_safety".into(),
+                urgency: "emergency".into(),
+                location: "home".into(),
+                idempotency_key: format!("flood-{n}"),
+                ..Default::default()
+            }),
+        );
+        let ch = node.channel(&node.addr);
+        async move { IntentsClient::new(ch).submit(req).await }
+    };
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for n in 0..10 {
+        match send(n).await {
+            Ok(_) => accepted += 1,
+            Err(s) => refused.push(s),
+        }
+    }
+    assert_eq!(accepted, 3, "{refused:?}");
+    assert_eq!(refused.len(), 7);
+    for s in &refused {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("emergency rate limit"), "{s:?}");
+    }
+    // The household's other writes go on.
+    node.write("after the flood").await.expect("a write");
     node.stop().await;
 }

@@ -98,6 +98,60 @@ pub fn shared_channel(addr: &str, security: &Security) -> Result<Channel, tonic:
     Ok(c)
 }
 
+/// One line a minute per peer that cannot be reached, instead of openraft's warning on every
+/// heartbeat and append (its replication warnings are filtered out by default).
+mod reach {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    const EVERY: Duration = Duration::from_secs(60);
+
+    struct Down {
+        since: Instant,
+        logged: Instant,
+        failures: u64,
+    }
+
+    fn book() -> &'static Mutex<HashMap<(u64, u64), Down>> {
+        static B: OnceLock<Mutex<HashMap<(u64, u64), Down>>> = OnceLock::new();
+        B.get_or_init(Mutex::default)
+    }
+
+    pub fn unreachable(from: u64, target: u64, addr: &str, why: &str) {
+        let mut g = book().lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let d = g.entry((from, target)).or_insert_with(|| Down {
+            since: now,
+            logged: now - EVERY,
+            failures: 0,
+        });
+        d.failures += 1;
+        if now.duration_since(d.logged) >= EVERY {
+            d.logged = now;
+            tracing::warn!(
+                node = from,
+                peer = target,
+                "peer {target} at {addr} unreachable since {}s ago ({} failed calls): {why}",
+                now.duration_since(d.since).as_secs(),
+                d.failures
+            );
+        }
+    }
+
+    pub fn reachable(from: u64, target: u64) {
+        let mut g = book().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = g.remove(&(from, target)) {
+            tracing::info!(
+                node = from,
+                peer = target,
+                "peer {target} reachable again after {}s",
+                d.since.elapsed().as_secs()
+            );
+        }
+    }
+}
+
 /// Creates Raft clients for one node; caches one channel per peer address.
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
@@ -192,13 +246,17 @@ impl GrpcPeer {
             Method::Transfer => client.transfer_leader(request).await,
         };
         let reply = match res {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                reach::reachable(self.from, self.target);
+                r.into_inner()
+            }
             Err(s)
                 if matches!(
                     s.code(),
                     Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
                 ) =>
             {
+                reach::unreachable(self.from, self.target, &self.addr, s.message());
                 return Err(unreachable(format!(
                     "{method:?} to node {} at {}: {}",
                     self.target,

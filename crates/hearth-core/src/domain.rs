@@ -71,6 +71,10 @@ pub enum Command {
         /// token name). Absent in entries older than it: their keys were global.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_scope: Option<String>,
+        /// The bound on emergencies per source the leader applied (absent in older entries:
+        /// none then, so a replay gives the same state).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        emergency_limit: Option<crate::policy::EmergencyLimit>,
     },
     /// A person approves an intent that waits for confirmation. `at_ms`: the leader's stamp
     /// (absent in older entries); the intent's deadline runs from then.
@@ -423,6 +427,20 @@ impl DomainState {
             .filter(|r| r.intent.source == intent.source)
     }
 
+    /// Why an emergency intent is refused by `limit` (the bound on emergencies per source),
+    /// or `None` (not an emergency, no limit, or within it).
+    pub fn emergency_limited(
+        &self,
+        intent: &Intent,
+        at_ms: u64,
+        limit: Option<crate::policy::EmergencyLimit>,
+    ) -> Option<String> {
+        if intent.urgency != crate::intent::Urgency::Emergency {
+            return None;
+        }
+        limit?.refuses(&self.rates, &intent.source, at_ms)
+    }
+
     /// Plans without changing anything (explain, and the leader's check before proposing).
     pub fn plan(&self, intent: &Intent, clock: Clock) -> Result<Plan, PlanError> {
         resolve(&self.world(), intent, clock)
@@ -514,6 +532,7 @@ impl DomainState {
                 minute_of_day,
                 deadline_ms,
                 key_scope,
+                emergency_limit,
             } => {
                 // Chain time never runs backwards: an entry stamped earlier than the chain's
                 // time is planned (rate windows, quiet hours) at the chain's time.
@@ -538,6 +557,9 @@ impl DomainState {
                     now_ms: now,
                     minute_of_day,
                 };
+                if let Some(why) = self.emergency_limited(intent, now, *emergency_limit) {
+                    return Outcome::Refused { reason: why };
+                }
                 // Entries from before scoped keys were decided under the rules of their time.
                 let rules = if key_scope.is_some() {
                     Rules::Current
@@ -570,6 +592,9 @@ impl DomainState {
                     now,
                     RATE_MEMORY_SECS,
                 );
+                if intent.urgency == crate::intent::Urgency::Emergency {
+                    self.rates.record_emergency(&intent.source, now);
+                }
                 let status = if plan.nothing_to_do.is_some() {
                     IntentStatus::NoAction
                 } else if plan.needs_confirmation && !plan.partly_held() {
@@ -860,7 +885,75 @@ mod tests {
             minute_of_day: 600,
             deadline_ms: None,
             key_scope: None,
+            emergency_limit: None,
         }
+    }
+
+    #[test]
+    fn emergencies_from_one_source_are_bounded_and_forgotten() {
+        use crate::policy::{DEFAULT_EMERGENCY_LIMIT, MAX_EMERGENCY_WINDOW_SECS};
+        let flood = |limit: Option<crate::policy::EmergencyLimit>| {
+            let mut s = DomainState::default();
+            s.apply(
+                &Command::RegisterDevice {
+                    device: siren(),
+                    by: None,
+                },
+                at(1),
+            );
+            // The flood: 2,000 emergency intents from one agent in 57 s.
+            let mut accepted = 0;
+            for n in 0..2000u64 {
+                let cmd = Command::SubmitIntent {
+                    intent: intent(&format!("k{n}"), "smoke"),
+                    at_ms: 1_000_000 + n * 57_000 / 2000,
+                    minute_of_day: 600,
+                    emergency_limit: limit,
+                };
+                if matches!(s.apply(&cmd, at(2 + n)), Outcome::Accepted { .. }) {
+                    accepted += 1;
+                }
+            }
+            (s, accepted)
+        };
+        // An entry from before the bound (no limit written in it) replays as it was.
+        assert_eq!(flood(None).1, 2000);
+        let (mut s, accepted) = flood(Some(DEFAULT_EMERGENCY_LIMIT));
+        assert_eq!(accepted, DEFAULT_EMERGENCY_LIMIT.max as usize);
+        // The refusal says why; another source's emergency still goes through.
+        let mut other = intent("other-1", "smoke");
+        other.source = "smoke-detector".into();
+        let limit = Some(DEFAULT_EMERGENCY_LIMIT);
+        assert!(
+            s.emergency_limited(&intent("k-next", "smoke"), 1_057_000, limit)
+                .is_some_and(|w| w.contains("emergency rate limit") && w.contains("agent"))
+        );
+        assert_eq!(s.emergency_limited(&other, 1_057_000, limit), None);
+        // Once the window passed, the agent may send emergencies again …
+        let later = 1_000_000 + u64::from(DEFAULT_EMERGENCY_LIMIT.window_secs) * 1000 + 1;
+        assert_eq!(
+            s.emergency_limited(&intent("k-later", "smoke"), later, limit),
+            None
+        );
+        // … and what is older than the longest window is pruned from the state.
+        let much_later = 1_000_000 + u64::from(MAX_EMERGENCY_WINDOW_SECS) * 1000 + 60_000;
+        let out = s.apply(
+            &Command::SubmitIntent {
+                intent: other,
+                at_ms: much_later,
+                minute_of_day: 600,
+                emergency_limit: limit,
+            },
+            at(5000),
+        );
+        assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
+        assert_eq!(s.rates.emergencies_by_source.get("agent"), None);
+        assert_eq!(s.rates.emergencies_by_source["smoke-detector"].len(), 1);
+        // A state written before the field existed still loads.
+        let mut old = serde_json::to_value(&s.rates).unwrap();
+        old.as_object_mut().unwrap().remove("emergencies_by_source");
+        let loaded: RateWindows = serde_json::from_value(old).unwrap();
+        assert!(loaded.emergencies_by_source.is_empty());
     }
 
     #[test]

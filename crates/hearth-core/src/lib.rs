@@ -10,6 +10,7 @@ pub mod clock;
 pub mod crosscheck;
 pub mod datadir;
 pub mod domain;
+pub mod election;
 pub mod export;
 pub mod intent;
 pub mod policy;

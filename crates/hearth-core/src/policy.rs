@@ -163,6 +163,59 @@ pub struct RateWindows {
     /// (`clock::effective`). 0 in states older than it.
     #[serde(default)]
     pub chain_ms: u64,
+    /// Accepted emergencies per source (they pass every other rate limit); kept only for
+    /// [`MAX_EMERGENCY_WINDOW_SECS`]. Absent in states written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub emergencies_by_source: BTreeMap<String, Vec<u64>>,
+}
+
+/// How many emergencies one source may send within a window. Emergencies bypass the
+/// household's source limits, so this bound is separate and high; the leader writes the limit
+/// it applies into each intent's entry (replaying an older entry, without one, applies none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyLimit {
+    pub max: u32,
+    pub window_secs: u32,
+}
+
+/// The default: a real emergency sends a few intents, not one every two seconds for a minute.
+pub const DEFAULT_EMERGENCY_LIMIT: EmergencyLimit = EmergencyLimit {
+    max: 30,
+    window_secs: 60,
+};
+
+/// The longest emergency window that can be configured (and how long emergencies are kept).
+pub const MAX_EMERGENCY_WINDOW_SECS: u32 = 3600;
+
+impl EmergencyLimit {
+    /// Checks a configured limit.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.max == 0 || self.window_secs == 0 || self.window_secs > MAX_EMERGENCY_WINDOW_SECS {
+            return Err(FieldError::new(
+                "emergency limit",
+                format!(
+                    "max must be above zero and window_secs within 1..={MAX_EMERGENCY_WINDOW_SECS}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why an emergency from `source` at `now_ms` is refused, or `None`.
+    pub fn refuses(&self, rates: &RateWindows, source: &str, now_ms: u64) -> Option<String> {
+        let n = count(
+            rates.emergencies_by_source.get(source),
+            now_ms,
+            self.window_secs,
+        );
+        (n >= self.max as usize).then(|| {
+            format!(
+                "emergency rate limit: source {source:?} already sent {n} emergency intents in the \
+                 last {} s (max {}); emergencies pass the household's other limits, not this one",
+                self.window_secs, self.max
+            )
+        })
+    }
 }
 
 impl RateWindows {
@@ -197,6 +250,24 @@ impl RateWindows {
             m.values_mut().for_each(|v| v.retain(|t| *t >= horizon));
             m.retain(|_, v| !v.is_empty());
         }
+        self.prune_emergencies(now_ms);
+    }
+
+    /// Records an accepted emergency of `source` (besides [`RateWindows::record`]).
+    pub fn record_emergency(&mut self, source: &str, now_ms: u64) {
+        self.emergencies_by_source
+            .entry(source.to_string())
+            .or_default()
+            .push(now_ms);
+        self.prune_emergencies(now_ms);
+    }
+
+    /// Forgets emergencies older than the longest window a limit can have.
+    fn prune_emergencies(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(u64::from(MAX_EMERGENCY_WINDOW_SECS) * 1000);
+        let m = &mut self.emergencies_by_source;
+        m.values_mut().for_each(|v| v.retain(|t| *t >= horizon));
+        m.retain(|_, v| !v.is_empty());
     }
 }
 

@@ -34,6 +34,10 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Plan(_) => Status::invalid_argument(msg),
         NodeError::KeyConflict(_) => Status::already_exists(msg),
+        // The bound on emergencies per source is a rate limit like the policies' ones.
+        NodeError::Refused(m) if m.starts_with("emergency rate limit") => {
+            Status::resource_exhausted(msg)
+        }
         NodeError::Refused(_) => Status::failed_precondition(msg),
         NodeError::Forbidden(_) => Status::permission_denied(msg),
         NodeError::Discarded => Status::aborted(msg),
@@ -225,14 +229,50 @@ fn to_leader<T>(
     addr: &str,
     msg: T,
 ) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
+    // Membership changes wait for a learner to catch up: a long deadline.
+    to_leader_within(node, addr, Duration::from_secs(120), msg)
+}
+
+/// A plain write forwarded to the leader waits a little longer than the leader's own write
+/// timeout, so a stopped leader is named by this node before the client's deadline.
+fn short_forward(node: &Node) -> Duration {
+    Duration::from_millis(node.config().timing.write_timeout_ms) + Duration::from_secs(3)
+}
+
+fn to_leader_within<T>(
+    node: &Node,
+    addr: &str,
+    timeout: Duration,
+    msg: T,
+) -> Result<(ClusterClient<tonic::transport::Channel>, Request<T>), Status> {
     let channel = hearth_cluster::grpc::shared_channel(addr, node.security())
         .map_err(|e| Status::unavailable(format!("leader address {addr:?}: {e}")))?;
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     crate::auth::forward_credentials(&mut req);
-    req.set_timeout(Duration::from_secs(120));
+    req.set_timeout(timeout);
     Ok((ClusterClient::new(channel), req))
+}
+
+/// A forward that did not reach the leader names the leader, not this node: the client sees
+/// "the leader at ADDR did not answer" instead of a transport error it would pin on the node
+/// it called. The leader's own answers pass through unchanged.
+fn leader_failed(addr: &str, s: Status) -> Status {
+    let transport = matches!(
+        s.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) || (s.code() == tonic::Code::Unavailable
+        && !s.message().starts_with("NO_QUORUM"));
+    if !transport {
+        return s;
+    }
+    Status::unavailable(format!(
+        "NO_QUORUM: this node forwarded the request to the leader at {addr}, which did not \
+         answer ({}); nothing is known to have run there. Retry in a few seconds (a new leader \
+         is elected if it is gone)",
+        s.message()
+    ))
 }
 
 fn parse_role(role: &str) -> Result<Role, Status> {
@@ -297,9 +337,15 @@ impl Cluster for Api {
                     leader,
                     "forwarding a write to the leader"
                 );
-                let (mut c, req) =
-                    to_leader(&self.node, &addr, pb::AppendTestRecordRequest { text })?;
-                c.append_test_record(req).await
+                let (mut c, req) = to_leader_within(
+                    &self.node,
+                    &addr,
+                    short_forward(&self.node),
+                    pb::AppendTestRecordRequest { text },
+                )?;
+                c.append_test_record(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -321,7 +367,7 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.add_member(req).await
+                c.add_member(req).await.map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -342,7 +388,9 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.remove_member(req).await
+                c.remove_member(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -371,7 +419,9 @@ impl Cluster for Api {
             Ok(x) => Ok(membership_reply(x)),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.replace_member(req).await
+                c.replace_member(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -392,7 +442,9 @@ impl Cluster for Api {
             Ok((leader, term)) => Ok(Response::new(pb::TransferLeaderResponse { leader, term })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
                 let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.transfer_leader(req).await
+                c.transfer_leader(req)
+                    .await
+                    .map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }
@@ -458,8 +510,9 @@ impl Cluster for Api {
                 leader: self.node.id,
             })),
             Err(NodeError::NotLeader { addr, .. }) if !forwarded => {
-                let (mut c, req) = to_leader(&self.node, &addr, r)?;
-                c.record_act(req).await
+                let (mut c, req) =
+                    to_leader_within(&self.node, &addr, short_forward(&self.node), r)?;
+                c.record_act(req).await.map_err(|s| leader_failed(&addr, s))
             }
             Err(e) => Err(to_status(e)),
         }

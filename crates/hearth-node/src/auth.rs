@@ -446,6 +446,7 @@ impl Authenticator {
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
     node_certificates: bool,
+    connections: Option<Arc<crate::conn::Registry>>,
 }
 
 impl AuthLayer {
@@ -453,7 +454,15 @@ impl AuthLayer {
         Self {
             auth,
             node_certificates: false,
+            connections: None,
         }
+    }
+
+    /// A call with a valid token marks its connection in `registry` as proven (kept when
+    /// room must be made for new connections).
+    pub fn proving(mut self, registry: Arc<crate::conn::Registry>) -> Self {
+        self.connections = Some(registry);
+        self
     }
 
     /// With TLS on: a Raft call from a connection without a client certificate is refused
@@ -486,6 +495,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             auth: self.auth.clone(),
             node_certificates: self.node_certificates,
+            connections: self.connections.clone(),
         }
     }
 }
@@ -495,6 +505,16 @@ pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
     node_certificates: bool,
+    connections: Option<Arc<crate::conn::Registry>>,
+}
+
+fn remote_addr<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .map(|i| i.get_ref())
+        .or_else(|| req.extensions().get::<TcpConnectInfo>())
+        .and_then(|i| i.remote_addr())
 }
 
 type BoxFut<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -544,7 +564,14 @@ where
         );
         match decision {
             Ok(None) => Box::pin(self.inner.call(req)),
-            Ok(Some(p)) => Box::pin(CURRENT.scope(p, self.inner.call(req))),
+            Ok(Some(p)) => {
+                if p.role.is_some()
+                    && let (Some(reg), Some(addr)) = (&self.connections, remote_addr(&req))
+                {
+                    reg.prove(addr);
+                }
+                Box::pin(CURRENT.scope(p, self.inner.call(req)))
+            }
             Err(status) => {
                 tracing::warn!(path = %req.uri().path(), code = ?status.code(), "refused: {}", status.message());
                 Box::pin(async move { Ok(status.into_http()) })

@@ -51,6 +51,8 @@
 //! max_connections = 512     # at the cap the quietest connection is closed for a new one
 //! handshake_timeout_ms = 5000
 //! idle_timeout_ms = 60000   # nothing moved either way this long: closed
+//! emergency_max = 30        # emergency intents per source per window (they pass policies'
+//! emergency_window_secs = 60  # rate limits, not this; at most 3600 s)
 //!
 //! [timing]                  # optional; defaults suit home Wi-Fi (see hearth_cluster::settings)
 //! heartbeat_ms = 150
@@ -200,6 +202,29 @@ pub struct LimitsSettings {
     /// A connection on which nothing moved for this long is closed.
     #[serde(default = "d_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// Emergency intents one source may send within `emergency_window_secs` (emergencies pass
+    /// the household's rate-limit policies; this bound is separate, high, and written into
+    /// each intent's entry by the leader).
+    #[serde(default = "d_emergency_max")]
+    pub emergency_max: u32,
+    #[serde(default = "d_emergency_window")]
+    pub emergency_window_secs: u32,
+}
+
+impl LimitsSettings {
+    pub fn emergency_limit(&self) -> hearth_core::policy::EmergencyLimit {
+        hearth_core::policy::EmergencyLimit {
+            max: self.emergency_max,
+            window_secs: self.emergency_window_secs,
+        }
+    }
+}
+
+fn d_emergency_max() -> u32 {
+    hearth_core::policy::DEFAULT_EMERGENCY_LIMIT.max
+}
+fn d_emergency_window() -> u32 {
+    hearth_core::policy::DEFAULT_EMERGENCY_LIMIT.window_secs
 }
 
 fn d_max_connections() -> usize {
@@ -218,6 +243,8 @@ impl Default for LimitsSettings {
             max_connections: d_max_connections(),
             handshake_timeout_ms: d_handshake_ms(),
             idle_timeout_ms: d_idle_ms(),
+            emergency_max: d_emergency_max(),
+            emergency_window_secs: d_emergency_window(),
         }
     }
 }
@@ -705,6 +732,12 @@ impl NodeConfig {
                 ));
             }
         }
+        self.limits.emergency_limit().validate().map_err(|e| {
+            invalid(
+                "limits.emergency_max / limits.emergency_window_secs",
+                e.to_string(),
+            )
+        })?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory"));
         }
@@ -830,6 +863,85 @@ impl NodeConfig {
     pub fn members(&self) -> impl Iterator<Item = (u64, String, Role)> + '_ {
         std::iter::once((self.node_id, self.advertised().to_string(), self.role))
             .chain(self.peers.iter().map(|p| (p.id, p.addr.clone(), p.role)))
+    }
+}
+
+/// `hearth serve --check-config FILE`: everything a start would refuse, found without
+/// starting: the file parses and validates, the TLS files exist, load and are this node's,
+/// the private key and tokens file are safe, the tokens file loads, and a data directory
+/// that exists is readable by its owner only. Returns the problems (empty: all good).
+pub fn check_config_file(path: &Path) -> Vec<String> {
+    let cfg = match NodeConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = cfg.security() {
+        problems.push(e.to_string());
+    }
+    if let Some(t) = &cfg.tls {
+        for (what, p) in [
+            ("tls.ca", &t.ca),
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+        ] {
+            if let Some(m) = writable_by_others(p) {
+                problems.push(format!(
+                    "{what} {} is writable by other users (mode {m:o}): chmod go-w {0}",
+                    p.display()
+                ));
+            }
+        }
+    }
+    if let Some(a) = &cfg.auth {
+        if let Err(e) = crate::auth::TokensFile::load(&a.tokens_file) {
+            problems.push(format!("auth.tokens_file: {e}"));
+        }
+        if let Some(m) = writable_by_others(&a.tokens_file) {
+            problems.push(format!(
+                "auth.tokens_file {} is writable by other users (mode {m:o}): anyone could add a \
+                 token; chmod go-w {0}",
+                a.tokens_file.display()
+            ));
+        }
+    }
+    if let Some(m) = writable_by_others(path) {
+        problems.push(format!(
+            "the config file {} is writable by other users (mode {m:o}): chmod go-w {0}",
+            path.display()
+        ));
+    }
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&cfg.data_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let m = meta.permissions().mode() & 0o777;
+        if !meta.is_dir() {
+            problems.push(format!(
+                "data_dir {} exists and is not a directory",
+                cfg.data_dir.display()
+            ));
+        } else if m & 0o077 != 0 {
+            problems.push(format!(
+                "data_dir {} is readable by other users (mode {m:o}): the node makes it 0700 at \
+                 start; chmod 700 {0} to be sure",
+                cfg.data_dir.display()
+            ));
+        }
+    }
+    problems
+}
+
+fn writable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (m & 0o022 != 0).then_some(m)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

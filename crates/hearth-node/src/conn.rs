@@ -85,6 +85,10 @@ struct Slot {
     /// Milliseconds since the registry started, at the last byte read or written.
     last: AtomicU64,
     closed: AtomicBool,
+    /// The other side proved who it is (a node certificate, or a call with a valid token):
+    /// closed to make room only when no unproven connection is left.
+    proven: AtomicBool,
+    remote: Option<std::net::SocketAddr>,
     waker: AtomicWaker,
 }
 
@@ -100,17 +104,19 @@ pub struct Registry {
     start: Instant,
     next: AtomicU64,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    by_remote: Mutex<HashMap<std::net::SocketAddr, u64>>,
     /// Connections closed to make room, and for being idle (for tests and logs).
     pub evicted: AtomicU64,
     pub idle_closed: AtomicU64,
 }
 
 impl Registry {
-    fn new() -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
             next: AtomicU64::new(0),
             slots: Mutex::default(),
+            by_remote: Mutex::default(),
             evicted: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
         })
@@ -125,17 +131,29 @@ impl Registry {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn admit(self: &Arc<Self>, cap: usize) -> (u64, Arc<Slot>) {
+    fn admit(
+        self: &Arc<Self>,
+        cap: usize,
+        remote: Option<std::net::SocketAddr>,
+    ) -> (u64, Arc<Slot>) {
         let slot = Arc::new(Slot {
             last: AtomicU64::new(self.now()),
             closed: AtomicBool::new(false),
+            proven: AtomicBool::new(false),
+            remote,
             waker: AtomicWaker::new(),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         while g.len() >= cap {
-            let Some((&quiet, _)) = g.iter().min_by_key(|(_, s)| s.last.load(Ordering::Relaxed))
-            else {
+            // Unproven connections go first, the quietest of them; a proven one only when
+            // nothing else is left.
+            let Some((&quiet, _)) = g.iter().min_by_key(|(_, s)| {
+                (
+                    s.proven.load(Ordering::Relaxed),
+                    s.last.load(Ordering::Relaxed),
+                )
+            }) else {
                 break;
             };
             if let Some(s) = g.remove(&quiet) {
@@ -144,7 +162,32 @@ impl Registry {
             }
         }
         g.insert(id, slot.clone());
+        if let Some(r) = remote {
+            self.by_remote
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r, id);
+        }
         (id, slot)
+    }
+
+    /// The connection from `remote` proved who it is (a call with a valid token).
+    pub fn prove(&self, remote: std::net::SocketAddr) {
+        let id = self
+            .by_remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&remote)
+            .copied();
+        if let Some(id) = id
+            && let Some(s) = self
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+        {
+            s.proven.store(true, Ordering::Relaxed);
+        }
     }
 
     fn sweep(&self, idle: Duration) {
@@ -164,10 +207,20 @@ impl Registry {
     }
 
     fn remove(&self, id: u64) {
-        self.slots
+        let slot = self
+            .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        let mut g = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.and_then(|s| s.remote) {
+            Some(r) if g.get(&r) == Some(&id) => {
+                g.remove(&r);
+            }
+            Some(_) => {}
+            // Closed by the sweep or to make room before it was dropped: find it by id.
+            None => g.retain(|_, v| *v != id),
+        }
     }
 }
 
@@ -268,13 +321,17 @@ impl Drop for Acceptor {
     }
 }
 
-fn start<IO, F, Fut>(listener: TcpListener, limits: ConnLimits, wrap: F) -> (Acceptor, Incoming<IO>)
+fn start<IO, F, Fut>(
+    listener: TcpListener,
+    limits: ConnLimits,
+    registry: Arc<Registry>,
+    wrap: F,
+) -> (Acceptor, Incoming<IO>)
 where
     IO: Send + 'static,
     F: Fn(Tracked) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<IO>> + Send + 'static,
 {
-    let registry = Registry::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<IO>(64);
     let wrap = Arc::new(wrap);
     let accept = {
@@ -282,7 +339,7 @@ where
         tokio::spawn(async move {
             let mut last_error_log: Option<Instant> = None;
             loop {
-                let (tcp, _) = match listener.accept().await {
+                let (tcp, remote) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
                         // EMFILE and the like: log once in a while, let descriptors free up.
@@ -295,7 +352,7 @@ where
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (id, slot) = registry.admit(limits.max_connections);
+                let (id, slot) = registry.admit(limits.max_connections, Some(remote));
                 let tracked = Tracked {
                     inner: tcp,
                     id,
@@ -336,22 +393,34 @@ where
 }
 
 /// Plain-text connections (clusters with `insecure = true`).
-pub fn plain(listener: TcpListener, limits: ConnLimits) -> (Acceptor, Incoming<Tracked>) {
-    start(listener, limits, |t| async move { Some(t) })
+pub fn plain(
+    listener: TcpListener,
+    limits: ConnLimits,
+    registry: Arc<Registry>,
+) -> (Acceptor, Incoming<Tracked>) {
+    start(listener, limits, registry, |t| async move { Some(t) })
 }
 
 /// TLS connections whose handshake finished within `limits.handshake_timeout`.
 pub fn tls(
     listener: TcpListener,
     limits: ConnLimits,
+    registry: Arc<Registry>,
     config: Arc<rustls::ServerConfig>,
 ) -> (Acceptor, Incoming<tokio_rustls::server::TlsStream<Tracked>>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    start(listener, limits, move |t| {
+    start(listener, limits, registry, move |t| {
         let acceptor = acceptor.clone();
         async move {
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(t)).await {
-                Ok(Ok(s)) => Some(s),
+                Ok(Ok(s)) => {
+                    // A certificate from the cluster CA (rustls checked it): a node.
+                    let (tracked, session) = s.get_ref();
+                    if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                        tracked.slot.proven.store(true, Ordering::Relaxed);
+                    }
+                    Some(s)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
                     None
@@ -372,11 +441,11 @@ mod tests {
     #[test]
     fn the_cap_closes_the_quietest_connection() {
         let r = Registry::new();
-        let (a, sa) = r.admit(2);
-        let (_b, sb) = r.admit(2);
+        let (a, sa) = r.admit(2, None);
+        let (_b, sb) = r.admit(2, None);
         // a moved a byte after b.
         sa.last.store(r.now() + 10, Ordering::Relaxed);
-        let (_c, sc) = r.admit(2);
+        let (_c, sc) = r.admit(2, None);
         assert!(sb.closed.load(Ordering::SeqCst), "the quietest goes");
         assert!(!sa.closed.load(Ordering::SeqCst));
         assert!(!sc.closed.load(Ordering::SeqCst));
@@ -387,9 +456,42 @@ mod tests {
     }
 
     #[test]
+    fn proven_connections_are_closed_for_room_only_when_nothing_else_is_left() {
+        let r = Registry::new();
+        let addr: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        // A peer (or a client whose token was accepted), quiet for a while …
+        let (_p, sp) = r.admit(3, Some(addr));
+        r.prove(addr);
+        assert!(sp.proven.load(Ordering::Relaxed));
+        // … and a flood of newer, unproven connections.
+        let mut flood = Vec::new();
+        for _ in 0..10 {
+            flood.push(r.admit(3, None).1);
+        }
+        assert!(
+            !sp.closed.load(Ordering::SeqCst),
+            "the proven one was closed for room"
+        );
+        assert_eq!(r.open(), 3);
+        assert_eq!(
+            flood
+                .iter()
+                .filter(|s| s.closed.load(Ordering::SeqCst))
+                .count(),
+            8
+        );
+        // Only proven ones left: the quietest of them goes.
+        let r = Registry::new();
+        let (_a, sa) = r.admit(1, None);
+        sa.proven.store(true, Ordering::Relaxed);
+        let (_b, sb) = r.admit(1, None);
+        assert!(sa.closed.load(Ordering::SeqCst) && !sb.closed.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn idle_connections_are_swept() {
         let r = Registry::new();
-        let (_a, sa) = r.admit(10);
+        let (_a, sa) = r.admit(10, None);
         r.sweep(Duration::from_secs(3600));
         assert!(!sa.closed.load(Ordering::SeqCst));
         r.sweep(Duration::ZERO);

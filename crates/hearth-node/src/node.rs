@@ -261,7 +261,9 @@ pub struct Node {
 
 /// Checks or writes the identity file. Returns whether the directory is new.
 fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
-    std::fs::create_dir_all(dir)?;
+    // 0700 and 0600 inside, also for a directory an older version made 0755.
+    hearth_store::private::create_dir(dir)?;
+    hearth_store::private::tighten(dir)?;
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
         Ok(b) => {
@@ -1132,6 +1134,28 @@ impl Node {
             .into_iter()
             .map(|(_, m)| format!(" {m}."))
             .collect();
+        let m = self.raft.metrics().borrow_watched().clone();
+        let silent = self.handler.last_leader_contact().elapsed();
+        let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+        let leaderless = m.current_leader.is_none() || why.contains("has not heard");
+        // A peer that refuses this node for good is no ordinary election: say so instead.
+        if leaderless
+            && refused.is_empty()
+            && let hearth_core::election::Leaderless::Electing { retry_ms } =
+                hearth_core::election::leaderless(
+                    silent_ms,
+                    self.config.timing.election_max_ms,
+                    m.state == openraft::ServerState::Candidate,
+                )
+        {
+            // An ordinary election (a leader stopped or handed over): retryable, say when.
+            return NodeError::NoQuorum(format!(
+                "electing a leader, retry in {retry_ms} ms: node {} {why} (no leader for \
+                 {silent_ms} ms; an election normally ends within a few seconds). Nothing was \
+                 executed",
+                self.id
+            ));
+        }
         NodeError::NoQuorum(format!(
             "node {} {why}; peers answering: {ok:?}, peers not answering: {lost:?}.{refused} \
              Nothing was executed; retry when a majority of nodes can reach each other",
@@ -1526,6 +1550,13 @@ impl Node {
             None => {}
         }
         let clock = self.stamp()?;
+        let emergency_limit = Some(self.config.limits.emergency_limit());
+        if let Some(why) = self
+            .sm
+            .with_domain(|d| d.emergency_limited(&intent, clock.now_ms, emergency_limit))?
+        {
+            return Err(NodeError::Refused(why));
+        }
         let class_deadline = self.sm.with_domain(|d| {
             d.plan(&intent, clock)
                 .map(|_| d.classes.get(&intent.class).and_then(|c| c.deadline_ms))
@@ -1541,6 +1572,7 @@ impl Node {
                 minute_of_day: clock.minute_of_day,
                 deadline_ms: Some(deadline_ms),
                 key_scope,
+                emergency_limit,
             })
             .await?;
         let id = match a.outcome {

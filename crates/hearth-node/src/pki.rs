@@ -43,6 +43,16 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PkiErro
     move |source| PkiError::Io { what, path, source }
 }
 
+/// Creates `dir` readable by its owner only (0700).
+pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
+    hearth_store::private::create_dir(dir).map_err(io("cannot create", dir))
+}
+
+/// Writes `data` to `path`, readable by its owner only (0600).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    write_file(path, data, 0o600)
+}
+
 /// Writes `data` to `path` with `mode`, through a temporary file and a rename.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");

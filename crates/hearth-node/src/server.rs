@@ -85,6 +85,10 @@ async fn serve_once(
         None => Authenticator::disabled(),
     });
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
+    // The stores made their files at this start: the whole directory is the user's only.
+    if let Err(e) = hearth_store::private::tighten(&node.config().data_dir) {
+        tracing::warn!(error = %e, "cannot make the data directory private (0700/0600)");
+    }
     node.checkpoints
         .set_client(Arc::new(hearth_cluster::grpc::GrpcCosignClient {
             timeout: crate::checkpoint::COSIGN_TIMEOUT,
@@ -186,10 +190,16 @@ async fn serve_once(
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
         }
     };
+    // The open connections; a call with a valid token marks its connection as proven.
+    let registry = crate::conn::Registry::new();
     let router = tonic::transport::Server::builder()
         // Every call passes the token check first (auth::need says what each method needs);
         // with TLS, a Raft call without a node certificate is refused before its body is read.
-        .layer(AuthLayer::new(authenticator).require_node_certificates(security.is_tls()))
+        .layer(
+            AuthLayer::new(authenticator)
+                .require_node_certificates(security.is_tls())
+                .proving(registry.clone()),
+        )
         .add_service(
             RaftServer::new(RaftGrpc::new(node.handler.clone(), security.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE),
@@ -213,14 +223,14 @@ async fn serve_once(
     ) = match security.rustls_server_config() {
         Some(cfg) => {
             let cfg = cfg.map_err(|e| NodeError::Settings(format!("tls: {e}")))?;
-            let (a, incoming) = crate::conn::tls(listener, limits, cfg);
+            let (a, incoming) = crate::conn::tls(listener, limits, registry, cfg);
             (
                 a,
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
             )
         }
         None => {
-            let (a, incoming) = crate::conn::plain(listener, limits);
+            let (a, incoming) = crate::conn::plain(listener, limits, registry);
             (
                 a,
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod log;
+pub mod private;
 pub mod state;
 pub mod types;
 

@@ -22,7 +22,7 @@
 //! anywhere else is corruption, reported with its index, and the node refuses to start.
 
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
@@ -160,7 +160,7 @@ impl LogStore {
 
     fn open_mode(dir: &Path, writable: bool) -> Result<Self, StoreError> {
         if writable {
-            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+            crate::private::create_dir(dir).map_err(|e| io_err(dir, e))?;
         }
         let path = dir.join(LOG_FILE);
         let meta_path = dir.join(META_FILE);
@@ -175,7 +175,7 @@ impl LogStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Meta::default(), false),
             Err(e) => return Err(io_err(&meta_path, e)),
         };
-        let mut file = OpenOptions::new()
+        let mut file = crate::private::options()
             .read(true)
             .append(writable)
             .create(writable)
@@ -348,7 +348,11 @@ impl Inner {
         let path = self.dir.join(META_FILE);
         let tmp = self.dir.join(format!("{META_FILE}.tmp"));
         let bytes = serde_json::to_vec(&self.meta).map_err(other)?;
-        let mut f = File::create(&tmp)?;
+        let mut f = crate::private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;

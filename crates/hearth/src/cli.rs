@@ -34,8 +34,12 @@ pub struct Args {
 pub enum Command {
     /// Run one node from a config file.
     Serve {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "check_config")]
+        config: Option<PathBuf>,
+        /// Check FILE as a start would (fields, TLS files and their modes, tokens file, data
+        /// directory), print every problem, exit non-zero if there is one; start nothing.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        check_config: Option<PathBuf>,
     },
     /// Run a local cluster of two hubs and a witness on loopback (data in a temporary folder).
     Dev {
@@ -188,7 +192,8 @@ impl Command {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
-    /// Address of any node's gRPC port.
+    /// Address of any node's gRPC port; several, comma-separated, to use the first that
+    /// answers.
     #[arg(long, env = "HEARTH_ADDR", default_value = "127.0.0.1:7101")]
     pub addr: String,
 }
@@ -370,20 +375,35 @@ pub enum CheckpointCmd {
     },
 }
 
-/// Resolves on Ctrl-C or SIGTERM (`docker stop`, systemd): both stop the node gracefully.
-async fn stop_signal() {
+/// Writes to standard output, ignoring a closed pipe (`hearth dev | head`): for servers, which
+/// must go on to stop gracefully; client commands end quietly on SIGPIPE instead.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{args}");
+}
+
+/// Resolves on Ctrl-C, SIGTERM (`docker stop`, systemd) or SIGHUP (the terminal closed): each
+/// stops the node gracefully, handing leadership over first.
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = hup.recv() => {}
                 }
+                tracing::info!("stop signal received: stopping gracefully");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGHUP; Ctrl-C only")
+            }
         }
     }
     let _ = tokio::signal::ctrl_c().await;
@@ -483,7 +503,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            check_config: Some(file),
+            ..
+        } => {
+            let problems = hearth_node::config::check_config_file(&file);
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            if problems.is_empty() {
+                println!("{}: OK", file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Serve { config, .. } => {
+            let config = config.context("--config FILE is required")?;
             let cfg = hearth_node::NodeConfig::load(&config)?;
             hearth_node::server::serve(cfg, stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -691,24 +727,106 @@ impl tonic::service::Interceptor for Credentials {
 
 pub type ApiChannel = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
+/// `--addr` / `HEARTH_ADDR` may list several nodes (`pi.local:7101,laptop.local:7101`): the
+/// client uses the first that accepts a connection, so a command still works while one node
+/// is down. The choice is kept for the rest of the command.
+pub fn pick_node(addrs: &str) -> String {
+    static PICKED: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.len() <= 1 {
+        return list.first().copied().unwrap_or(addrs).to_string();
+    }
+    let mut g = PICKED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((from, to)) = &*g
+        && from == addrs
+    {
+        return to.clone();
+    }
+    let connect = env_ms("HEARTH_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    let reachable = list.iter().find(|a| {
+        use std::net::ToSocketAddrs;
+        a.to_socket_addrs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .any(|sa| std::net::TcpStream::connect_timeout(&sa, connect).is_ok())
+    });
+    let chosen = match reachable {
+        Some(a) => {
+            if *a != list[0] {
+                let _ = writeln_err(format_args!(
+                    "note: {} does not answer; using {a}",
+                    list[..list.iter().position(|x| x == a).unwrap_or(0)].join(", ")
+                ));
+            }
+            a.to_string()
+        }
+        None => list[0].to_string(),
+    };
+    *g = Some((addrs.to_string(), chosen.clone()));
+    chosen
+}
+
+fn writeln_err(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{args}")
+}
+
+/// How long a client waits to connect to a node (TCP and TLS), and for one answer.
+/// `HEARTH_CONNECT_TIMEOUT_MS` and `HEARTH_TIMEOUT_MS` change them.
+const CONNECT_TIMEOUT_MS: u64 = 3_000;
+const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(default),
+    )
+}
+
+/// Every client call has a deadline: connecting (TCP and the TLS handshake) within the
+/// connect timeout, each answer within the request timeout (a stopped node, SIGSTOP, answers
+/// nothing: the call ends with DEADLINE_EXCEEDED naming it). Streams (`--watch`) are kept by
+/// HTTP/2 pings: a node that stops answering them is dropped within about 15 s.
+fn client_endpoint(
+    addr: &str,
+    s: &ClientSettings,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let connect = env_ms("HEARTH_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    let scheme = if s.ca_pem.is_some() { "https" } else { "http" };
+    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        .connect_timeout(connect)
+        .timeout(env_ms("HEARTH_TIMEOUT_MS", REQUEST_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if let Some(ca) = &s.ca_pem {
+        e = e.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(hearth_cluster::tls::CLUSTER_NAME)
+                // The handshake is part of connecting: a stopped node never finishes it.
+                .timeout(connect),
+        )?;
+    }
+    Ok(e)
+}
+
 /// A channel to a node's public API: TLS against the cluster CA when one is set, with the token.
 pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
+    let addr = &pick_node(addr);
     let s = client();
-    let ch = match &s.ca_pem {
-        None => hearth_cluster::grpc::lazy_channel(addr),
-        Some(ca) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .and_then(|e| {
-                e.connect_timeout(Duration::from_millis(1500))
-                    .tcp_nodelay(true)
-                    .tls_config(
-                        tonic::transport::ClientTlsConfig::new()
-                            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                            .domain_name(hearth_cluster::tls::CLUSTER_NAME),
-                    )
-            })
-            .map(|e| e.connect_lazy()),
-    }
-    .with_context(|| format!("{addr:?} is not a valid node address"))?;
+    let ch = client_endpoint(addr, &s)
+        .map(|e| e.connect_lazy())
+        .with_context(|| format!("{addr:?} is not a valid node address"))?;
     if s.token.is_some() && s.ca_pem.is_none() {
         // Over plain text the token would cross the network readable by anyone (even to a
         // node that speaks TLS: the request headers leave before the node can refuse them).
@@ -732,10 +850,16 @@ pub fn channel(addr: &str) -> anyhow::Result<ApiChannel> {
 }
 
 pub fn rpc_err(addr: &str, s: tonic::Status) -> anyhow::Error {
+    let addr = &pick_node(addr);
     let hint = if client().ca_pem.is_none() && s.message().contains("h2 protocol error") {
         " — the node probably speaks TLS: pass --ca pki/ca.pem or set HEARTH_CA"
     } else {
         ""
+    };
+    let hint = if s.code() == tonic::Code::DeadlineExceeded && hint.is_empty() {
+        " — the node did not answer in time (stopped, or overloaded); HEARTH_TIMEOUT_MS sets the deadline"
+    } else {
+        hint
     };
     anyhow::anyhow!("node {addr}: {} ({:?}){hint}", s.message(), s.code())
 }

@@ -31,7 +31,16 @@ impl Topology {
 /// Writes the three config files (two hubs and a witness), plain text (the benchmarks compare
 /// with an etcd without TLS), and returns their paths.
 pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>> {
-    write_topology(dir, base_port, Topology::Three, false)
+    let paths = write_topology(dir, base_port, Topology::Three, false)?;
+    // The benchmarks submit thousands of emergencies from one source: lift the bound on
+    // emergencies per source (30 a minute by default) for them.
+    for p in &paths {
+        let mut text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        text.push_str("\n[limits]\nemergency_max = 1000000\n");
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(paths)
 }
 
 /// Writes one config file per node of `topology` and returns their paths.
@@ -44,7 +53,7 @@ pub fn write_topology(
     let roles = topology.roles();
     if secure {
         let ids: Vec<u64> = roles.iter().map(|(id, _)| *id).collect();
-        hearth_node::pki::init_pki(&dir.join("pki"), &ids, false)?;
+        node_pki(dir, &ids)?;
     }
     let addr = |i: u64| format!("127.0.0.1:{}", base_port + (i as u16) - 1);
     let mut paths = Vec::new();
@@ -73,6 +82,57 @@ pub fn write_topology(
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// The CA (with its key) lives in `DIR/ca/`, which no node reads; the nodes get `DIR/pki/`:
+/// the CA certificate, their own certificates and keys, the tokens file and the admin token.
+fn node_pki(dir: &Path, ids: &[u64]) -> anyhow::Result<()> {
+    let ca = dir.join("ca");
+    hearth_node::pki::init_pki(&ca, ids, false)?;
+    let pki = dir.join("pki");
+    hearth_node::pki::create_private_dir(&pki)?;
+    if pki.join("ca.key").exists() {
+        tracing::warn!(
+            "{} holds a CA key from an older `hearth dev`: this folder's nodes no longer use \
+             it (their CA is in {}); move it off the nodes' folder",
+            pki.join("ca.key").display(),
+            ca.display()
+        );
+    }
+    let mut files = vec!["ca.pem".to_string()];
+    for id in ids {
+        files.push(format!("node-{id}.pem"));
+        files.push(format!("node-{id}.key"));
+    }
+    // Tokens added since (`hearth token add --file DIR/pki/tokens.toml`) are kept.
+    for f in ["tokens.toml", "admin.token"] {
+        if !pki.join(f).exists() {
+            files.push(f.to_string());
+        }
+    }
+    for f in files {
+        let (from, to) = (ca.join(&f), pki.join(&f));
+        let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+        hearth_node::pki::write_private(&to, &bytes)
+            .with_context(|| format!("writing {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// Refuses to start when a port of the cluster is taken, before anything is written.
+fn check_ports_free(base_port: u16, topology: Topology) -> anyhow::Result<()> {
+    for &(id, _) in topology.roles() {
+        let port = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
+        let port = u16::try_from(port)
+            .map_err(|_| anyhow::anyhow!("--base-port {base_port} leaves no room for node {id}"))?;
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            anyhow::bail!(
+                "port {port} (node {id}) is not free: {e}; is another `hearth dev` running? \
+                 pick others with --base-port"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A running node of a local cluster: its id and how `serve` ended.
@@ -105,12 +165,14 @@ pub async fn run(
     topology: Topology,
     insecure: bool,
 ) -> anyhow::Result<()> {
+    check_ports_free(base_port, topology)?;
     let (_guard, dir) = match dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             (None, d)
         }
         None => {
+            // 0700 (tempfile's default): the CA key and the history inside are the user's.
             let t = tempfile::Builder::new().prefix("hearth-dev-").tempdir()?;
             let p = t.path().to_path_buf();
             (Some(t), p)
@@ -154,17 +216,23 @@ pub async fn run(
             a + 2
         ),
     };
-    println!(
+    // The commands work as printed: with the port of node 1 unless it is the default.
+    let at = if base_port == 7101 {
+        String::new()
+    } else {
+        format!(" --addr 127.0.0.1:{base_port}")
+    };
+    crate::cli::out(format_args!(
         "Hearth dev cluster: {shape}\n\
          data and configs in {}{}\n\
          {}\n\
          In another terminal:\n{client_env}\
-         cargo run -p hearth -- cluster status\n  \
-         cargo run -p hearth -- device list\n  \
-         cargo run -p hearth -- intent send ensure_safety --urgency emergency --location home/kitchen --watch\n  \
-         cargo run -p hearth -- intent explain control_access --location home --context state=unlocked\n  \
-         cargo run -p hearth -- audit tail\n  \
-         cargo run -p hearth -- audit verify\n\
+         cargo run -p hearth -- cluster status{at}\n  \
+         cargo run -p hearth -- device list{at}\n  \
+         cargo run -p hearth -- intent send ensure_safety --urgency emergency --location home/kitchen --watch{at}\n  \
+         cargo run -p hearth -- intent explain control_access --location home --context state=unlocked{at}\n  \
+         cargo run -p hearth -- audit tail{at}\n  \
+         cargo run -p hearth -- audit verify{at}\n\
          Ctrl-C stops every node.",
         dir.display(),
         if _guard.is_some() {
@@ -175,12 +243,12 @@ pub async fn run(
         if insecure {
             "INSECURE: plain text, no client tokens (--insecure)"
         } else {
-            "mutual TLS between nodes (pki/), clients need the CA and a token (pki/admin.token: admin)"
+            "mutual TLS between nodes (pki/; the CA key apart in ca/), clients need the CA and a token (pki/admin.token: admin)"
         }
-    );
+    ));
     let mut failed = None;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => { r?; }
+        _ = crate::cli::stop_signal() => {}
         (res, _, _) = futures::future::select_all(nodes.iter_mut()) => {
             if let Ok((id, Err(e))) = res {
                 failed = Some(anyhow::anyhow!("node {id} stopped: {e}"));
@@ -305,9 +373,9 @@ async fn seed_devices(addr: &str) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
+    crate::cli::out(format_args!(
         "registered {} simulated devices (hearth device list)",
         demo_devices().len()
-    );
+    ));
     Ok(())
 }

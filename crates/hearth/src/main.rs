@@ -13,8 +13,25 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
+    #[cfg(unix)]
+    if args.command.is_server() {
+        // A node's files are its user's only (the data directory is tightened too).
+        // SAFETY: umask only changes this process's file-creation mask.
+        unsafe {
+            libc::umask(0o077);
+        }
+    } else {
+        // `hearth cluster status | head -1`: a closed pipe ends a client command quietly, as
+        // it does `cat` (a node keeps ignoring SIGPIPE: it must run its hand-over).
+        // SAFETY: restores the default action of one signal before any thread writes.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default_level = if args.command.is_server() {
-        "info,openraft=warn"
+        // openraft warns on every failed heartbeat and append to a peer that is down (several
+        // lines a second); Hearth logs "peer N unreachable since …" once a minute instead.
+        "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::core::raft_core=error"
     } else if args.command.is_compare() {
         // Its in-process intent cluster would otherwise warn about peers it stops.
         "error"
@@ -26,11 +43,15 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr (`hearth serve 2>&1 | tee log`, then Ctrl-C) must not turn into a
+        // panic while the node hands its leadership over.
+        .log_internal_errors(false)
         .init();
     match cli::run(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::from(2)
         }
     }

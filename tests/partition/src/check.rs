@@ -291,6 +291,7 @@ mod tests {
             minute_of_day: 0,
             key_scope: None,
             deadline_ms: None,
+            emergency_limit: None,
         }
     }
 
