@@ -909,6 +909,8 @@ mod tests {
                     at_ms: 1_000_000 + n * 57_000 / 2000,
                     minute_of_day: 600,
                     emergency_limit: limit,
+                    deadline_ms: None,
+                    key_scope: None,
                 };
                 if matches!(s.apply(&cmd, at(2 + n)), Outcome::Accepted { .. }) {
                     accepted += 1;
@@ -943,6 +945,8 @@ mod tests {
                 at_ms: much_later,
                 minute_of_day: 600,
                 emergency_limit: limit,
+                deadline_ms: None,
+                key_scope: None,
             },
             at(5000),
         );
@@ -1124,6 +1128,7 @@ mod tests {
             minute_of_day: crate::clock::minute_of_day(at_ms),
             deadline_ms,
             key_scope: None,
+            emergency_limit: None,
         }
     }
 
@@ -1179,6 +1184,7 @@ mod tests {
                 minute_of_day: 0,
                 deadline_ms: Some(5_000),
                 key_scope: None,
+                emergency_limit: None,
             },
             at(3),
         );
@@ -1235,6 +1241,7 @@ mod tests {
                     minute_of_day: crate::clock::minute_of_day(stamped),
                     deadline_ms: None,
                     key_scope: None,
+                    emergency_limit: None,
                 },
                 at(3 + n),
             );
@@ -1263,6 +1270,7 @@ mod tests {
                 minute_of_day: 0,
                 deadline_ms: None,
                 key_scope: None,
+                emergency_limit: None,
             },
             at(40),
         );
@@ -1411,6 +1419,7 @@ mod tests {
             at_ms: 1000,
             minute_of_day: 600,
             deadline_ms: None,
+            emergency_limit: None,
         };
         let mut by_b = intent("smoke-kitchen-42", "a prank");
         by_b.source = "agent-b".into();
@@ -1484,6 +1493,7 @@ mod tests {
                 at_ms: 1000,
                 minute_of_day: 600,
                 deadline_ms: None,
+                emergency_limit: None,
             },
             at(3),
         );
@@ -1601,6 +1611,7 @@ mod tests {
             at_ms: 1000,
             minute_of_day: 600,
             deadline_ms: None,
+            emergency_limit: None,
         };
         s.apply(&new, at(5));
         assert_eq!(
@@ -1646,6 +1657,7 @@ mod tests {
             at_ms: 1000,
             minute_of_day: 600,
             deadline_ms: None,
+            emergency_limit: None,
         };
         s.apply(&cmd, at(4));
         let id = scoped_intent_id(Some("agent"), "fire");
