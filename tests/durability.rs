@@ -21,10 +21,10 @@ fn lost(c: &TestCluster) -> usize {
             c.acked
                 .iter()
                 .filter(|a| {
-                    !n.links(a.index, a.index)
+                    n.links(a.index, a.index)
                         .ok()
                         .and_then(|l| l.first().map(|l| l.hash))
-                        .is_some_and(|h| h == a.hash)
+                        .is_none_or(|h| h != a.hash)
                 })
                 .count()
         })
