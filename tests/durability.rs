@@ -346,3 +346,22 @@ async fn a_rolled_back_state_machine_is_detected_and_rebuilt() {
     c.check_invariants();
     c.shutdown().await;
 }
+
+/// A one-hub cluster whose data directory was copied (moved to a new SD card) still leads:
+/// it is the only voter, so there is no one to catch it up from and no one it could outvote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_voter_is_not_held_by_a_copied_data_dir() {
+    let mut c = TestCluster::with_roles(&[(1, hearth_node::Role::Hub)]).await;
+    c.write("history", LONG).await;
+    c.stop(1).await;
+    let moved = c.dir.path().join("moved");
+    copy_dir(&c.data_dir(1), &moved);
+    std::fs::remove_dir_all(c.data_dir(1)).unwrap();
+    copy_dir(&moved, &c.data_dir(1));
+    c.start(1).await.unwrap();
+    c.write("after the move", LONG).await;
+    c.wait_votes(LONG).await;
+    assert_eq!(lost(&c), 0);
+    c.check_invariants();
+    c.shutdown().await;
+}

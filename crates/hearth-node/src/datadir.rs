@@ -255,7 +255,17 @@ pub async fn watch(
                 .voter_ids()
                 .any(|v| v == handler.id);
             let commit = handler.leader_commit();
-            if voter && may_release(&h, commit, applied) {
+            let alone = voter && m.membership_config.membership().voter_ids().count() == 1;
+            if alone {
+                // The only voter (a one-hub cluster): no other node holds anything to catch it
+                // up from, and its vote cannot elect anyone else.
+                match release(&handler, &data_dir, witness) {
+                    Ok(()) => tracing::warn!(node = handler.id, was = %h.reason,
+                        "node {} is the cluster's only voter: it leads with the data it has",
+                        handler.id),
+                    Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
+                }
+            } else if voter && may_release(&h, commit, applied) {
                 match release(&handler, &data_dir, witness) {
                     Ok(()) => tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
                         applied = ?applied, was = %h.reason,

@@ -569,36 +569,52 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Each step is retried until `patience` runs out: right after this hub wins, its first
+        // membership is not committed yet ("already undergoing a configuration change"), and a
+        // leadership blip answers with an API error that a moment later is gone.
         for (id, m) in &members {
             if *id == self.id {
                 continue;
             }
-            match tokio::time::timeout(patience, self.raft.add_learner(*id, m.clone(), true)).await
-            {
-                Err(_) => {
-                    return Err(NodeError::NoQuorum(format!(
-                        "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
-                        patience.as_millis(),
-                        m.addr
-                    )));
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, self.raft.add_learner(*id, m.clone(), true)).await
+                {
+                    Err(_) => {
+                        return Err(NodeError::NoQuorum(format!(
+                            "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
+                            patience.as_millis(),
+                            m.addr
+                        )));
+                    }
+                    Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f.to_string())),
+                    Ok(Err(RaftError::APIError(e))) if tokio::time::Instant::now() < deadline => {
+                        tracing::info!(node = self.id, learner = id, error = %e, "forming the cluster: retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(Err(RaftError::APIError(e))) => {
+                        return Err(NodeError::Refused(format!(
+                            "forming the cluster: adding node {id}: {e}"
+                        )));
+                    }
+                    Ok(Ok(_)) => break,
                 }
-                Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f.to_string())),
-                Ok(Err(RaftError::APIError(e))) => {
-                    return Err(NodeError::Refused(format!(
-                        "forming the cluster: adding node {id}: {e}"
-                    )));
-                }
-                Ok(Ok(_)) => {}
             }
         }
         let ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
-        match self.raft.change_membership(ids, false).await {
-            Ok(_) => {}
-            Err(RaftError::Fatal(f)) => return Err(fatal(f.to_string())),
-            Err(RaftError::APIError(e)) => {
-                return Err(NodeError::Refused(format!(
-                    "forming the cluster: making every member a voter: {e}"
-                )));
+        loop {
+            match self.raft.change_membership(ids.clone(), false).await {
+                Ok(_) => break,
+                Err(RaftError::Fatal(f)) => return Err(fatal(f.to_string())),
+                Err(RaftError::APIError(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(node = self.id, error = %e, "forming the cluster: retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RaftError::APIError(e)) => {
+                    return Err(NodeError::Refused(format!(
+                        "forming the cluster: making every member a voter: {e}"
+                    )));
+                }
             }
         }
         let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
