@@ -535,6 +535,7 @@ impl Node {
             Ok(()) => tracing::info!(node = self.id, "cluster formed with this hub alone"),
             Err(RaftError::APIError(e)) => {
                 tracing::info!(node = self.id, error = %e, "cluster already initialized");
+                let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
                 return Ok(());
             }
             Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
