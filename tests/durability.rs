@@ -159,6 +159,8 @@ async fn a_hub_restored_from_an_older_backup_neither_votes_nor_leads() {
         lost(&c)
     );
     assert_eq!(stale, None, "the restored hub led without the 20 writes");
+    let s = c.node(2).status().await;
+    assert!(s.state.ends_with("(vote held)"), "{}", s.state);
 
     // Hub 1 returns: the majority that has the data repairs hub 2.
     c.start(1).await.unwrap();

@@ -687,7 +687,11 @@ impl Node {
         StatusView {
             node_id: self.id,
             role: self.role,
-            state: format!("{:?}", m.state),
+            // A held node says so where people look (`cluster status`): see datadir.rs.
+            state: match self.handler.hold() {
+                Some(_) if m.state != ServerState::Leader => format!("{:?} (vote held)", m.state),
+                _ => format!("{:?}", m.state),
+            },
             term: m.current_term,
             last_log,
             applied: m.last_applied.as_ref().map(|l| l.index),
