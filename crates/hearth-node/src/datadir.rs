@@ -34,8 +34,6 @@ pub const HOLD_FILE: &str = "hold.json";
 
 /// State machines rebuilt from the log since this process started (a metric).
 pub static STATE_REBUILDS: AtomicU64 = AtomicU64::new(0);
-/// 1 while this node's vote is held (a metric).
-pub static VOTE_HELD: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -110,7 +108,15 @@ pub async fn open_state(dir: &Path) -> Result<StateMachine, NodeError> {
             Err(e) if e.is_state_damage() => {
                 return rebuild_state(dir, &format!("it is unreadable ({e})"));
             }
-            other => return Ok(other?),
+            Err(e) => {
+                return Err(NodeError::Refused(format!(
+                    "the state machine database {} cannot be opened: {e}. It is rebuilt from the \
+                     Raft log by itself only when it is damaged; fix the cause (permissions, disk \
+                     space, another process holding it) and start again",
+                    dir.display()
+                )));
+            }
+            Ok(sm) => return Ok(sm),
         }
     }
 }
@@ -185,7 +191,6 @@ pub async fn prepare(
 
 /// Records a hold so that it survives a restart.
 pub fn persist_hold(data_dir: &Path, h: &Hold) -> std::io::Result<()> {
-    VOTE_HELD.store(1, Ordering::Relaxed);
     write_atomic(
         data_dir,
         HOLD_FILE,
@@ -211,7 +216,6 @@ pub fn release(handler: &RaftHandler, data_dir: &Path, witness: bool) -> std::io
     // The directory is this node's own again (a copy is now caught up).
     write_marker(data_dir, handler.id)?;
     handler.set_hold(None);
-    VOTE_HELD.store(0, Ordering::Relaxed);
     if !witness {
         handler.raft.runtime_config().elect(true);
     }
@@ -251,7 +255,17 @@ pub async fn watch(
                 .voter_ids()
                 .any(|v| v == handler.id);
             let commit = handler.leader_commit();
-            if voter && may_release(&h, commit, applied) {
+            let alone = voter && m.membership_config.membership().voter_ids().count() == 1;
+            if alone {
+                // The only voter (a one-hub cluster): no other node holds anything to catch it
+                // up from, and its vote cannot elect anyone else.
+                match release(&handler, &data_dir, witness) {
+                    Ok(()) => tracing::warn!(node = handler.id, was = %h.reason,
+                        "node {} is the cluster's only voter: it leads with the data it has",
+                        handler.id),
+                    Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
+                }
+            } else if voter && may_release(&h, commit, applied) {
                 match release(&handler, &data_dir, witness) {
                     Ok(()) => tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
                         applied = ?applied, was = %h.reason,

@@ -37,6 +37,16 @@ pub async fn render(node: &Node, c: &Counters) -> String {
     };
     gauge("hearth_term", "Current Raft term.", s.term);
     gauge(
+        "hearth_vote_held",
+        "1 while this node neither votes nor leads: its data directory is new, copied, restored or behind what it held, until the cluster has caught it up.",
+        u64::from(node.handler.hold().is_some()),
+    );
+    gauge(
+        "hearth_state_rebuilds",
+        "State machines rebuilt from the Raft log since this process started (damaged, rolled back or ahead of the log).",
+        crate::datadir::STATE_REBUILDS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    gauge(
         "hearth_is_leader",
         "1 while this node leads.",
         u64::from(s.state == "Leader"),

@@ -597,6 +597,7 @@ impl Node {
             Ok(()) => tracing::info!(node = self.id, "cluster formed with this hub alone"),
             Err(RaftError::APIError(e)) => {
                 tracing::info!(node = self.id, error = %e, "cluster already initialized");
+                let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
                 return Ok(());
             }
             Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
@@ -639,36 +640,52 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Each step is retried until `patience` runs out: right after this hub wins, its first
+        // membership is not committed yet ("already undergoing a configuration change"), and a
+        // leadership blip answers with an API error that a moment later is gone.
         for (id, m) in &members {
             if *id == self.id {
                 continue;
             }
-            match tokio::time::timeout(patience, self.raft.add_learner(*id, m.clone(), true)).await
-            {
-                Err(_) => {
-                    return Err(NodeError::NoQuorum(format!(
-                        "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
-                        patience.as_millis(),
-                        m.addr
-                    )));
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, self.raft.add_learner(*id, m.clone(), true)).await
+                {
+                    Err(_) => {
+                        return Err(NodeError::NoQuorum(format!(
+                            "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
+                            patience.as_millis(),
+                            m.addr
+                        )));
+                    }
+                    Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f.to_string())),
+                    Ok(Err(RaftError::APIError(e))) if tokio::time::Instant::now() < deadline => {
+                        tracing::info!(node = self.id, learner = id, error = %e, "forming the cluster: retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(Err(RaftError::APIError(e))) => {
+                        return Err(NodeError::Refused(format!(
+                            "forming the cluster: adding node {id}: {e}"
+                        )));
+                    }
+                    Ok(Ok(_)) => break,
                 }
-                Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f.to_string())),
-                Ok(Err(RaftError::APIError(e))) => {
-                    return Err(NodeError::Refused(format!(
-                        "forming the cluster: adding node {id}: {e}"
-                    )));
-                }
-                Ok(Ok(_)) => {}
             }
         }
         let ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
-        match self.raft.change_membership(ids, false).await {
-            Ok(_) => {}
-            Err(RaftError::Fatal(f)) => return Err(fatal(f.to_string())),
-            Err(RaftError::APIError(e)) => {
-                return Err(NodeError::Refused(format!(
-                    "forming the cluster: making every member a voter: {e}"
-                )));
+        loop {
+            match self.raft.change_membership(ids.clone(), false).await {
+                Ok(_) => break,
+                Err(RaftError::Fatal(f)) => return Err(fatal(f.to_string())),
+                Err(RaftError::APIError(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(node = self.id, error = %e, "forming the cluster: retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RaftError::APIError(e)) => {
+                    return Err(NodeError::Refused(format!(
+                        "forming the cluster: making every member a voter: {e}"
+                    )));
+                }
             }
         }
         let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
@@ -763,10 +780,16 @@ impl Node {
             node_id: self.id,
             role: self.role,
             // A stopped core keeps its last metrics (it may still say Leader): say Stopped.
-            state: if core_stopped.is_empty() {
-                format!("{:?}", m.state)
-            } else {
+            // A held node says so where people look (`cluster status`): see datadir.rs.
+            state: if !core_stopped.is_empty() {
                 "Stopped".to_string()
+            } else {
+                match self.handler.hold() {
+                    Some(_) if m.state != ServerState::Leader => {
+                        format!("{:?} (vote held)", m.state)
+                    }
+                    _ => format!("{:?}", m.state),
+                }
             },
             term: m.current_term,
             last_log,

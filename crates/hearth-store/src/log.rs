@@ -17,9 +17,11 @@
 //! them flushed in order. A vote is synced before `save_vote` returns, so entries of a new
 //! term are always written after the vote that allows them.
 //!
-//! On open, a frame that is incomplete or fails its CRC at the very end of the file is an
-//! append that was never acknowledged (torn write) and is cut off with a warning; the same
-//! anywhere else is corruption, reported with its index, and the node refuses to start.
+//! On open, a frame that is incomplete or fails its CRC at the very end of the file is a torn
+//! write and is cut off with a warning (it was unacknowledged unless the state machine had
+//! applied it; the node's startup checks that and then holds its vote until the cluster has
+//! given the entry back, `hearth_node::datadir`); the same anywhere else is corruption,
+//! reported with its index, and the node refuses to start.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -193,7 +195,9 @@ impl LogStore {
             let at = expected.unwrap_or(0);
             let torn = |reason: &str| -> Result<(), StoreError> {
                 tracing::warn!(path = %path.display(), index = at, offset = pos, reason,
-                    "cutting off an unacknowledged torn write at the end of the Raft log");
+                    "cutting off a torn write at the end of the Raft log (unacknowledged unless \
+                     the state machine had applied it: that is checked next, and such a node is \
+                     held and repaired from the cluster)");
                 Ok(())
             };
             if data.len() - pos < FRAME_HEADER as usize {
