@@ -250,14 +250,14 @@ impl std::fmt::Display for Evidence {
                 window_ms,
             } => write!(
                 f,
-                "node {peer} sent this hub a Raft RPC {ago_ms} ms ago, within the down window of                  {window_ms} ms"
+                "node {peer} sent this hub a Raft RPC {ago_ms} ms ago, within the down window of {window_ms} ms"
             ),
             Evidence::NotWatchedLongEnough {
                 watched_ms,
                 window_ms,
             } => write!(
                 f,
-                "this hub started {watched_ms} ms ago and has not yet watched its peer for a                  whole down window ({window_ms} ms)"
+                "this hub started {watched_ms} ms ago and has not yet watched its peer for a whole down window ({window_ms} ms)"
             ),
             Evidence::PeerLogLonger { peer, theirs, mine } => write!(
                 f,

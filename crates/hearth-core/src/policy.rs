@@ -481,7 +481,7 @@ impl Grants {
             return Err(FieldError::new(
                 "urgency",
                 format!(
-                    "{who:?} may not claim an emergency (its token lacks the emergency grant:                      `hearth token add {who} --emergency`); send it as alert, or ask the household"
+                    "{who:?} may not claim an emergency (its token lacks the emergency grant: `hearth token add {who} --emergency`); send it as alert, or ask the household"
                 ),
             ));
         }

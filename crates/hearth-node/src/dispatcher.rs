@@ -163,7 +163,7 @@ impl Dispatcher {
                     if first_send && intent.expired(now_ms) {
                         let since = intent.dispatchable_ms.unwrap_or(intent.at_ms);
                         let reason = format!(
-                            "not dispatched within its deadline of {} ms (dispatchable at {since}                              ms, found at {now_ms} ms by node {me} in term {}): never sent",
+                            "not dispatched within its deadline of {} ms (dispatchable at {since} ms, found at {now_ms} ms by node {me} in term {}): never sent",
                             intent.deadline_ms.unwrap_or_default(),
                             leader.term
                         );

@@ -1437,7 +1437,7 @@ impl Node {
                 .map(|v| v.reason().to_string())
                 .unwrap_or_default();
             return Err(NodeError::Refused(format!(
-                "CLOCK_OFF: node {}'s clock is wrong, so it stamps nothing and hands leadership                  over: {why}. Retry in a few seconds (another hub leads then), and fix this                  hub's time (NTP, RTC)",
+                "CLOCK_OFF: node {}'s clock is wrong, so it stamps nothing and hands leadership over: {why}. Retry in a few seconds (another hub leads then), and fix this hub's time (NTP, RTC)",
                 self.id
             )));
         }
@@ -1740,7 +1740,7 @@ impl Node {
                     tracing::error!(
                         node = self.id,
                         reason = verdict.reason(),
-                        "CLOCK_OFF: this hub's clock is wrong; it stops campaigning, hands                          leadership over and stamps nothing until its clock is right"
+                        "CLOCK_OFF: this hub's clock is wrong; it stops campaigning, hands leadership over and stamps nothing until its clock is right"
                     );
                 }
                 self.raft.runtime_config().elect(false);
@@ -1758,7 +1758,11 @@ impl Node {
                 if changed && let hearth_core::clock::Verdict::Unsure { reason } = &verdict {
                     tracing::warn!(node = self.id, %reason, "clock offset to a peer");
                 }
-                self.raft.runtime_config().elect(true);
+                // A node whose vote is held (datadir.rs) stays out of elections until the
+                // cluster has caught it up, whatever its clock says.
+                self.raft
+                    .runtime_config()
+                    .elect(self.handler.hold().is_none());
             }
         }
         verdict

@@ -36,7 +36,7 @@ pub enum ServeError {
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(
-        "the Raft core of this node stopped ({0}); the process exits so that its service          manager restarts it (systemd: Restart=on-failure). If the disk is full, free space first"
+        "the Raft core of this node stopped ({0}); the process exits so that its service manager restarts it (systemd: Restart=on-failure). If the disk is full, free space first"
     )]
     CoreStopped(String),
 }
