@@ -116,7 +116,7 @@ async fn a_late_commit_after_a_partition_heals_expires_and_sends_nothing() {
             .contains("appended the request but no quorum"),
         "the entry must have been appended for this scenario: {err}"
     );
-    let id = hearth_core::domain::intent_id("late-1");
+    let id = hearth_core::domain::scoped_intent_id(Some("agent"), "late-1");
     // Past the deadline (the write timeout, 1.5 s in tests), then heal.
     tokio::time::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed())).await;
     c.router.heal();
@@ -280,11 +280,15 @@ async fn a_leader_whose_clock_jumped_back_stamps_chain_time_and_rate_limits_hold
     let mut recs: Vec<_> = (0..6)
         .filter_map(|n| {
             c.node(l)
-                .get_intent(&hearth_core::domain::intent_id(&format!("rate-{n}")))
+                .get_intent(&hearth_core::domain::scoped_intent_id(
+                    Some("agent"),
+                    &format!("rate-{n}"),
+                ))
                 .unwrap()
         })
         .collect();
     recs.sort_by_key(|r| r.index);
+    assert_eq!(recs.len(), 3, "the three accepted intents are in the chain");
     let times: Vec<u64> = recs.iter().map(|r| r.at_ms).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     let _ = bus;

@@ -1572,6 +1572,9 @@ impl Node {
             Some(r) => return Err(NodeError::KeyConflict(r.id)),
             None => {}
         }
+        // Only the leader plans: a follower's state may lag (a device registered a moment ago
+        // is not yet applied here), so it would refuse what the leader accepts.
+        self.require_leader()?;
         let clock = self.stamp()?;
         let emergency_limit = Some(self.config.limits.emergency_limit());
         if let Some(why) = self
