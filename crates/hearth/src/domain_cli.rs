@@ -390,11 +390,25 @@ pub async fn intent(cmd: IntentCmd) -> anyhow::Result<ExitCode> {
             dry_run,
         } => {
             let mut c = IntentsClient::new(channel(&target.addr)?);
-            let v = c
-                .submit(intent.request(dry_run)?)
-                .await
-                .map_err(|s| rpc_err(&target.addr, s))?
-                .into_inner();
+            // Built once: a retry sends the same idempotency key, so it never runs twice.
+            let req = intent.request(dry_run)?;
+            let patience = std::time::Instant::now() + ELECTION_PATIENCE;
+            let v = loop {
+                match c.submit(req.clone()).await {
+                    Ok(v) => break v.into_inner(),
+                    Err(s) => match election_retry_after(&s) {
+                        Some(wait) if std::time::Instant::now() + wait < patience => {
+                            eprintln!(
+                                "note: the cluster is electing a leader; sending the intent \
+                                 again (same idempotency key) in {} ms",
+                                wait.as_millis()
+                            );
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(rpc_err(&target.addr, s)),
+                    },
+                }
+            };
             print_view(&v);
             if v.status == "no_action" || (dry_run && !v.nothing_to_do.is_empty()) {
                 return Ok(ExitCode::from(1));
@@ -741,4 +755,50 @@ pub async fn device_sim(
         )
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `intent send` keeps retrying while the cluster elects a leader (a few elections).
+const ELECTION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A refusal that says the cluster is electing a leader names when to retry
+/// (`NO_QUORUM: electing a leader, retry in N ms: …`): that wait, bounded, or `None` for any
+/// other error (a real NO_QUORUM, a refusal, a bad request) — those are never retried.
+fn election_retry_after(s: &tonic::Status) -> Option<std::time::Duration> {
+    if s.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let rest = s.message().split("electing a leader, retry in ").nth(1)?;
+    let ms: u64 = rest.split(" ms").next()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(ms.clamp(50, 2_000)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_election_in_progress_is_retried() {
+        let electing = tonic::Status::unavailable(
+            "NO_QUORUM: electing a leader, retry in 1500 ms: node 2 has no leader",
+        );
+        assert_eq!(
+            election_retry_after(&electing),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        let long = tonic::Status::unavailable("NO_QUORUM: electing a leader, retry in 90000 ms: x");
+        assert_eq!(
+            election_retry_after(&long),
+            Some(std::time::Duration::from_millis(2000))
+        );
+        for other in [
+            tonic::Status::unavailable(
+                "NO_QUORUM: node 2 cannot reach a majority; peers answering: []",
+            ),
+            tonic::Status::invalid_argument("electing a leader, retry in 10 ms"),
+            tonic::Status::unavailable("NO_QUORUM: electing a leader, retry in soon ms"),
+            tonic::Status::resource_exhausted("emergency rate limit"),
+        ] {
+            assert_eq!(election_retry_after(&other), None, "{other:?}");
+        }
+    }
 }

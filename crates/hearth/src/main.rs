@@ -31,7 +31,7 @@ async fn main() -> std::process::ExitCode {
     let default_level = if args.command.is_server() {
         // openraft warns on every failed heartbeat and append to a peer that is down (several
         // lines a second); Hearth logs "peer N unreachable since …" once a minute instead.
-        "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::core::raft_core=error"
+        "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::core::raft_core=error,openraft::engine::handler::replication_handler=error"
     } else if args.command.is_compare() {
         // Its in-process intent cluster would otherwise warn about peers it stops.
         "error"
