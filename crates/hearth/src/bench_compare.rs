@@ -355,7 +355,9 @@ fn start_hearth(
     label: &'static str,
     election_max_ms: u64,
 ) -> anyhow::Result<Cluster> {
-    let paths = crate::dev::write_configs(dir, base_port)?;
+    // The write clusters send no emergencies: the plain dev topology, which a `--baseline`
+    // binary older than the `[limits]` section still reads (write_configs adds it).
+    let paths = crate::dev::write_topology(dir, base_port, crate::dev::Topology::Three, false)?;
     let mut procs = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         let mut text =
