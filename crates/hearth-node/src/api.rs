@@ -56,6 +56,7 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
         last_term: s.last_log.map(|(t, _)| t),
         applied_index: s.applied,
         head_hash: s.head.map(|(_, h)| hex::encode(h)).unwrap_or_default(),
+        head_index: s.head.map(|(i, _)| i),
         leader: s.leader,
         members: s
             .members
@@ -136,7 +137,10 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
         term: p.term,
         last_log: p.last_index.map(|i| (p.last_term.unwrap_or_default(), i)),
         applied: p.applied_index,
-        head: p.applied_index.zip(
+        // The head's own index, never `applied_index` (Raft's metrics run ahead of the state
+        // machine's head under load: pairing them made a peer's head look forged). A peer
+        // that does not send it has no comparable head.
+        head: p.head_index.zip(
             hex::decode(&p.head_hash)
                 .ok()
                 .and_then(|v| <[u8; 32]>::try_from(v).ok()),
@@ -631,5 +635,33 @@ impl PeerProbe for GrpcProbe {
                 .ok()?;
             Some(status_from_proto(&s.into_inner()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's head is the state machine's `(index, hash)` pair as it sent it. Under load
+    /// Raft's `applied_index` is already past the head; pairing the two made the cross-check
+    /// see a forged chain and fence a healthy node (found by `hearth bench compare`).
+    #[test]
+    fn a_peers_head_is_paired_with_its_own_index_never_the_applied_one() {
+        let h = [7u8; 32];
+        let p = pb::NodeStatus {
+            applied_index: Some(9),
+            head_hash: hex::encode(h),
+            head_index: Some(5),
+            ..Default::default()
+        };
+        let v = status_from_proto(&p);
+        assert_eq!(v.head, Some((5, h)));
+        assert_eq!(v.applied, Some(9));
+        // A peer that does not say its head's index has no comparable head.
+        let old = pb::NodeStatus {
+            head_index: None,
+            ..p
+        };
+        assert_eq!(status_from_proto(&old).head, None);
     }
 }
