@@ -97,7 +97,9 @@ proptest! {
     }
 
     /// Any one character of a signed file replaced: it no longer parses, or a signature fails,
-    /// or it parses to exactly the same checkpoints (one text per set of checkpoints).
+    /// or it parses to the same checkpoints — the same index, head, keys and signatures. The
+    /// node ids are labels the signed message does not cover (docs/AUDIT-FORMAT.md): a changed
+    /// id still verifies (this test found it), so trust comes from the keys, never the ids.
     #[test]
     fn a_changed_character_never_yields_other_valid_checkpoints(at in any::<prop::sample::Index>(), c in any::<char>()) {
         let original = signed_file();
@@ -109,7 +111,22 @@ proptest! {
         if let Ok(cps) = parse_file(&text)
             && cps.iter().all(|c| c.verify_signatures().is_ok())
         {
-            prop_assert_eq!(cps, parse_file(&original).unwrap(), "char {} -> {:?}", i, c);
+            let unlabelled = |mut v: Vec<Checkpoint>| {
+                for c in &mut v {
+                    c.signer.node = 0;
+                    if let Some(w) = &mut c.witness {
+                        w.node = 0;
+                    }
+                }
+                v
+            };
+            prop_assert_eq!(
+                unlabelled(cps),
+                unlabelled(parse_file(&original).unwrap()),
+                "char {} -> {:?}",
+                i,
+                c
+            );
         }
     }
 
