@@ -36,10 +36,10 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
         actuate,
         wall,
     } = measure_intents(count, concurrency, base_port).await?;
-    println!(
+    outln!(
         "hearth bench intents: {count} intents, {concurrency} concurrent clients, 3 nodes on loopback, fsync on"
     );
-    println!(
+    outln!(
         "{:<34} {:>8} {:>8} {:>8} {:>8}",
         "latency (ms)", "p50", "p90", "p99", "max"
     );
@@ -47,7 +47,7 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
         ("submit -> committed (client ack)", &commit),
         ("submit -> device applied", &actuate),
     ] {
-        println!(
+        outln!(
             "{:<34} {:>8} {:>8} {:>8} {:>8}",
             name,
             ms(pct(v, 0.5)),
@@ -56,7 +56,7 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
             ms(pct(v, 1.0))
         );
     }
-    println!(
+    outln!(
         "throughput: {:.0} intents/s ({} in {:.2} s)",
         count as f64 / wall.as_secs_f64(),
         count,

@@ -1201,7 +1201,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     } else {
         format!(" (Hearth's election max {} ms)", args.hearth_election_max)
     };
-    println!(
+    outln!(
         "Hearth (2 hubs + witness) vs {etcd_version} (3 members), loopback, fsync on, heartbeat {HEARTBEAT_MS} ms / election {ELECTION_MS} ms{emax}; \
          {PAYLOAD}-byte writes to the leader, best of {} alternating runs of {} s",
         plan.rounds, plan.seconds
@@ -1215,7 +1215,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if with_before {
         header.push_str(&format!(" {:>11} {:>12}", "before", "before/etcd"));
     }
-    println!("{header}");
+    outln!("{header}");
     for r in &rows {
         let mut line = format!(
             "{:<46} {:>9} {:>11} {:>11} {:>12}",
@@ -1232,11 +1232,11 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             };
             line.push_str(&format!(" {:>11} {:>12}", fmt_num(r.before), ratio(rb)));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
     if errors > 0 {
-        println!("note: {errors} writes failed during the write runs (see the JSON)");
+        outln!("note: {errors} writes failed during the write runs (see the JSON)");
     }
     let doc = serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -1269,10 +1269,10 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     std::fs::write(&args.json, serde_json::to_vec_pretty(&doc)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("JSON: {}", args.json.display());
+    outln!("JSON: {}", args.json.display());
     if args.keep {
         let kept = dir.keep();
-        println!("data and logs kept in {}", kept.display());
+        outln!("data and logs kept in {}", kept.display());
     }
     Ok(())
 }

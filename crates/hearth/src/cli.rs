@@ -382,6 +382,34 @@ pub fn out(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{args}");
 }
 
+/// One line on standard output for a client command (the `outln!` macro). A closed pipe ends
+/// the process as SIGPIPE ends `cat` — only after the write to standard output failed, never
+/// on a socket write; any other failure to write is said on standard error (exit code 1),
+/// never a panic.
+pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = writeln!(o, "{args}").and_then(|()| o.flush()) {
+        stdout_failed(e);
+    }
+}
+
+/// Standard output could not be written: ends the process (see [`stdout_line`]).
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        #[cfg(unix)]
+        // SAFETY: restores the default action of SIGPIPE and raises it on this thread; the
+        // process ends there, as `cat` does on a closed pipe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+        std::process::exit(141);
+    }
+    eprintln!("hearth: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Resolves on Ctrl-C, SIGTERM (`docker stop`, systemd) or SIGHUP (the terminal closed): each
 /// stops the node gracefully, handing leadership over first.
 pub async fn stop_signal() {
@@ -418,28 +446,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::InitPki { dir, nodes, renew } => {
             let r = hearth_node::pki::init_pki(&dir, &nodes, renew)?;
             if r.created_ca {
-                println!(
+                outln!(
                     "created the cluster CA: {}/ca.pem (key ca.key, mode 0600)",
                     dir.display()
                 );
             }
             for id in &r.issued {
-                println!(
+                outln!(
                     "issued node {id}: {0}/node-{id}.pem, {0}/node-{id}.key (0600)",
                     dir.display()
                 );
             }
             for id in &r.kept {
-                println!("kept node {id}'s certificate (--renew issues a new one)");
+                outln!("kept node {id}'s certificate (--renew issues a new one)");
             }
             if let Some(t) = &r.admin_token {
-                println!(
+                outln!(
                     "first admin token: {} (0600; its SHA-256 is in {}/tokens.toml)",
                     t.display(),
                     dir.display()
                 );
             }
-            println!(
+            outln!(
                 "copy ca.pem, node-N.pem, node-N.key and tokens.toml to node N and set [tls] and [auth] \
                  in its config; clients: export HEARTH_CA={0}/ca.pem HEARTH_TOKEN_FILE={0}/admin.token",
                 dir.display()
@@ -478,11 +506,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         role.name(),
                         file.display()
                     );
-                    println!("{t}");
+                    outln!("{t}");
                 }
                 TokenCmd::Revoke { file, name } => {
                     hearth_node::pki::revoke_token(&file, &name)?;
-                    println!("revoked {name:?} in {}", file.display());
+                    outln!("revoked {name:?} in {}", file.display());
                 }
                 TokenCmd::List { file } => {
                     for t in hearth_node::auth::TokensFile::load(&file)?.token {
@@ -490,7 +518,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         let all = |v: &Option<Vec<String>>| {
                             v.as_ref().map_or("all".to_string(), |v| v.join(","))
                         };
-                        println!(
+                        outln!(
                             "{:<24} {:<9} emergency={} classes={} locations={}",
                             t.name,
                             t.role.name(),
@@ -512,7 +540,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: {p}", file.display());
             }
             if problems.is_empty() {
-                println!("{}: OK", file.display());
+                outln!("{}: OK", file.display());
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))
@@ -551,7 +579,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(|s| rpc_err(&target.addr, s))?
                     .into_inner();
-                println!(
+                outln!(
                     "node {id} is a voter; membership entry at index {}; voters {:?}",
                     r.index, r.voters
                 );
@@ -564,7 +592,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(|s| rpc_err(&target.addr, s))?
                     .into_inner();
-                println!(
+                outln!(
                     "node {id} removed; membership entry at index {}; voters {:?}",
                     r.index, r.voters
                 );
@@ -895,7 +923,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
     if members.is_empty() {
         members.push((first.node_id, addr.to_string(), first.role.clone()));
     }
-    println!(
+    outln!(
         "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} ADDRESS",
         "NODE",
         "ROLE",
@@ -924,7 +952,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                     .is_some_and(|h| !h.core_stopped.is_empty()) =>
             {
                 let why = s.health.map(|h| h.core_stopped).unwrap_or_default();
-                println!(
+                outln!(
                     "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {} (Raft core stopped: {why})",
                     s.node_id,
                     s.role,
@@ -971,7 +999,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                 if let Some(l) = s.leader {
                     leaders.insert(l);
                 }
-                println!(
+                outln!(
                     "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {}",
                     s.node_id,
                     s.role,
@@ -985,7 +1013,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                     maddr
                 );
             }
-            Err(e) => println!(
+            Err(e) => outln!(
                 "{:<5} {:<8} {:<10} {:>5} {:>10} {:>8} {:<13} {:>6}  {:<10} {} ({})",
                 id,
                 role,
@@ -1002,29 +1030,29 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         }
     }
     let n = members.len();
-    println!();
+    outln!();
     for note in &notes {
-        println!("{note}");
+        outln!("{note}");
     }
     match leaders.len() {
-        0 => println!("no leader known: writes fail with NO_QUORUM until a majority can elect one"),
-        1 => println!(
+        0 => outln!("no leader known: writes fail with NO_QUORUM until a majority can elect one"),
+        1 => outln!(
             "leader: node {}",
             leaders.iter().next().copied().unwrap_or_default()
         ),
-        _ => println!(
+        _ => outln!(
             "nodes name different leaders {leaders:?}: an election is settling (only one can commit)"
         ),
     }
-    println!(
+    outln!(
         "reachable from here: {reachable} of {n}; a quorum needs {}",
         n / 2 + 1
     );
     if n == 1 {
-        println!("single node: nothing can take over if it fails");
+        outln!("single node: nothing can take over if it fails");
     }
     if !first.assist_state.is_empty() {
-        println!(
+        outln!(
             "two hubs, no witness (assisted failover), as seen by node {}: {}{} — {}",
             first.node_id,
             first.assist_state,
@@ -1036,20 +1064,20 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
             first.assist_detail
         );
         for c in &first.assist_checks {
-            println!("  check: {c}");
+            outln!("  check: {c}");
         }
     }
     for r in &first.refusals {
-        println!("REFUSED by node {}: {}", r.by, r.message);
+        outln!("REFUSED by node {}: {}", r.by, r.message);
     }
     for (id, w) in &warnings {
-        println!("DEVICE UNREACHABLE from node {id}: {w}");
+        outln!("DEVICE UNREACHABLE from node {id}: {w}");
     }
     for line in &chain {
-        println!("{line}");
+        outln!("{line}");
     }
     for (id, role, key) in keys.iter().filter(|(_, _, k)| !k.is_empty()) {
-        println!("checkpoint key of node {id} ({role}): {key}");
+        outln!("checkpoint key of node {id} ({role}): {key}");
     }
     // Exit non-zero when the cluster cannot commit now: no single leader, or a leader whose
     // quorum has not acknowledged it for longer than an election would take.
@@ -1062,7 +1090,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
         _ => Some("no single leader".to_string()),
     };
     if let Some(why) = no_quorum {
-        println!("NO QUORUM ({why}): writes and intents fail until a majority elects a leader");
+        outln!("NO QUORUM ({why}): writes and intents fail until a majority elects a leader");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -1078,12 +1106,12 @@ async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "{:>8} {:>5} {:>6}  {:<13} ENTRY",
         "INDEX", "TERM", "LEADER", "HASH"
     );
     for e in r.entries {
-        println!(
+        outln!(
             "{:>8} {:>5} {:>6}  {:<13} {}",
             e.index,
             e.term,
@@ -1154,12 +1182,12 @@ fn verify_file(
         let r = verify_export_against(text.lines(), &cps, &trust)
             .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
         match &r.export.failure {
-            Some(f) => println!(
+            Some(f) => outln!(
                 "FAILED at index {}: {f} ({} entries before it verified)",
                 f.index(),
                 r.export.entries
             ),
-            None => println!(
+            None => outln!(
                 "OK: {} entries ({}..={}) from node {} verify; head {}",
                 r.export.entries,
                 opt(r.export.first_index),
@@ -1169,7 +1197,7 @@ fn verify_file(
             ),
         }
         match &r.failure {
-            None => println!(
+            None => outln!(
                 "OK: {} checkpoint(s) of {} ({} signatures valid{}) match the export",
                 r.matched,
                 cf.display(),
@@ -1182,7 +1210,7 @@ fn verify_file(
                     ", each signed by a trusted key"
                 }
             ),
-            Some(f) => println!("FAILED: {} ({f})", cf.display()),
+            Some(f) => outln!("FAILED: {} ({f})", cf.display()),
         }
         if !r.ok() {
             code = ExitCode::from(1);
@@ -1195,7 +1223,7 @@ fn verify_file(
         .with_context(|| format!("{} is not a Hearth audit export", path.display()))?;
     match r.failure {
         None => {
-            println!(
+            outln!(
                 "OK: {} entries ({}..={}) from node {} verify; head {}",
                 r.entries,
                 opt(r.first_index),
@@ -1206,7 +1234,7 @@ fn verify_file(
             Ok(ExitCode::SUCCESS)
         }
         Some(f) => {
-            println!(
+            outln!(
                 "FAILED at index {}: {f} ({} entries before it verified)",
                 f.index(),
                 r.entries
@@ -1220,7 +1248,7 @@ fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     match hearth_node::node::verify_data_dir(dir) {
         Ok(r) => match r.failure {
             None => {
-                println!(
+                outln!(
                     "OK: {} entries verify; head {}",
                     r.checked,
                     r.head
@@ -1230,7 +1258,7 @@ fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Some(f) => {
-                println!("FAILED at index {}: {f}", f.index());
+                outln!("FAILED at index {}: {f}", f.index());
                 Ok(ExitCode::from(1))
             }
         },
@@ -1239,7 +1267,7 @@ fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             reason,
             path,
         })) => {
-            println!(
+            outln!(
                 "FAILED at index {index}: the Raft log {} is corrupt ({reason})",
                 path.display()
             );
@@ -1257,7 +1285,7 @@ async fn verify_live(addr: &str) -> anyhow::Result<ExitCode> {
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
     if r.ok {
-        println!(
+        outln!(
             "OK: {} entries verify; head {} {}",
             r.checked,
             opt(r.head_index),
@@ -1265,7 +1293,7 @@ async fn verify_live(addr: &str) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAILED at index {}: {}", opt(r.first_bad_index), r.reason);
+        outln!("FAILED at index {}: {}", opt(r.first_bad_index), r.reason);
         Ok(ExitCode::from(1))
     }
 }
@@ -1277,14 +1305,14 @@ async fn checkpoint_now(addr: &str) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "{} checkpoint at index {} head {}; {}",
         if r.fresh { "signed" } else { "last" },
         r.index,
         r.head,
         r.witness
     );
-    println!("{}", r.line);
+    outln!("{}", r.line);
     Ok(if r.fork {
         ExitCode::from(2)
     } else {
@@ -1326,7 +1354,13 @@ async fn checkpoint_export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<E
                 p.display()
             );
         }
-        None => print!("{text}"),
+        None => {
+            use std::io::Write;
+            let mut o = std::io::stdout().lock();
+            if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+                stdout_failed(e);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1338,7 +1372,7 @@ async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "committed at index {} (term {}, leader {}), chain hash {}",
         r.index, r.term, r.leader, r.hash
     );

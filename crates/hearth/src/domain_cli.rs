@@ -297,8 +297,11 @@ fn confirm(question: &str) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
     }
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = write!(o, "{question} [y/N] ").and_then(|()| o.flush()) {
+        crate::cli::stdout_failed(e);
+    }
+    drop(o);
     let mut line = String::new();
     if std::io::stdin().lock().read_line(&mut line).is_err() {
         return false;
@@ -319,7 +322,7 @@ fn unsuccessful(v: &pb::IntentView) -> bool {
 }
 
 fn print_view(v: &pb::IntentView) {
-    println!(
+    outln!(
         "intent {} [{}] class {} urgency {} (entry {})",
         if v.id.is_empty() { "-" } else { &v.id },
         v.status,
@@ -335,7 +338,7 @@ fn print_view(v: &pb::IntentView) {
         && v.approved_by.is_empty()
         && (v.status == "awaiting_approval" || (v.status == "accepted" && held))
     {
-        println!("  waits for approval: hearth intent approve {}", v.id);
+        outln!("  waits for approval: hearth intent approve {}", v.id);
     }
     for a in &v.actions {
         let outcome = if a.outcome.is_empty() && a.needs_approval && v.approved_by.is_empty() {
@@ -345,19 +348,19 @@ fn print_view(v: &pb::IntentView) {
         } else {
             a.outcome.clone()
         };
-        println!(
+        outln!(
             "  {:<22} {:<16} {:<10} -> {:<10} {} {}",
             a.id, a.device, a.capability, a.state, outcome, a.detail
         );
     }
     for r in &v.reads {
-        println!("  read sensors of {r}");
+        outln!("  read sensors of {r}");
     }
     for n in &v.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}");
     }
     if !v.nothing_to_do.is_empty() {
-        println!("  NOTHING WILL BE DONE: {}", v.nothing_to_do);
+        outln!("  NOTHING WILL BE DONE: {}", v.nothing_to_do);
     }
 }
 
@@ -371,7 +374,7 @@ async fn watch(addr: &str, id: &str) -> anyhow::Result<ExitCode> {
     let mut last = String::new();
     while let Some(ev) = s.next().await {
         let ev = ev.map_err(|s| rpc_err(addr, s))?;
-        println!("{:<18} {}", ev.stage, ev.detail);
+        outln!("{:<18} {}", ev.stage, ev.detail);
         last = ev.stage;
     }
     Ok(if last == "done" {
@@ -426,9 +429,9 @@ pub async fn intent(cmd: IntentCmd) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             print_view(&v);
-            println!("why:");
+            outln!("why:");
             for d in &v.verdicts {
-                println!(
+                outln!(
                     "  {:<16} {:<4} {}",
                     d.device,
                     if d.included { "in" } else { "out" },
@@ -474,7 +477,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!(
+            outln!(
                 "{:<16} {:<16} {:<9} {:<30} ADAPTER",
                 "ID", "LOCATION", "EMERG", "ACTUATORS / SENSORS"
             );
@@ -486,7 +489,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                     .collect();
                 caps.sort();
                 caps.extend(d.sensors.iter().map(|s| format!("({s})")));
-                println!(
+                outln!(
                     "{:<16} {:<16} {:<9} {:<30} {}:{}",
                     d.id,
                     d.location,
@@ -525,7 +528,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!("device {} registered at {}", r.id, r.location);
+            outln!("device {} registered at {}", r.id, r.location);
             Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::Refence {
@@ -544,7 +547,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!(
+            outln!(
                 "re-fence {} recorded at entry {}; watch it with `hearth intent watch {}`",
                 v.id, v.index, v.id
             );
@@ -578,23 +581,23 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             }
             let changes = hearth_core::policy::diff(&current, &proposed);
             if changes.is_empty() {
-                println!(
+                outln!(
                     "no change: the policies in force are those of {}",
                     file.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "applying {} changes the policies in force ({} now, {} after):",
                 file.display(),
                 current.len(),
                 proposed.len()
             );
             for c in &changes {
-                println!("  {c}");
+                outln!("  {c}");
             }
             if dry_run {
-                println!("dry run: nothing applied");
+                outln!("dry run: nothing applied");
                 return Ok(ExitCode::SUCCESS);
             }
             if !yes && !confirm("apply these changes?") {
@@ -612,7 +615,7 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!("policies applied at entry {}", r.index);
+            outln!("policies applied at entry {}", r.index);
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Add { target, file } => {
@@ -624,7 +627,7 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     proposed.len()
                 );
             };
-            println!("  {}", hearth_core::policy::Change::Added(one.clone()));
+            outln!("  {}", hearth_core::policy::Change::Added(one.clone()));
             let r = PoliciesClient::new(channel(&target.addr)?)
                 .add_policy(pb::ApplyDocument {
                     json,
@@ -633,20 +636,20 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!("policy {} added at entry {}", one.id, r.index);
+            outln!("policy {} added at entry {}", one.id, r.index);
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Remove { target, id } => {
             let (current, ..) = in_force(&target.addr).await?;
             if let Some(p) = current.iter().find(|p| p.id == id) {
-                println!("  {}", hearth_core::policy::Change::Removed(p.clone()));
+                outln!("  {}", hearth_core::policy::Change::Removed(p.clone()));
             }
             let r = PoliciesClient::new(channel(&target.addr)?)
                 .remove_policy(pb::RemovePolicyRequest { id: id.clone() })
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!("policy {id} removed at entry {}", r.index);
+            outln!("policy {id} removed at entry {}", r.index);
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::ApplyClass { target, file } => {
@@ -660,7 +663,7 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
-            println!("intent class applied at entry {}", r.index);
+            outln!("intent class applied at entry {}", r.index);
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Show { target } => {
@@ -671,7 +674,7 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
             let v: serde_json::Value = serde_json::from_str(&r.json)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -715,10 +718,10 @@ pub async fn device_sim(
             .await
             .with_context(|| format!("listening on {h}"))?;
         tokio::spawn(sim.clone().serve_http(l));
-        println!("device-sim HTTP on {h}: POST /command, GET /journal");
+        outln!("device-sim HTTP on {h}: POST /command, GET /journal");
     }
     if let Some((broker, topic)) = mqtt {
-        println!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
+        outln!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
         use hearth_devices::mqtt::{MqttBroker, Secret, tls_client_config};
         let mut b = MqttBroker::plain(broker);
         if let Some((user, pw)) = &login.user {
@@ -739,7 +742,7 @@ pub async fn device_sim(
             key,
         ));
     }
-    println!(
+    outln!(
         "device-sim gRPC on {listen}{}",
         journal
             .map(|j| format!("; journal {}", j.display()))

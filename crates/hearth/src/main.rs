@@ -1,6 +1,20 @@
 //! `hearth`: one binary for serving a node, running a local dev cluster, and inspecting the
 //! cluster and its audit chain over the public gRPC API.
 
+/// Prints a line on standard output for a client command: a closed pipe (`hearth audit tail |
+/// head -1`) ends the command quietly, as it ends `cat`. SIGPIPE itself stays ignored in every
+/// command — hyper writes to its sockets with `writev`, which raises SIGPIPE on a connection
+/// the other side closed, and the default action would kill a command (or the in-process
+/// cluster of `bench compare`) mid-request with exit code 141.
+macro_rules! outln {
+    () => {
+        $crate::cli::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod bench_compare;
 mod cli;
@@ -9,6 +23,7 @@ mod domain_cli;
 mod topology_cli;
 
 use clap::Parser;
+
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -19,13 +34,6 @@ async fn main() -> std::process::ExitCode {
         // SAFETY: umask only changes this process's file-creation mask.
         unsafe {
             libc::umask(0o077);
-        }
-    } else {
-        // `hearth cluster status | head -1`: a closed pipe ends a client command quietly, as
-        // it does `cat` (a node keeps ignoring SIGPIPE: it must run its hand-over).
-        // SAFETY: restores the default action of one signal before any thread writes.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
     let default_level = if args.command.is_server() {

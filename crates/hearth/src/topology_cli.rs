@@ -64,7 +64,7 @@ pub async fn promote(
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "promotion of node {} accepted (state {}{}); it restarts as a one-node cluster, removing {:?}",
         r.node_id,
         r.assessed,
@@ -84,7 +84,7 @@ pub async fn promote(
         },
     )
     .await?;
-    println!(
+    outln!(
         "node {} leads alone in term {}; voters {:?}",
         s.node_id,
         s.term,
@@ -98,9 +98,9 @@ pub async fn promote(
         .into_inner();
     let from = last.map(|l| l + 1).unwrap_or(0);
     for e in tail.entries.iter().filter(|e| e.index >= from) {
-        println!("{:>8} term {:<4} {}", e.index, e.term, e.kind);
+        outln!("{:>8} term {:<4} {}", e.index, e.term, e.kind);
     }
-    println!(
+    outln!(
         "the old peer is refused from now on; to bring that machine back, wipe its data and add it \
          under a new id (docs/topologies/two-hubs.md)"
     );
@@ -114,7 +114,7 @@ pub async fn transfer(addr: &str, to: u64) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!("node {} leads (term {})", r.leader, r.term);
+    outln!("node {} leads (term {})", r.leader, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -136,7 +136,7 @@ pub async fn replace(
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "node {new_id} replaced node {old_id}; membership entry at index {}; voters {:?}",
         r.index, r.voters
     );
@@ -155,7 +155,7 @@ async fn restart_one(addr: &str, goal: Option<u64>, by: &str) -> anyhow::Result<
         .await
         .map_err(|s| rpc_err(addr, s))?
         .into_inner();
-    println!(
+    outln!(
         "node {} restarting (recorded at chain index {})",
         r.node_id, r.recorded_index
     );
@@ -171,7 +171,7 @@ pub async fn restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
     let took = restart_one(addr, s.applied_index, by).await?;
-    println!(
+    outln!(
         "node {} restarted and caught up in {} ms",
         s.node_id,
         took.as_millis()
@@ -200,7 +200,7 @@ pub async fn rolling_restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
         }
         let goal = status(maddr).await.and_then(|s| s.applied_index);
         let took = restart_one(maddr, goal, by).await?;
-        println!(
+        outln!(
             "node {id} restarted and caught up in {} ms",
             took.as_millis()
         );
