@@ -41,7 +41,11 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
     );
     outln!(
         "{:<34} {:>8} {:>8} {:>8} {:>8}",
-        "latency (ms)", "p50", "p90", "p99", "max"
+        "latency (ms)",
+        "p50",
+        "p90",
+        "p99",
+        "max"
     );
     for (name, v) in [
         ("submit -> committed (client ack)", &commit),

@@ -581,7 +581,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} is a voter; membership entry at index {}; voters {:?}",
-                    r.index, r.voters
+                    r.index,
+                    r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -594,7 +595,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} removed; membership entry at index {}; voters {:?}",
-                    r.index, r.voters
+                    r.index,
+                    r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -1108,7 +1110,10 @@ async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "{:>8} {:>5} {:>6}  {:<13} ENTRY",
-        "INDEX", "TERM", "LEADER", "HASH"
+        "INDEX",
+        "TERM",
+        "LEADER",
+        "HASH"
     );
     for e in r.entries {
         outln!(
@@ -1138,14 +1143,23 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    // A closed standard output (`hearth audit export | head`) ends the command as it ends
+    // `cat`; a file that cannot be written is an error naming it.
+    let to_stdout = out.is_none();
+    let failed = |e: std::io::Error| -> anyhow::Error {
+        if to_stdout {
+            stdout_failed(e)
+        }
+        anyhow::Error::new(e).context("writing the export")
+    };
     let mut lines = 0u64;
     while let Some(chunk) = stream.next().await {
         for l in chunk.map_err(|s| rpc_err(addr, s))?.lines {
-            writeln!(w, "{l}")?;
+            writeln!(w, "{l}").map_err(failed)?;
             lines += 1;
         }
     }
-    w.flush()?;
+    w.flush().map_err(failed)?;
     if let Some(p) = out {
         eprintln!(
             "wrote {} entries to {}",
@@ -1374,7 +1388,10 @@ async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "committed at index {} (term {}, leader {}), chain hash {}",
-        r.index, r.term, r.leader, r.hash
+        r.index,
+        r.term,
+        r.leader,
+        r.hash
     );
     Ok(ExitCode::SUCCESS)
 }

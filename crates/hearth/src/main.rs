@@ -24,7 +24,6 @@ mod topology_cli;
 
 use clap::Parser;
 
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();

@@ -672,3 +672,44 @@ fn a_stopped_leader_is_named_by_the_follower_before_the_clients_deadline() {
     );
     eprintln!("the follower said: {err}");
 }
+
+#[test]
+fn a_peer_that_closes_the_connection_is_an_error_never_a_signal() {
+    // A "node" that accepts, reads a little and closes with the rest unread (the kernel then
+    // resets the connection): the client's next socket write fails with EPIPE. hyper writes
+    // with writev, which raises SIGPIPE; when client commands restored SIGPIPE's default
+    // action (for `| head`), about one run in five died silently with exit code 141 — as
+    // `bench compare` did in CI. Every run must end with the CLI's own error, naming the node.
+    use std::io::Read as _;
+    use std::os::unix::process::ExitStatusExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+        }
+    });
+    for run in 0..40 {
+        let mut c = hearth()
+            .args(["cluster", "status", "--addr", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut c, Duration::from_secs(20), "cluster status");
+        let mut err = String::new();
+        c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(
+            status.signal(),
+            None,
+            "run {run}: `hearth cluster status` was killed by a signal ({status:?}) with no message: {err}"
+        );
+        assert_eq!(status.code(), Some(2), "run {run}: {status:?} {err}");
+        assert!(
+            err.contains(&addr),
+            "run {run}: the error names the node: {err}"
+        );
+    }
+}
