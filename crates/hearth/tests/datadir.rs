@@ -133,6 +133,47 @@ async fn write_within(addr: &str, text: &str, within: Duration) -> Option<(u64, 
     None
 }
 
+/// Waits until every node in `addrs` answers that all of them are voters, none is held, and
+/// all have applied the same index: the cluster is formed and converged. (Formation adds the
+/// peers after the bootstrap hub has formed alone; a write acknowledged before that is held by
+/// hub 1 alone, and a scenario that then kills hub 1 tests nothing.)
+async fn wait_formed(addrs: &BTreeMap<u64, String>, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        let mut applied = Vec::new();
+        for a in addrs.values() {
+            let Ok(ch) = hearth_cluster::grpc::lazy_channel(a) else {
+                break;
+            };
+            let mut req = tonic::Request::new(pb::StatusRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            match ClusterClient::new(ch).status(req).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    let voters = s.members.iter().filter(|m| m.voter).count();
+                    last = format!(
+                        "{a}: {} voters, state {}, applied {:?}",
+                        voters, s.state, s.applied_index
+                    );
+                    if voters == addrs.len() && !s.state.contains("held") {
+                        applied.push(s.applied_index);
+                    }
+                }
+                Err(e) => last = format!("{a}: {e}"),
+            }
+        }
+        if applied.len() == addrs.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not form within {within:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The exported chain of the node at `addr`, by index.
 async fn chain(addr: &str) -> Option<BTreeMap<u64, String>> {
     let mut c = AuditClient::new(hearth_cluster::grpc::lazy_channel(addr).ok()?);
@@ -187,6 +228,7 @@ async fn a_reflashed_witness_does_not_elect_a_stale_hub() {
             .await
             .expect("first write"),
     ];
+    wait_formed(&a, LONG).await;
     p.kill9(1);
     for i in 0..10 {
         acked.push(
@@ -236,12 +278,12 @@ async fn a_hub_restored_from_a_backup_does_not_lead_without_the_newer_writes() {
             .expect("first write"),
     ];
     // Let every node apply it, then take the household's backup of hub 2 (stopped).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_formed(&a, LONG).await;
     p.kill9(2);
     let backup = dir.path().join("backup2");
     copy_dir(&p.data(2), &backup);
     p.start(2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_formed(&a, LONG).await;
     p.kill9(3);
     for i in 0..20 {
         acked.push(
