@@ -32,6 +32,51 @@ fn lost(c: &TestCluster) -> usize {
         .unwrap_or(0)
 }
 
+/// The node notices in node `id`'s applied chain: (node it is about, text).
+fn chain_notices(c: &TestCluster, id: u64) -> Vec<(u64, String)> {
+    use hearth_core::domain::Command;
+    c.node(id)
+        .tail(1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.record.kind == hearth_core::EntryKind::Command)
+        .filter_map(|l| match Command::decode(&l.record.payload) {
+            Ok(Command::NodeNotice { node, text, .. }) => Some((node, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until node `on`'s chain carries a notice about node `about` whose text contains
+/// `what`, and node `about` no longer reports it (it saw it recorded). Returns every notice
+/// about `about` in that chain.
+async fn wait_notice(
+    c: &TestCluster,
+    on: u64,
+    about: u64,
+    what: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mine: Vec<String> = chain_notices(c, on)
+            .into_iter()
+            .filter(|(n, _)| *n == about)
+            .map(|(_, t)| t)
+            .collect();
+        let pending = c.node(about).status().await.health.notices;
+        if mine.iter().any(|t| t.contains(what)) && pending.is_empty() {
+            return mine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notice about node {about} containing {what:?} in node {on}'s chain \
+             (its notices about node {about}: {mine:?}; still pending on node {about}: {pending:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -120,6 +165,17 @@ async fn a_wiped_witness_does_not_vote_a_stale_hub_in() {
     let lost_after = lost(&c);
     println!("14.1: acknowledged writes lost at the end: {lost_after}");
     assert_eq!(lost_after, 0);
+    // The chain says so: the witness votes again because a leader elected without it caught
+    // up its new data directory (hub 2, or hub 1 once hub 2 had caught hub 1 up).
+    let leader = c.wait_for_leader(&[1, 2], LONG).await;
+    let said = wait_notice(&c, leader, 3, "data directory is new", LONG).await;
+    println!("14.1: the chain's notices about the witness: {said:?}");
+    assert!(
+        said.iter().any(|t| t.starts_with("votes again")
+            && t.contains("a leader elected without it (node ")
+            && t.contains("caught it up to index")),
+        "the rejoin after the wipe is in the chain, naming the leader that caught it up: {said:?}"
+    );
     c.check_invariants();
     c.shutdown().await;
 }
@@ -289,6 +345,36 @@ async fn a_corrupted_state_machine_is_rebuilt_from_the_log() {
     wait_caught_up(&c, LONG).await;
     c.wait_votes(LONG).await;
     assert_eq!(lost(&c), 0);
+    // An audit record of the rebuild, in every node's chain, recorded once.
+    let said = wait_notice(
+        &c,
+        1,
+        2,
+        "rebuilt its state machine from the Raft log",
+        LONG,
+    )
+    .await;
+    assert_eq!(
+        said.iter()
+            .filter(|t| t.contains("rebuilt its state machine"))
+            .count(),
+        1,
+        "{said:?}"
+    );
+    c.wait_converged(LONG).await;
+    for id in [1, 3] {
+        let theirs: Vec<String> = chain_notices(&c, id)
+            .into_iter()
+            .filter(|(n, _)| *n == 2)
+            .map(|(_, t)| t)
+            .collect();
+        assert!(
+            theirs
+                .iter()
+                .any(|t| t.contains("rebuilt its state machine")),
+            "node {id}: {theirs:?}"
+        );
+    }
     c.check_invariants();
     c.shutdown().await;
 }

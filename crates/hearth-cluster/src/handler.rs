@@ -72,6 +72,12 @@ pub trait CosignClient: Send + Sync {
     ) -> BoxFuture<'a, Result<CosignReply, String>>;
 }
 
+/// The election-timer rule: never the witness, never while the vote is held, never while the
+/// clock is OFF.
+pub fn may_campaign(witness: bool, held: bool, clock_off: bool) -> bool {
+    !witness && !held && !clock_off
+}
+
 /// Receiving side of one node.
 #[derive(Clone)]
 pub struct RaftHandler {
@@ -83,6 +89,7 @@ pub struct RaftHandler {
     gate: Arc<Mutex<Option<Gate>>>,
     cosigner: Arc<Mutex<Option<Arc<dyn CosignHandler>>>>,
     hold: Arc<Mutex<Option<Hold>>>,
+    clock_off: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftHandler {
@@ -96,7 +103,26 @@ impl RaftHandler {
             gate: Arc::default(),
             cosigner: Arc::default(),
             hold: Arc::default(),
+            clock_off: Arc::default(),
         }
+    }
+
+    /// Records the clock watch's verdict: a hub whose clock is OFF does not campaign.
+    pub fn set_clock_off(&self, off: bool) {
+        self.clock_off
+            .store(off, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this node's election timer may run: a hub whose vote is not held and whose
+    /// clock is not judged OFF. Every place that turns the timer back on asks this, so a
+    /// lifted hold cannot re-enable elections on a hub whose clock is wrong (nor the clock
+    /// watch on a held hub).
+    pub fn may_campaign(&self) -> bool {
+        may_campaign(
+            self.witness,
+            self.hold().is_some(),
+            self.clock_off.load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     /// Holds (or releases) this node's vote. While held it grants no vote or pre-vote; its
@@ -318,5 +344,25 @@ impl RaftHandler {
     pub fn last_leader_contact(&self) -> Instant {
         self.with_seen(|s| s.last_leader_contact)
             .unwrap_or(self.started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_campaign;
+
+    #[test]
+    fn only_a_hub_with_its_vote_and_a_right_clock_campaigns() {
+        for witness in [false, true] {
+            for held in [false, true] {
+                for clock_off in [false, true] {
+                    assert_eq!(
+                        may_campaign(witness, held, clock_off),
+                        !witness && !held && !clock_off,
+                        "witness={witness} held={held} clock_off={clock_off}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -105,6 +105,17 @@ pub enum Command {
     /// An operator's act on the cluster that changes no replicated state (a node restart),
     /// recorded so that the chain says who did what.
     OperatorAct { act: String, by: String },
+    /// What a node had to say about its own data, recorded by the leader once per notice id so
+    /// that the chain carries it (issue 14): it rebuilt its state machine from the log, or it
+    /// votes again after its data directory was new, copied or restored and a leader elected
+    /// without it caught it up. Changes nothing but the set of recorded notice ids.
+    NodeNotice {
+        node: u64,
+        /// Chosen by the node (unique per notice); a repeated id changes nothing.
+        id: String,
+        text: String,
+        at_ms: u64,
+    },
     /// A person turned one hub of a two-hub cluster into a one-node cluster (assisted
     /// failover). The first entry after the last one the hub shared with its lost peer.
     Promote { promotion: Promotion },
@@ -381,6 +392,9 @@ pub struct DomainState {
     /// Node ids removed by a forced promotion, with the reason they are refused.
     #[serde(default)]
     pub retired: BTreeMap<u64, String>,
+    /// Ids of the node notices the chain carries (`Command::NodeNotice`).
+    #[serde(default)]
+    pub notices: std::collections::BTreeSet<String>,
 }
 
 impl Default for DomainState {
@@ -395,6 +409,7 @@ impl Default for DomainState {
             rates: RateWindows::default(),
             intents: BTreeMap::new(),
             retired: BTreeMap::new(),
+            notices: Default::default(),
         }
     }
 }
@@ -452,6 +467,10 @@ impl DomainState {
         let index = pos.index;
         match cmd {
             Command::TestRecord { .. } | Command::OperatorAct { .. } => Outcome::Done,
+            Command::NodeNotice { id, .. } => {
+                self.notices.insert(id.clone());
+                Outcome::Done
+            }
             Command::Promote { promotion: p } => {
                 for id in &p.removed {
                     self.retired.insert(
@@ -847,6 +866,38 @@ mod tests {
             term: 1,
             leader: 1,
         }
+    }
+
+    #[test]
+    fn a_node_notice_is_recorded_once_and_changes_nothing_else() {
+        let cmd = Command::NodeNotice {
+            node: 3,
+            id: "19a-0f".into(),
+            text: "votes again: its data directory is new".into(),
+            at_ms: 9,
+        };
+        let bytes = cmd.encode();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(r#""type":"node_notice""#),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+        let mut d = DomainState::default();
+        let before = d.clone();
+        assert_eq!(d.apply(&cmd, at(7)), Outcome::Done);
+        assert!(d.notices.contains("19a-0f"));
+        let once = d.clone();
+        assert_eq!(d.apply(&cmd, at(8)), Outcome::Done);
+        assert_eq!(d, once, "a repeated notice changes nothing");
+        let mut rest = once.clone();
+        rest.notices.clear();
+        assert_eq!(rest, before, "a notice changes nothing but the notice ids");
+        // A state written before notices existed still loads.
+        let mut old = serde_json::to_value(DomainState::default()).unwrap();
+        old.as_object_mut().unwrap().remove("notices");
+        let old: DomainState = serde_json::from_value(old).unwrap();
+        assert!(old.notices.is_empty());
     }
 
     #[test]

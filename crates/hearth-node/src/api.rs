@@ -112,6 +112,15 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             core_stopped: s.health.core_stopped.clone(),
             disk_free_bytes: s.health.disk_free_bytes,
             disk_warning: s.health.disk_warning.clone(),
+            notices: s
+                .health
+                .notices
+                .iter()
+                .map(|n| pb::NodeNotice {
+                    id: n.id.clone(),
+                    text: n.text.clone(),
+                })
+                .collect(),
         }),
         chain_disagreements: s
             .chain_disagreeing
@@ -191,6 +200,14 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
                 core_stopped: h.core_stopped.clone(),
                 disk_free_bytes: h.disk_free_bytes,
                 disk_warning: h.disk_warning.clone(),
+                notices: h
+                    .notices
+                    .iter()
+                    .map(|n| crate::datadir::Notice {
+                        id: n.id.clone(),
+                        text: n.text.clone(),
+                    })
+                    .collect(),
             })
             .unwrap_or_default(),
         chain_disagreeing: p

@@ -45,20 +45,37 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
         }
         let me = n.id;
         let status = n.status().await;
+        // The leader also records what nodes have to say about their own data (rebuilt state,
+        // a lifted hold): its own, and each voter's from the status it reads here.
+        let leading = status.leader == Some(me);
+        let mut notices: Vec<(u64, crate::datadir::Notice)> = if leading {
+            status
+                .health
+                .notices
+                .iter()
+                .map(|x| (me, x.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let voters: Vec<(u64, String)> = status
             .members
             .iter()
             .filter(|(_, _, voter)| *voter)
             .map(|(id, m, _)| (*id, m.addr.clone()))
             .collect();
-        drop(n);
         if voters.len() < 2 || !voters.iter().any(|(id, _)| *id == me) {
+            record_notices(&n, notices).await;
             continue;
         }
+        drop(n);
         let mut heads = Vec::new();
         for (id, addr) in voters.iter().filter(|(id, _)| *id != me) {
-            let head = probe.status(*id, addr).await.and_then(|s| s.head);
-            heads.push((*id, head));
+            let s = probe.status(*id, addr).await;
+            if leading && let Some(s) = &s {
+                notices.extend(s.health.notices.iter().map(|x| (*id, x.clone())));
+            }
+            heads.push((*id, s.and_then(|s| s.head)));
         }
         let Some(n) = node.upgrade() else { return };
         let comparisons: Vec<(u64, Compared)> = heads
@@ -105,6 +122,18 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             if let Err(e) = n.raft.shutdown().await {
                 tracing::error!(node = me, error = %e, "could not stop Raft while fencing");
             }
+        } else {
+            record_notices(&n, notices).await;
+        }
+    }
+}
+
+/// Records nodes' notices in the chain (the leader's part; each is proposed once). A notice
+/// that cannot be recorded now (no quorum, a peer's invalid notice) is tried again next round.
+async fn record_notices(n: &Node, notices: Vec<(u64, crate::datadir::Notice)>) {
+    for (node, x) in notices {
+        if let Err(e) = n.record_notice(node, &x).await {
+            tracing::debug!(node = n.id, about = node, error = %e, "notice not recorded yet");
         }
     }
 }

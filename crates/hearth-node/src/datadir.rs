@@ -9,6 +9,10 @@
 //!   sled flush, about once a second). Applied means committed, so the log never legitimately
 //!   ends below it, and sled never legitimately reports less.
 //! - `hold.json`: a hold on the node's vote that has not been lifted yet (survives restarts).
+//! - `notices.json`: what this node has to say about its own data that the chain does not carry
+//!   yet (it rebuilt its state machine; it votes again after a hold). The node reports them in
+//!   its status; the leader records each once (`NodeNotice`), and the node drops those the
+//!   chain carries.
 //!
 //! A held node grants no vote or pre-vote and does not campaign (its election timer is off);
 //! the hold is lifted, with a log line, once a leader elected without it has replicated to it
@@ -31,6 +35,107 @@ use crate::node::NodeError;
 pub const MARKER_FILE: &str = "incarnation.json";
 pub const HIGH_WATER_FILE: &str = "high-water.json";
 pub const HOLD_FILE: &str = "hold.json";
+pub const NOTICES_FILE: &str = "notices.json";
+
+/// Longest notice text a node records (and a leader accepts from a peer).
+pub const NOTICE_MAX: usize = 500;
+/// Most notices a node keeps waiting for the chain (older ones are dropped, and say so).
+const NOTICES_KEPT: usize = 16;
+
+/// Something a node has to say about its own data, waiting to be recorded in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Unique per notice (Unix ms and a random part).
+    pub id: String,
+    pub text: String,
+}
+
+impl Notice {
+    /// Whether a notice a peer reported is fit for the chain: a short id of `[0-9a-f-]` and a
+    /// printable text of at most [`NOTICE_MAX`] bytes.
+    pub fn is_valid(&self) -> bool {
+        !self.id.is_empty()
+            && self.id.len() <= 64
+            && self.id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            && !self.text.is_empty()
+            && self.text.len() <= NOTICE_MAX
+            && !self.text.chars().any(char::is_control)
+    }
+}
+
+/// The notices waiting in `data_dir` (none when the file is absent or unreadable: a notice is
+/// an audit courtesy, never a reason to stop).
+pub fn pending_notices(data_dir: &Path) -> Vec<Notice> {
+    match read_json::<Vec<Notice>>(&data_dir.join(NOTICES_FILE)) {
+        Ok(v) => v.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "{NOTICES_FILE} is unreadable; its notices are lost");
+            Vec::new()
+        }
+    }
+}
+
+/// Adds a notice for the chain (written durably before this returns).
+pub fn add_notice(data_dir: &Path, text: &str) -> std::io::Result<()> {
+    let mut v = pending_notices(data_dir);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut r = [0u8; 4];
+    getrandom::getrandom(&mut r).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() > NOTICE_MAX {
+        let mut cut = NOTICE_MAX - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    v.push(Notice {
+        id: format!("{ms:x}-{}", hex::encode(r)),
+        text,
+    });
+    if v.len() > NOTICES_KEPT {
+        let dropped = v.len() - NOTICES_KEPT;
+        tracing::warn!(
+            dropped,
+            "more than {NOTICES_KEPT} notices wait for the chain; the oldest are dropped"
+        );
+        v.drain(..dropped);
+    }
+    write_atomic(
+        data_dir,
+        NOTICES_FILE,
+        &serde_json::to_vec(&v).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Drops the notices the chain carries (`recorded`), keeping the others.
+fn drop_recorded(data_dir: &Path, recorded: impl Fn(&str) -> bool) -> std::io::Result<()> {
+    let v = pending_notices(data_dir);
+    if v.is_empty() {
+        return Ok(());
+    }
+    let keep: Vec<Notice> = v.iter().filter(|n| !recorded(&n.id)).cloned().collect();
+    if keep.len() == v.len() {
+        return Ok(());
+    }
+    if keep.is_empty() {
+        return match std::fs::remove_file(data_dir.join(NOTICES_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    write_atomic(
+        data_dir,
+        NOTICES_FILE,
+        &serde_json::to_vec(&keep).map_err(std::io::Error::other)?,
+    )
+}
 
 /// State machines rebuilt from the log since this process started (a metric).
 pub static STATE_REBUILDS: AtomicU64 = AtomicU64::new(0);
@@ -39,6 +144,24 @@ pub static STATE_REBUILDS: AtomicU64 = AtomicU64::new(0);
 struct Marker {
     node_id: u64,
     inode: u64,
+    /// The file's creation time (statx birth time, ns since the epoch) where the file system
+    /// records one. A restore deletes the directory and writes new files, and ext4 can hand
+    /// the freed inode number to the new marker (seen in the in-process suite: a restored hub
+    /// passed for its own directory and led without 20 acknowledged writes); no copy tool
+    /// can set a birth time, so the pair identifies the file this node wrote. Absent in
+    /// markers written before it, and where the file system keeps no birth time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_ns: Option<u64>,
+}
+
+/// A file's birth time in ns since the epoch, if the file system keeps one.
+fn created_ns(meta: &std::fs::Metadata) -> Option<u64> {
+    let d = meta
+        .created()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(d.as_nanos()).ok()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,8 +197,13 @@ pub fn write_marker(dir: &Path, node_id: u64) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    let inode = f.metadata()?.ino();
-    f.write_all(&serde_json::to_vec(&Marker { node_id, inode }).map_err(std::io::Error::other)?)?;
+    let meta = f.metadata()?;
+    let marker = Marker {
+        node_id,
+        inode: meta.ino(),
+        created_ns: created_ns(&meta),
+    };
+    f.write_all(&serde_json::to_vec(&marker).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
     std::fs::File::open(dir)?.sync_all()
@@ -87,7 +215,10 @@ fn copied(dir: &Path) -> Result<Option<bool>, NodeError> {
     let Some(m) = read_json::<Marker>(&path)? else {
         return Ok(None);
     };
-    Ok(Some(std::fs::metadata(&path)?.ino() != m.inode))
+    let meta = std::fs::metadata(&path)?;
+    Ok(Some(
+        meta.ino() != m.inode || (m.created_ns.is_some() && created_ns(&meta) != m.created_ns),
+    ))
 }
 
 /// Opens the state machine in `dir`. Waits up to 5 s while an earlier incarnation of this node
@@ -132,6 +263,21 @@ fn rebuild_state(dir: &Path, why: &str) -> Result<StateMachine, NodeError> {
     tracing::error!(state = %dir.display(), moved_to = %aside.display(), why,
         "REBUILDING the state machine from the Raft log: {why}; the old database is kept at \
          {} for inspection and can be deleted", aside.display());
+    if let Some(data_dir) = dir.parent()
+        && let Err(e) = add_notice(
+            data_dir,
+            &format!(
+                "rebuilt its state machine from the Raft log: {why}; the old database was kept \
+                 as {}",
+                aside
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+        )
+    {
+        tracing::warn!(error = %e, "could not keep the rebuild's notice for the chain");
+    }
     Ok(StateMachine::open(dir)?)
 }
 
@@ -216,9 +362,10 @@ pub fn release(handler: &RaftHandler, data_dir: &Path, witness: bool) -> std::io
     // The directory is this node's own again (a copy is now caught up).
     write_marker(data_dir, handler.id)?;
     handler.set_hold(None);
-    if !witness {
-        handler.raft.runtime_config().elect(true);
-    }
+    // A hub campaigns again unless its clock is judged OFF (the clock watch turns the timer
+    // on once the clock is right); the witness never does.
+    debug_assert_eq!(witness, handler.witness);
+    handler.raft.runtime_config().elect(handler.may_campaign());
     Ok(())
 }
 
@@ -238,6 +385,7 @@ pub async fn watch(
         .map(|h| h.applied);
     let mut last_mark = std::time::Instant::now();
     let mut last_warn = std::time::Instant::now();
+    let mut last_notice_check = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -260,16 +408,37 @@ pub async fn watch(
                 // The only voter (a one-hub cluster): no other node holds anything to catch it
                 // up from, and its vote cannot elect anyone else.
                 match release(&handler, &data_dir, witness) {
-                    Ok(()) => tracing::warn!(node = handler.id, was = %h.reason,
-                        "node {} is the cluster's only voter: it leads with the data it has",
-                        handler.id),
+                    Ok(()) => {
+                        tracing::warn!(node = handler.id, was = %h.reason,
+                            "node {} is the cluster's only voter: it leads with the data it has",
+                            handler.id);
+                        notice(
+                            &data_dir,
+                            &format!(
+                                "leads with the data it has, as the cluster's only voter, although {}",
+                                h.reason
+                            ),
+                        );
+                    }
                     Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
                 }
             } else if voter && may_release(&h, commit, applied) {
                 match release(&handler, &data_dir, witness) {
-                    Ok(()) => tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
-                        applied = ?applied, was = %h.reason,
-                        "node {} was caught up by the cluster and votes again", handler.id),
+                    Ok(()) => {
+                        tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
+                            applied = ?applied, was = %h.reason,
+                            "node {} was caught up by the cluster and votes again", handler.id);
+                        notice(
+                            &data_dir,
+                            &format!(
+                                "votes again: {}; a leader elected without it (node {}) caught it up \
+                             to index {}",
+                                h.reason,
+                                handler.last_leader().map_or("?".into(), |l| l.to_string()),
+                                applied.map_or("?".into(), |a| a.to_string()),
+                            ),
+                        );
+                    }
                     Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
                 }
             } else if last_warn.elapsed() > Duration::from_secs(30) {
@@ -278,6 +447,13 @@ pub async fn watch(
                     applied = ?applied, reason = %h.reason,
                     "this node's vote is still held: waiting for a leader elected without it to \
                      catch it up");
+            }
+        }
+        if last_notice_check.elapsed() >= Duration::from_secs(1) {
+            last_notice_check = std::time::Instant::now();
+            let recorded = |id: &str| sm.with_domain(|d| d.notices.contains(id)).unwrap_or(false);
+            if let Err(e) = drop_recorded(&data_dir, recorded) {
+                tracing::warn!(error = %e, "could not update {NOTICES_FILE}");
             }
         }
         if applied > written && last_mark.elapsed() >= Duration::from_secs(1) {
@@ -297,5 +473,104 @@ pub async fn watch(
                 }
             }
         }
+    }
+}
+
+/// Keeps a notice for the chain, logging (never failing) when it cannot.
+fn notice(data_dir: &Path, text: &str) {
+    if let Err(e) = add_notice(data_dir, text) {
+        tracing::warn!(error = %e, "could not keep a notice for the chain: {text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_is_this_nodes_own_only_with_its_inode_and_birth_time() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(copied(d.path()).unwrap(), None);
+        write_marker(d.path(), 2).unwrap();
+        assert_eq!(copied(d.path()).unwrap(), Some(false));
+        let path = d.path().join(MARKER_FILE);
+        let m: Marker = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        // Rewritten in place (same inode, same birth time): still this node's own.
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(copied(d.path()).unwrap(), Some(false));
+        // A restored copy: new file, new inode.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        if meta.ino() != m.inode {
+            assert_eq!(copied(d.path()).unwrap(), Some(true));
+        }
+        // The same inode number handed to the restored file (ext4 reuses freed numbers): the
+        // birth time still tells, where the file system keeps one.
+        if let Some(born) = created_ns(&meta) {
+            let forged = Marker {
+                node_id: 2,
+                inode: meta.ino(),
+                created_ns: m.created_ns.or(Some(born.wrapping_sub(1))),
+            };
+            std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
+            assert_ne!(
+                forged.created_ns,
+                Some(born),
+                "the restore made a new birth time"
+            );
+            assert_eq!(copied(d.path()).unwrap(), Some(true));
+        }
+        // A marker written before birth times were kept compares the inode only.
+        let old =
+            serde_json::json!({ "node_id": 2, "inode": std::fs::metadata(&path).unwrap().ino() });
+        std::fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(copied(d.path()).unwrap(), Some(false));
+    }
+
+    #[test]
+    fn notices_wait_until_the_chain_carries_them_and_bad_ones_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(pending_notices(d.path()).is_empty());
+        add_notice(d.path(), "rebuilt its state machine\nfrom the log").unwrap();
+        add_notice(d.path(), &"é".repeat(400)).unwrap();
+        let v = pending_notices(d.path());
+        assert_eq!(v.len(), 2);
+        assert_ne!(v[0].id, v[1].id);
+        assert!(v.iter().all(Notice::is_valid), "{v:?}");
+        assert_eq!(v[0].text, "rebuilt its state machine from the log");
+        assert!(v[1].text.len() <= NOTICE_MAX && v[1].text.ends_with("..."));
+        let first = v[0].id.clone();
+        drop_recorded(d.path(), |id| id == first).unwrap();
+        assert_eq!(pending_notices(d.path()), vec![v[1].clone()]);
+        drop_recorded(d.path(), |_| true).unwrap();
+        assert!(!d.path().join(NOTICES_FILE).exists());
+        for _ in 0..(NOTICES_KEPT + 3) {
+            add_notice(d.path(), "x").unwrap();
+        }
+        assert_eq!(pending_notices(d.path()).len(), NOTICES_KEPT);
+        // What a peer may report: checked before a leader records it.
+        for (id, text) in [
+            ("", "x"),
+            ("zz", "x"),
+            (&"a".repeat(65)[..], "x"),
+            ("ab-12", ""),
+            ("ab-12", "bell\u{7}"),
+            ("ab-12", &"x".repeat(NOTICE_MAX + 1)[..]),
+        ] {
+            let n = Notice {
+                id: id.into(),
+                text: text.into(),
+            };
+            assert!(!n.is_valid(), "{n:?}");
+        }
+        assert!(
+            Notice {
+                id: "19a-0f".into(),
+                text: "ok".into()
+            }
+            .is_valid()
+        );
     }
 }

@@ -55,6 +55,8 @@ pub struct HealthView {
     pub core_stopped: String,
     pub disk_free_bytes: Option<u64>,
     pub disk_warning: String,
+    /// What the node has to say about its own data that the chain does not carry yet.
+    pub notices: Vec<crate::datadir::Notice>,
 }
 
 impl HealthView {

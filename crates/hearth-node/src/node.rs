@@ -775,6 +775,7 @@ impl Node {
             core_stopped: core_stopped.clone(),
             disk_free_bytes,
             disk_warning,
+            notices: crate::datadir::pending_notices(&self.config.data_dir),
         };
         StatusView {
             node_id: self.id,
@@ -941,6 +942,33 @@ impl Node {
             by: by.to_string(),
         })
         .await
+    }
+
+    /// Records node `node`'s notice about its own data in the chain (leader only), once: a
+    /// notice the chain already carries is not proposed again.
+    pub async fn record_notice(
+        &self,
+        node: u64,
+        n: &crate::datadir::Notice,
+    ) -> Result<(), NodeError> {
+        if !n.is_valid() {
+            return Err(NodeError::Invalid {
+                field: "notice",
+                problem: "an id of [0-9a-f-] and 1-500 printable characters".into(),
+            });
+        }
+        if self.sm.with_domain(|d| d.notices.contains(&n.id))? {
+            return Ok(());
+        }
+        self.propose(&DomainCommand::NodeNotice {
+            node,
+            id: n.id.clone(),
+            text: n.text.clone(),
+            at_ms: self.stamp()?.now_ms,
+        })
+        .await?;
+        tracing::info!(node = self.id, about = node, notice = %n.text, "recorded node {node}'s notice in the chain");
+        Ok(())
     }
 
     /// What the chain-head cross-check last found.
@@ -1736,6 +1764,7 @@ impl Node {
             hearth_core::clock::DEFAULT_TOLERANCE_MS,
         );
         let before = self.clock_watch.set(verdict.clone(), samples);
+        self.handler.set_clock_off(verdict.is_off());
         if self.role == Role::Hub {
             let changed = before.as_ref().map(|b| b.name()) != Some(verdict.name());
             if verdict.is_off() {
@@ -1765,7 +1794,7 @@ impl Node {
                 // cluster has caught it up, whatever its clock says.
                 self.raft
                     .runtime_config()
-                    .elect(self.handler.hold().is_none());
+                    .elect(self.handler.may_campaign());
             }
         }
         verdict
@@ -2211,6 +2240,7 @@ pub fn describe(rec: &Record) -> String {
         hearth_core::EntryKind::Command => match DomainCommand::decode(&rec.payload) {
             Ok(DomainCommand::TestRecord { text }) => format!("test record {text:?}"),
             Ok(DomainCommand::OperatorAct { act, by }) => format!("{act} (by {by:?})"),
+            Ok(DomainCommand::NodeNotice { node, text, .. }) => format!("node {node} {text}"),
             Ok(DomainCommand::RegisterDevice { device, by }) => {
                 format!("device {} registered{}", device.id, by_suffix(&by))
             }

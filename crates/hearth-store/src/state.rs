@@ -43,6 +43,7 @@ const INTENT_PREFIX: &str = "d/intent/";
 const K_POLICIES: &[u8] = b"d/policies";
 const K_RATES: &[u8] = b"d/rates";
 const K_RETIRED: &[u8] = b"d/retired";
+const K_NOTICES: &[u8] = b"d/notices";
 const DOMAIN_PREFIX: &[u8] = b"d/";
 
 fn chain_key(index: u64) -> [u8; 10] {
@@ -442,6 +443,7 @@ fn apply_command(
     match &cmd {
         Command::TestRecord { .. } | Command::OperatorAct { .. } => {}
         Command::Promote { .. } => batch.insert(K_RETIRED, json(&domain.retired)?),
+        Command::NodeNotice { .. } => batch.insert(K_NOTICES, json(&domain.notices)?),
         Command::RegisterDevice { device, .. } => batch.insert(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
@@ -492,6 +494,7 @@ fn write_domain(d: &DomainState, batch: &mut sled::Batch) -> io::Result<()> {
     batch.insert(K_POLICIES, json(&d.policies)?);
     batch.insert(K_RATES, json(&d.rates)?);
     batch.insert(K_RETIRED, json(&d.retired)?);
+    batch.insert(K_NOTICES, json(&d.notices)?);
     Ok(())
 }
 
@@ -520,6 +523,8 @@ fn load_domain(tree: &sled::Tree) -> Result<DomainState, StoreError> {
             d.rates = serde_json::from_slice(&v).map_err(bad)?;
         } else if k.as_ref() == K_RETIRED {
             d.retired = serde_json::from_slice(&v).map_err(bad)?;
+        } else if k.as_ref() == K_NOTICES {
+            d.notices = serde_json::from_slice(&v).map_err(bad)?;
         }
     }
     Ok(d)
