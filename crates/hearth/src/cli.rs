@@ -1138,14 +1138,23 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    // A closed standard output (`hearth audit export | head -1`) ends the command as it ends
+    // `cat` (SIGPIPE stays ignored, so the write fails with EPIPE instead).
+    let to_stdout = out.is_none();
+    let failed = |e: std::io::Error| -> anyhow::Error {
+        if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe {
+            stdout_failed(e)
+        }
+        e.into()
+    };
     let mut lines = 0u64;
     while let Some(chunk) = stream.next().await {
         for l in chunk.map_err(|s| rpc_err(addr, s))?.lines {
-            writeln!(w, "{l}")?;
+            writeln!(w, "{l}").map_err(failed)?;
             lines += 1;
         }
     }
-    w.flush()?;
+    w.flush().map_err(failed)?;
     if let Some(p) = out {
         eprintln!(
             "wrote {} entries to {}",
