@@ -350,7 +350,12 @@ fn print_view(v: &pb::IntentView) {
         };
         outln!(
             "  {:<22} {:<16} {:<10} -> {:<10} {} {}",
-            a.id, a.device, a.capability, a.state, outcome, a.detail
+            a.id,
+            a.device,
+            a.capability,
+            a.state,
+            outcome,
+            a.detail
         );
     }
     for r in &v.reads {
@@ -479,7 +484,10 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "{:<16} {:<16} {:<9} {:<30} ADAPTER",
-                "ID", "LOCATION", "EMERG", "ACTUATORS / SENSORS"
+                "ID",
+                "LOCATION",
+                "EMERG",
+                "ACTUATORS / SENSORS"
             );
             for d in r.devices {
                 let mut caps: Vec<String> = d
@@ -549,7 +557,9 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "re-fence {} recorded at entry {}; watch it with `hearth intent watch {}`",
-                v.id, v.index, v.id
+                v.id,
+                v.index,
+                v.id
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -708,7 +718,7 @@ pub async fn device_sim(
     mqtt: Option<(String, String)>,
     login: SimMqttLogin,
 ) -> anyhow::Result<ExitCode> {
-    let sim = hearth_devices::server::DeviceSim::new(journal.clone())
+    let sim = hearth_node::device_sim::DeviceSim::new(journal.clone())
         .context("opening the journal file")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -722,7 +732,7 @@ pub async fn device_sim(
     }
     if let Some((broker, topic)) = mqtt {
         outln!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
-        use hearth_devices::mqtt::{MqttBroker, Secret, tls_client_config};
+        use hearth_node::device_sim::{MqttBroker, Secret, tls_client_config};
         let mut b = MqttBroker::plain(broker);
         if let Some((user, pw)) = &login.user {
             b = b.with_login(user.clone(), Secret::new(first_line(pw)?));
@@ -735,7 +745,7 @@ pub async fn device_sim(
             Some(k) => Some(Secret::new(first_line(k)?)),
             None => None,
         };
-        tokio::spawn(hearth_devices::mqtt::serve_device_keyed(
+        tokio::spawn(hearth_node::device_sim::serve_device_keyed(
             b,
             topic,
             sim.clone(),

@@ -1,4 +1,4 @@
-//! `hearth bench compare`: Hearth against etcd, side by side on this machine in one run.
+//! `hearth-bench compare`: Hearth against etcd, side by side on this machine in one run.
 //!
 //! Both systems run as three real processes on loopback with fsync on and the same Raft timing
 //! (heartbeat 100 ms, election timeout 1000 ms; Hearth draws its election timeout from
@@ -19,9 +19,10 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use tonic::transport::Channel;
 
-use crate::bench::pct;
+use crate::intents::pct;
+use crate::net::{channel, with_timeout};
 
-/// The hand-written subset of etcd's v3 API (crates/hearth/proto/etcd_min.proto).
+/// The hand-written subset of etcd's v3 API (crates/hearth-bench/proto/etcd_min.proto).
 #[allow(clippy::all, clippy::pedantic)]
 pub mod etcdpb {
     tonic::include_proto!("etcdserverpb");
@@ -35,6 +36,10 @@ pub const PAYLOAD: usize = 256;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
+    /// The hearth binary to measure (default: `hearth` beside this executable, as
+    /// `cargo build -p hearth` leaves it in the target directory).
+    #[arg(long, env = "HEARTH_BIN")]
+    pub hearth: Option<PathBuf>,
     /// A run of seconds for CI: short phases, small counts, a 10k-entry chain.
     #[arg(long)]
     pub smoke: bool,
@@ -245,21 +250,6 @@ struct Cluster {
     addrs: Vec<String>,
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
-    // Plain text, like the etcd it is compared with.
-    hearth_cluster::grpc::lazy_channel(addr).with_context(|| format!("{addr:?}"))
-}
-
-async fn with_timeout<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(d, f).await {
-        Ok(r) => r,
-        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
-    }
-}
-
 impl Cluster {
     async fn view(&self, i: usize) -> Option<View> {
         let ch = channel(&self.addrs[i]).ok()?;
@@ -342,10 +332,15 @@ impl Cluster {
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_MS: u64 = 1000;
 
-fn timing_toml(election_max_ms: u64) -> String {
-    format!(
-        "\n[timing]\nheartbeat_ms = {HEARTBEAT_MS}\nelection_min_ms = {ELECTION_MS}\nelection_max_ms = {election_max_ms}\n"
-    )
+/// The Raft timing of every Hearth node here (the write timeout and the caretaker's patience
+/// stay at their defaults).
+fn timing(election_max_ms: u64) -> hearth_node::config::TimingConfig {
+    hearth_node::config::TimingConfig {
+        heartbeat_ms: HEARTBEAT_MS,
+        election_min_ms: ELECTION_MS,
+        election_max_ms,
+        ..Default::default()
+    }
 }
 
 fn start_hearth(
@@ -355,20 +350,29 @@ fn start_hearth(
     label: &'static str,
     election_max_ms: u64,
 ) -> anyhow::Result<Cluster> {
-    // The write clusters send no emergencies: the plain dev topology, which a `--baseline`
-    // binary older than the `[limits]` section still reads (write_configs adds it).
-    let paths = crate::dev::write_topology(dir, base_port, crate::dev::Topology::Three, false)?;
+    use hearth_node::Role;
+    let addrs: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base_port + i))
+        .collect();
+    let members = [
+        (1, Role::Hub, addrs[0].clone()),
+        (2, Role::Hub, addrs[1].clone()),
+        (3, Role::Witness, addrs[2].clone()),
+    ];
+    // The write clusters send no emergencies: no `[limits]`, so that a `--baseline` binary
+    // older than that section still reads the files (only what differs from the defaults is
+    // written).
     let mut procs = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        let mut text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.push_str(&timing_toml(election_max_ms));
-        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    for b in hearth_node::config::local_cluster(dir, &members) {
+        let cfg = b.insecure().timing(timing(election_max_ms)).build()?;
+        let id = cfg.node_id;
+        let path = dir.join(format!("node{id}.toml"));
+        cfg.write_to(&path, &format!("{label} node {id} (hearth-bench compare)"))?;
         let mut proc = Proc::new(
-            &format!("{label} node {}", i + 1),
+            &format!("{label} node {id}"),
             exe,
-            vec!["serve".into(), "--config".into(), p.into()],
-            dir.join(format!("node{}.log", i + 1)),
+            vec!["serve".into(), "--config".into(), path.into()],
+            dir.join(format!("node{id}.log")),
         );
         proc.start()?;
         procs.push(proc);
@@ -377,9 +381,7 @@ fn start_hearth(
         system: System::Hearth,
         label,
         procs,
-        addrs: (0..3)
-            .map(|i| format!("127.0.0.1:{}", base_port + i))
-            .collect(),
+        addrs,
     })
 }
 
@@ -718,26 +720,19 @@ struct ChainResult {
 /// Builds a single-node Hearth data directory whose chain has `entries` entries: the node
 /// forms its cluster and commits a first record through Raft, is stopped, and the rest is
 /// appended to its log (fsynced per chunk) and applied to its state machine (hashes, sled)
-/// through the same store code the node uses, without a Raft round trip per entry. Then times
-/// `hearth audit verify --data-dir` and a restart until the node answers and commits a write.
+/// through the same store code the node uses, without a Raft round trip per entry
+/// (`hearth_store::bulk`). Then times `hearth audit verify --data-dir` and a restart until the
+/// node answers and commits a write.
 async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Result<ChainResult> {
-    use hearth_store::types::{Entry, log_id};
-    use hearth_store::{LogStore, StateMachine, TypeConfig};
-    use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
-    use openraft::type_config::TypeConfigExt;
-
     let data = dir.join("single");
     let cfg = dir.join("single.toml");
     let addr = format!("127.0.0.1:{port}");
-    std::fs::write(
-        &cfg,
-        format!(
-            "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n{}",
-            data.display(),
-            timing_toml(ELECTION_MS * 2)
-        ),
-    )
-    .with_context(|| format!("writing {}", cfg.display()))?;
+    hearth_node::NodeConfig::builder(1, hearth_node::Role::Hub, addr.clone(), data.clone())
+        .bootstrap(true)
+        .insecure()
+        .timing(timing(ELECTION_MS * 2))
+        .build()?
+        .write_to(&cfg, "the single node of hearth-bench compare's chain rows")?;
     let serve_args: Vec<OsString> = vec!["serve".into(), "--config".into(), cfg.clone().into()];
     let mut node = Proc::new(
         "hearth single node",
@@ -775,46 +770,13 @@ async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Resul
     node.stop(Duration::from_secs(10))?;
 
     let t_build = Instant::now();
-    let mut log = LogStore::open(&data.join("raft")).context("opening the single node's log")?;
-    let mut sm =
-        StateMachine::open(&data.join("state")).context("opening the single node's state")?;
-    let last = log
-        .last_log_id()?
-        .context("the single node's log is empty")?;
-    anyhow::ensure!(
-        sm.applied()? == Some(last),
-        "the single node has not applied its whole log"
-    );
-    let (term, leader) = (last.leader_id.term, last.leader_id.node_id);
-    let target = entries.saturating_sub(1).max(last.index);
-    let mut next = last.index + 1;
-    const CHUNK: u64 = 20_000;
-    while next <= target {
-        let end = (next + CHUNK - 1).min(target);
-        let batch: Vec<Entry> = (next..=end)
-            .map(|i| Entry {
-                log_id: log_id(term, leader, i),
-                payload: openraft::EntryPayload::Normal(hearth_store::Command(
-                    hearth_core::domain::Command::TestRecord {
-                        text: payload(&format!("chain/{i}")),
-                    }
-                    .encode(),
-                )),
-            })
-            .collect();
-        let (tx, rx) = TypeConfig::oneshot();
-        log.append(batch.clone(), IOFlushed::signal(tx)).await?;
-        rx.await
-            .context("the log store dropped its flush callback")?
-            .context("fsync of the log")?;
-        sm.apply(futures::stream::iter(
-            batch.into_iter().map(|e| Ok((e, None))),
-        ))
-        .await?;
-        next = end + 1;
-    }
-    drop(log);
-    drop(sm);
+    let built =
+        hearth_store::bulk::extend_with_test_records(&data, entries.saturating_sub(1), |i| {
+            payload(&format!("chain/{i}"))
+        })
+        .await
+        .context("building the single node's chain")?;
+    let target = built.last_index;
     let build_s = t_build.elapsed().as_secs_f64();
 
     let t_verify = Instant::now();
@@ -960,7 +922,8 @@ fn machine() -> serde_json::Value {
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::of(&args);
-    let exe = std::env::current_exe().context("finding the hearth binary")?;
+    let this = std::env::current_exe().context("finding this executable")?;
+    let exe = crate::find_hearth(args.hearth.as_deref(), &this).map_err(anyhow::Error::msg)?;
     let version = Process::new(&args.etcd).arg("--version").output();
     let etcd_version = match version {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
@@ -979,8 +942,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         .context("creating a temporary folder")?;
     let bp = args.base_port;
     eprintln!(
-        "hearth bench compare: Hearth (2 hubs + witness, its standard 3-node topology) vs {etcd_version} (3 members); \
+        "hearth-bench compare: Hearth ({}; 2 hubs + witness, its standard 3-node topology) vs {etcd_version} (3 members); \
          both on loopback, fsync on, heartbeat {HEARTBEAT_MS} ms, election {ELECTION_MS} ms; data in {}",
+        exe.display(),
         dir.path().display()
     );
     let hdir = dir.path().join("hearth");
@@ -1142,7 +1106,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "  intent -> actuation: {} intents, 8 clients (in-process 2 hubs + witness)",
             plan.intents
         );
-        let s = crate::bench::measure_intents(plan.intents, 8, bp + 40).await?;
+        let s = crate::intents::measure_intents(plan.intents, 8, bp + 40).await?;
         for (name, v) in [
             ("intent -> committed", &s.commit),
             ("intent -> device applied", &s.actuate),
@@ -1204,7 +1168,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     outln!(
         "Hearth (2 hubs + witness) vs {etcd_version} (3 members), loopback, fsync on, heartbeat {HEARTBEAT_MS} ms / election {ELECTION_MS} ms{emax}; \
          {PAYLOAD}-byte writes to the leader, best of {} alternating runs of {} s",
-        plan.rounds, plan.seconds
+        plan.rounds,
+        plan.seconds
     );
     let with_before = args.baseline.is_some();
     let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
