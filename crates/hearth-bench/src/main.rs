@@ -20,6 +20,7 @@ macro_rules! outln {
 mod compare;
 mod intents;
 mod net;
+mod supervisor;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
