@@ -50,26 +50,13 @@ impl Hub {
     async fn start() -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let cfg = NodeConfig {
-            node_id: 1,
-            role: Role::Hub,
-            listen: addr.clone(),
-            advertise: None,
-            metrics_listen: None,
-            mqtt_broker: None,
-            data_dir: dir.path().join("node1"),
-            bootstrap: true,
-            peers: Vec::new(),
-            timing: hearth_tests::cluster::test_timing(),
-            assist: Default::default(),
-            checkpoint: Default::default(),
+        let cfg = NodeConfig::builder(1, Role::Hub, addr.clone(), dir.path().join("node1"))
+            .bootstrap(true)
+            .timing(hearth_tests::cluster::test_timing())
             // Plain text: this test is about request decoding; tests/security.rs covers TLS.
-            insecure: true,
-            tls: None,
-            auth: None,
-            limits: Default::default(),
-        };
-        cfg.validate().unwrap();
+            .insecure()
+            .build()
+            .unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             if let Err(e) = hearth_node::server::serve(cfg, async move {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hearth_node::config::Peer;
 use hearth_node::{NodeConfig, Role};
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;
@@ -33,38 +32,25 @@ impl Cluster {
             .map(|(id, _)| (*id, format!("127.0.0.1:{}", free_port())))
             .collect();
         let metrics: BTreeMap<u64, u16> = roles.iter().map(|(id, _)| (*id, free_port())).collect();
-        let configs = roles
+        let members: Vec<(u64, Role, String)> = roles
             .iter()
-            .map(|(id, role)| {
-                let cfg = NodeConfig {
-                    node_id: *id,
-                    role: *role,
-                    listen: addrs[id].clone(),
-                    advertise: None,
-                    metrics_listen: Some(format!("127.0.0.1:{}", metrics[id])),
-                    mqtt_broker: None,
-                    data_dir: dir.path().join(format!("node{id}")),
-                    bootstrap: *id == 1,
-                    peers: roles
-                        .iter()
-                        .filter(|(p, _)| p != id)
-                        .map(|(p, r)| Peer {
-                            id: *p,
-                            addr: addrs[p].clone(),
-                            role: *r,
-                        })
-                        .collect(),
-                    timing: hearth_tests::cluster::test_timing(),
-                    assist: Default::default(),
+            .map(|(id, role)| (*id, *role, addrs[id].clone()))
+            .collect();
+        let configs = hearth_node::config::local_cluster(dir.path(), &members)
+            .into_iter()
+            .map(|b| {
+                let cfg = b
+                    .timing(hearth_tests::cluster::test_timing())
                     // Plain text here; tests/security.rs runs the same over mTLS with tokens.
-                    insecure: true,
-                    tls: None,
-                    auth: None,
-                    limits: Default::default(),
-                    checkpoint: Default::default(),
+                    .insecure();
+                let cfg = cfg.build().unwrap();
+                let id = cfg.node_id;
+                let cfg = NodeConfig {
+                    metrics_listen: Some(format!("127.0.0.1:{}", metrics[&id])),
+                    ..cfg
                 };
                 cfg.validate().unwrap();
-                (*id, cfg)
+                (id, cfg)
             })
             .collect();
         Cluster {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hearth_node::config::{AuthSettings, LimitsSettings, TlsSettings};
+use hearth_node::config::LimitsSettings;
 use hearth_node::{NodeConfig, Role};
 use hearth_proto::raft::RaftBytes;
 use hearth_proto::raft::raft_client::RaftClient;
@@ -43,31 +43,18 @@ impl OneNode {
             .trim()
             .to_string();
         let addr = format!("127.0.0.1:{}", free_port());
-        let cfg = NodeConfig {
-            node_id: 1,
-            role: Role::Hub,
-            listen: addr.clone(),
-            advertise: None,
-            metrics_listen: None,
-            mqtt_broker: None,
-            data_dir: dir.path().join("node1"),
-            bootstrap: true,
-            peers: vec![],
-            timing: hearth_tests::cluster::test_timing(),
-            assist: Default::default(),
-            checkpoint: Default::default(),
-            insecure: false,
-            tls: Some(TlsSettings {
-                ca: pki.join("ca.pem"),
-                cert: pki.join("node-1.pem"),
-                key: pki.join("node-1.key"),
-            }),
-            auth: Some(AuthSettings {
-                tokens_file: pki.join("tokens.toml"),
-            }),
-            limits,
-        };
-        cfg.validate().unwrap();
+        let cfg = NodeConfig::builder(1, Role::Hub, addr.clone(), dir.path().join("node1"))
+            .bootstrap(true)
+            .timing(hearth_tests::cluster::test_timing())
+            .tls(
+                pki.join("ca.pem"),
+                pki.join("node-1.pem"),
+                pki.join("node-1.key"),
+            )
+            .tokens_file(pki.join("tokens.toml"))
+            .limits(limits)
+            .build()
+            .unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             if let Err(e) = hearth_node::server::serve(cfg, async move {

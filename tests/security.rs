@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hearth_node::auth::ClientRole;
-use hearth_node::config::{AuthSettings, Peer, TlsSettings};
 use hearth_node::{NodeConfig, Role};
 use hearth_proto::raft::RaftBytes;
 use hearth_proto::raft::raft_client::RaftClient;
@@ -81,38 +80,20 @@ fn node_config(
     pki: &Path,
     bootstrap: bool,
 ) -> NodeConfig {
-    NodeConfig {
-        node_id: id,
-        role,
-        listen: addrs[&id].clone(),
-        advertise: None,
-        metrics_listen: None,
-        mqtt_broker: None,
-        data_dir: data,
-        bootstrap,
-        peers: roles
-            .iter()
-            .filter(|(p, _)| *p != id)
-            .map(|(p, r)| Peer {
-                id: *p,
-                addr: addrs[p].clone(),
-                role: *r,
-            })
-            .collect(),
-        timing: hearth_tests::cluster::test_timing(),
-        assist: Default::default(),
-        checkpoint: Default::default(),
-        insecure: false,
-        tls: Some(TlsSettings {
-            ca: pki.join("ca.pem"),
-            cert: pki.join(format!("node-{id}.pem")),
-            key: pki.join(format!("node-{id}.key")),
-        }),
-        auth: Some(AuthSettings {
-            tokens_file: pki.join("tokens.toml"),
-        }),
-        limits: Default::default(),
+    let mut b = NodeConfig::builder(id, role, addrs[&id].clone(), data)
+        .bootstrap(bootstrap)
+        .timing(hearth_tests::cluster::test_timing())
+        .tls(
+            pki.join("ca.pem"),
+            pki.join(format!("node-{id}.pem")),
+            pki.join(format!("node-{id}.key")),
+        )
+        .tokens_file(pki.join("tokens.toml"));
+    for (p, r) in roles.iter().filter(|(p, _)| *p != id) {
+        b = b.peer(*p, addrs[p].clone(), *r);
     }
+    b.build()
+        .unwrap_or_else(|e| panic!("node {id}'s test config: {e}"))
 }
 
 impl SecureCluster {

@@ -67,9 +67,42 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hearth_cluster::settings::Timing;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+mod builder;
+pub use builder::{NodeConfigBuilder, local_cluster};
+
+/// Serialising writes only what differs from the defaults (`NodeConfig::to_toml`): a section
+/// or a field left at its default is not written, so a file reads as what was chosen, and a
+/// binary older than a section it does not set still reads it.
+fn at_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// `at_X(v)`: `v` is what `d_X()` gives (a field's default, for `skip_serializing_if`).
+macro_rules! at_defaults {
+    ($($at:ident: $t:ty = $d:ident;)*) => {
+        $(fn $at(v: &$t) -> bool { *v == $d() })*
+    };
+}
+
+at_defaults! {
+    at_heartbeat: u64 = d_heartbeat;
+    at_emin: u64 = d_emin;
+    at_emax: u64 = d_emax;
+    at_patience: u64 = d_patience;
+    at_write_timeout: u64 = d_write_timeout;
+    at_max_connections: usize = d_max_connections;
+    at_handshake_ms: u64 = d_handshake_ms;
+    at_idle_ms: u64 = d_idle_ms;
+    at_emergency_max: u32 = d_emergency_max;
+    at_emergency_window: u32 = d_emergency_window;
+    at_every_entries: u64 = d_every_entries;
+    at_every_secs: u64 = d_every_secs;
+    at_down_after: u64 = d_down_after;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Hub,
@@ -85,7 +118,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub id: u64,
@@ -93,22 +126,22 @@ pub struct Peer {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimingConfig {
-    #[serde(default = "d_heartbeat")]
+    #[serde(default = "d_heartbeat", skip_serializing_if = "at_heartbeat")]
     pub heartbeat_ms: u64,
-    #[serde(default = "d_emin")]
+    #[serde(default = "d_emin", skip_serializing_if = "at_emin")]
     pub election_min_ms: u64,
-    #[serde(default = "d_emax")]
+    #[serde(default = "d_emax", skip_serializing_if = "at_emax")]
     pub election_max_ms: u64,
     /// How long the witness caretaker waits before a second attempt (a campaign or a
     /// hand-over that did not take). It acts first as soon as a hub that cannot win asks for
     /// its vote after the leader was silent for `election_min_ms`.
-    #[serde(default = "d_patience")]
+    #[serde(default = "d_patience", skip_serializing_if = "at_patience")]
     pub caretaker_patience_ms: u64,
     /// How long a write may wait for a quorum before the client gets `NO_QUORUM`.
-    #[serde(default = "d_write_timeout")]
+    #[serde(default = "d_write_timeout", skip_serializing_if = "at_write_timeout")]
     pub write_timeout_ms: u64,
 }
 
@@ -151,63 +184,73 @@ impl TimingConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node_id: u64,
     pub role: Role,
     pub listen: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// The household's MQTT broker, for devices with the `mqtt` adapter.
-    #[serde(default, deserialize_with = "de_mqtt_broker")]
+    #[serde(
+        default,
+        deserialize_with = "de_mqtt_broker",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mqtt_broker: Option<MqttBrokerSettings>,
     /// Optional `IP:port` for the Prometheus `GET /metrics` endpoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
     pub data_dir: PathBuf,
     #[serde(default)]
     pub bootstrap: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "at_default")]
     pub timing: TimingConfig,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "at_default")]
     pub assist: AssistSettings,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "at_default")]
     pub checkpoint: CheckpointSettings,
     /// Plain-text transport and no client authentication. Must be asked for; every start
     /// logs a warning.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSettings>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "at_default")]
     pub limits: LimitsSettings,
 }
 
 /// What one host on the LAN may cost a node before it proved anything (docs/SECURITY.md).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
     /// Open connections at most (kept below the open-files limit, read at start); at the cap
     /// the connection quiet longest is closed to make room.
-    #[serde(default = "d_max_connections")]
+    #[serde(
+        default = "d_max_connections",
+        skip_serializing_if = "at_max_connections"
+    )]
     pub max_connections: usize,
     /// A TLS handshake must finish within this.
-    #[serde(default = "d_handshake_ms")]
+    #[serde(default = "d_handshake_ms", skip_serializing_if = "at_handshake_ms")]
     pub handshake_timeout_ms: u64,
     /// A connection on which nothing moved for this long is closed.
-    #[serde(default = "d_idle_ms")]
+    #[serde(default = "d_idle_ms", skip_serializing_if = "at_idle_ms")]
     pub idle_timeout_ms: u64,
     /// Emergency intents one source may send within `emergency_window_secs` (emergencies pass
     /// the household's rate-limit policies; this bound is separate, high, and written into
     /// each intent's entry by the leader).
-    #[serde(default = "d_emergency_max")]
+    #[serde(default = "d_emergency_max", skip_serializing_if = "at_emergency_max")]
     pub emergency_max: u32,
-    #[serde(default = "d_emergency_window")]
+    #[serde(
+        default = "d_emergency_window",
+        skip_serializing_if = "at_emergency_window"
+    )]
     pub emergency_window_secs: u32,
 }
 
@@ -252,26 +295,26 @@ impl Default for LimitsSettings {
 /// How a hub reaches the household's MQTT broker: `mqtt_broker = "host:port"` (anonymous,
 /// plain TCP: accepted only with `insecure = true`) or a table. The password is read from
 /// `password_file` when the node starts; it is never in this struct, a log or the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttBrokerSettings {
     /// `host:port`; with TLS the broker's certificate must be valid for `host`.
     pub addr: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// The CA that signed the broker's certificate: TLS to the broker.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
     /// Keys shared with devices: a directory of `<device id>.key` files (mode 0600, the
     /// first line is the key, at least 16 characters). Such a device's acks must carry a
     /// valid MAC (docs/INTENTS.md).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_keys_dir: Option<PathBuf>,
 }
 
@@ -486,7 +529,7 @@ fn read_secret(
 }
 
 /// The PEM files `hearth init-pki` wrote for this node.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     pub ca: PathBuf,
@@ -495,7 +538,7 @@ pub struct TlsSettings {
 }
 
 /// Client authentication: who may call which service.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// The hashed client tokens (see `hearth_node::auth` for the format).
@@ -504,14 +547,14 @@ pub struct AuthSettings {
 
 /// When a hub signs a checkpoint of its chain on its own (it also signs on demand): when
 /// either threshold is reached and its applied head advanced since the last checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSettings {
     /// New applied entries since the last checkpoint (0: never by count).
-    #[serde(default = "d_every_entries")]
+    #[serde(default = "d_every_entries", skip_serializing_if = "at_every_entries")]
     pub every_entries: u64,
     /// Seconds since the last checkpoint (0: never by time).
-    #[serde(default = "d_every_secs")]
+    #[serde(default = "d_every_secs", skip_serializing_if = "at_every_secs")]
     pub every_secs: u64,
 }
 
@@ -533,15 +576,15 @@ impl Default for CheckpointSettings {
 
 /// Assisted failover of two hubs without a witness: what the survivor probes before it
 /// proposes a promotion to a person (it never promotes itself).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssistSettings {
     /// `host:port` of independent targets (the LAN gateway's web page, say), probed by a TCP
     /// connect: reaching one while the peer is silent means the peer, not this hub, is gone.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
     /// How long the peer must be silent, with a target answering, before `PEER_DOWN`.
-    #[serde(default = "d_down_after")]
+    #[serde(default = "d_down_after", skip_serializing_if = "at_down_after")]
     pub down_after_ms: u64,
 }
 
@@ -574,6 +617,14 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config field `{field}`: {problem}")]
     Invalid { field: String, problem: String },
+    #[error("the config of node {node_id} cannot be written as TOML: {message}")]
+    Serialize { node_id: u64, message: String },
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {

@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod dispatcher;
 pub mod domain_api;
 pub mod health;
+pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod pki;
@@ -19,4 +20,14 @@ pub mod server;
 pub mod startcheck;
 
 pub use config::{NodeConfig, Role};
+/// The store's errors, as [`NodeError::Store`] carries them (`hearth audit verify --data-dir`
+/// reports a corrupt log by its index).
+pub use hearth_store::StoreError;
 pub use node::{Node, NodeError, PeerProbe, StatusView};
+
+/// What `hearth device-sim` runs: the simulated device and its MQTT face, from
+/// `hearth-devices` (the binary reaches devices only through this crate).
+pub mod device_sim {
+    pub use hearth_devices::mqtt::{MqttBroker, Secret, serve_device_keyed, tls_client_config};
+    pub use hearth_devices::server::DeviceSim;
+}

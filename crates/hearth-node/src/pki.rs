@@ -16,6 +16,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::auth::{ClientRole, TokenEntry, TokensFile, token_hash};
+/// The name every node certificate is valid for (besides `node-N.hearth`): what a client
+/// checks a node's certificate against.
+pub use hearth_cluster::tls::CLUSTER_NAME;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,

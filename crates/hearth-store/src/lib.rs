@@ -7,10 +7,12 @@
 //!   the chain head, the last applied log id and membership. It may lag after a crash; openraft
 //!   re-applies from the durable log, and apply is deterministic.
 //! - [`audit`]: walking the chain over both (verify, export, tail).
+//! - [`bulk`]: lengthening a stopped node's chain without Raft (benchmarks).
 //!
 //! This crate does not dispatch anything and knows nothing of the network.
 
 pub mod audit;
+pub mod bulk;
 pub mod log;
 pub mod private;
 pub mod state;

@@ -98,11 +98,6 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::domain_cli::PolicyCmd,
     },
-    /// Measure Hearth: intent → actuation latency, or Hearth against etcd side by side.
-    Bench {
-        #[command(subcommand)]
-        command: BenchCmd,
-    },
     /// Run a standalone simulated device (gRPC, and HTTP with --http) that journals every command.
     DeviceSim {
         #[arg(long, default_value = "127.0.0.1:7301")]
@@ -179,15 +174,6 @@ impl Command {
             Command::Serve { .. } | Command::Dev { .. } | Command::DeviceSim { .. }
         )
     }
-
-    pub fn is_compare(&self) -> bool {
-        matches!(
-            self,
-            Command::Bench {
-                command: BenchCmd::Compare(_)
-            }
-        )
-    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -196,23 +182,6 @@ pub struct Target {
     /// answers.
     #[arg(long, env = "HEARTH_ADDR", default_value = "127.0.0.1:7101")]
     pub addr: String,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCmd {
-    /// Submit intents through the public API and time them until the device applies them.
-    Intents {
-        #[arg(long, default_value_t = 2000)]
-        count: usize,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 7401)]
-        base_port: u16,
-    },
-    /// Hearth against etcd on this machine, in one run: writes at 1/16/64 clients, failover
-    /// after kill -9 of the leader, and Hearth-only rows (intents, audit verify, restart,
-    /// witness footprint). Needs the etcd server binary (Debian: etcd-server).
-    Compare(crate::bench_compare::CompareArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -623,23 +592,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 crate::topology_cli::rolling_restart(&target.addr, &operator).await
             }
         },
-        Command::Bench {
-            command:
-                BenchCmd::Intents {
-                    count,
-                    concurrency,
-                    base_port,
-                },
-        } => {
-            crate::bench::intents(count, concurrency, base_port).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            command: BenchCmd::Compare(a),
-        } => {
-            crate::bench_compare::compare(a).await?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Intent { command } => crate::domain_cli::intent(command).await,
         Command::Device { command } => crate::domain_cli::device(command).await,
         Command::Policy { command } => crate::domain_cli::policy(command).await,
@@ -842,7 +794,7 @@ fn client_endpoint(
         e = e.tls_config(
             tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name(hearth_cluster::tls::CLUSTER_NAME)
+                .domain_name(hearth_node::pki::CLUSTER_NAME)
                 // The handshake is part of connecting: a stopped node never finishes it.
                 .timeout(connect),
         )?;
@@ -1143,11 +1095,11 @@ async fn export(addr: &str, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    // A closed standard output (`hearth audit export | head`) ends the command as it ends
-    // `cat`; a file that cannot be written is an error naming it.
+    // A closed standard output (`hearth audit export | head -1`) ends the command as it ends
+    // `cat` (SIGPIPE stays ignored, so the write fails with EPIPE instead).
     let to_stdout = out.is_none();
     let failed = |e: std::io::Error| -> anyhow::Error {
-        if to_stdout {
+        if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe {
             stdout_failed(e)
         }
         anyhow::Error::new(e).context("writing the export")
@@ -1276,7 +1228,7 @@ fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Err(hearth_node::NodeError::Store(hearth_store::StoreError::CorruptLog {
+        Err(hearth_node::NodeError::Store(hearth_node::StoreError::CorruptLog {
             index,
             reason,
             path,

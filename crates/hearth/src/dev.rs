@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use hearth_node::NodeConfig;
+use hearth_node::{NodeConfig, Role};
 
 /// The shapes of a household cluster `hearth dev` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,32 +19,18 @@ pub enum Topology {
 }
 
 impl Topology {
-    fn roles(self) -> &'static [(u64, &'static str)] {
+    fn roles(self) -> &'static [(u64, Role)] {
         match self {
-            Topology::One => &[(1, "hub")],
-            Topology::Two => &[(1, "hub"), (2, "hub")],
-            Topology::Three => &[(1, "hub"), (2, "hub"), (3, "witness")],
+            Topology::One => &[(1, Role::Hub)],
+            Topology::Two => &[(1, Role::Hub), (2, Role::Hub)],
+            Topology::Three => &[(1, Role::Hub), (2, Role::Hub), (3, Role::Witness)],
         }
     }
 }
 
-/// Writes the three config files (two hubs and a witness), plain text (the benchmarks compare
-/// with an etcd without TLS), and returns their paths.
-pub fn write_configs(dir: &Path, base_port: u16) -> anyhow::Result<Vec<PathBuf>> {
-    let paths = write_topology(dir, base_port, Topology::Three, false)?;
-    // The benchmarks submit thousands of emergencies from one source: lift the bound on
-    // emergencies per source (30 a minute by default) for them.
-    for p in &paths {
-        let mut text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.push_str("\n[limits]\nemergency_max = 1000000\n");
-        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(paths)
-}
-
-/// Writes one config file per node of `topology` and returns their paths.
-pub fn write_topology(
+/// Writes one config file per node of `topology` (`DIR/node{id}.toml`, data in
+/// `DIR/node{id}`, node `id` on port `base_port + id - 1`) and returns their paths.
+fn write_topology(
     dir: &Path,
     base_port: u16,
     topology: Topology,
@@ -55,30 +41,30 @@ pub fn write_topology(
         let ids: Vec<u64> = roles.iter().map(|(id, _)| *id).collect();
         node_pki(dir, &ids)?;
     }
-    let addr = |i: u64| format!("127.0.0.1:{}", base_port + (i as u16) - 1);
+    let members: Vec<(u64, Role, String)> = roles
+        .iter()
+        .map(|&(id, role)| {
+            let port = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
+            (id, role, format!("127.0.0.1:{port}"))
+        })
+        .collect();
     let mut paths = Vec::new();
-    for &(id, role) in roles {
-        let mut text = format!(
-            "# hearth dev: node {id}\nnode_id = {id}\nrole = \"{role}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
-            addr(id),
-            dir.join(format!("node{id}")).display(),
-            id == 1
-        );
-        for (pid, prole) in roles.iter().filter(|(p, _)| *p != id) {
-            text.push_str(&format!(
-                "\n[[peers]]\nid = {pid}\naddr = \"{}\"\nrole = \"{prole}\"\n",
-                addr(*pid)
-            ));
-        }
-        if secure {
-            text.push_str(&format!(
-                "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-{id}.pem\"\nkey = \"pki/node-{id}.key\"\n\n[auth]\ntokens_file = \"pki/tokens.toml\"\n"
-            ));
+    let builders = hearth_node::config::local_cluster(dir, &members);
+    for (b, (id, _, _)) in builders.into_iter().zip(&members) {
+        let b = if secure {
+            // Relative to the config file: DIR/pki/.
+            b.tls(
+                "pki/ca.pem",
+                format!("pki/node-{id}.pem"),
+                format!("pki/node-{id}.key"),
+            )
+            .tokens_file("pki/tokens.toml")
         } else {
-            text.insert_str(0, "insecure = true\n");
-        }
+            b.insecure()
+        };
         let path = dir.join(format!("node{id}.toml"));
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        b.build()?
+            .write_to(&path, &format!("hearth dev: node {id}"))?;
         paths.push(path);
     }
     Ok(paths)
@@ -135,28 +121,18 @@ fn check_ports_free(base_port: u16, topology: Topology) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running node of a local cluster: its id and how `serve` ended.
-pub type NodeTask = tokio::task::JoinHandle<(u64, Result<(), hearth_node::server::ServeError>)>;
-
 /// Starts one `serve` per config file in this process; sending on the returned channel stops them.
-pub fn spawn_nodes(
+fn spawn_nodes(
     paths: &[PathBuf],
-) -> anyhow::Result<(tokio::sync::broadcast::Sender<()>, Vec<NodeTask>)> {
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut nodes = Vec::new();
-    for p in paths {
-        let cfg = NodeConfig::load(p)?;
-        let mut rx = stop_tx.subscribe();
-        nodes.push(tokio::spawn(async move {
-            let id = cfg.node_id;
-            let res = hearth_node::server::serve(cfg, async move {
-                let _ = rx.recv().await;
-            })
-            .await;
-            (id, res)
-        }));
-    }
-    Ok((stop_tx, nodes))
+) -> anyhow::Result<(
+    tokio::sync::broadcast::Sender<()>,
+    Vec<hearth_node::local::NodeTask>,
+)> {
+    let configs = paths
+        .iter()
+        .map(|p| NodeConfig::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(hearth_node::local::spawn_in_process(configs))
 }
 
 pub async fn run(

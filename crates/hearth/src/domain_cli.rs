@@ -718,7 +718,7 @@ pub async fn device_sim(
     mqtt: Option<(String, String)>,
     login: SimMqttLogin,
 ) -> anyhow::Result<ExitCode> {
-    let sim = hearth_devices::server::DeviceSim::new(journal.clone())
+    let sim = hearth_node::device_sim::DeviceSim::new(journal.clone())
         .context("opening the journal file")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -732,7 +732,7 @@ pub async fn device_sim(
     }
     if let Some((broker, topic)) = mqtt {
         outln!("device-sim MQTT via {broker}: commands on {topic}/command, acks on {topic}/ack");
-        use hearth_devices::mqtt::{MqttBroker, Secret, tls_client_config};
+        use hearth_node::device_sim::{MqttBroker, Secret, tls_client_config};
         let mut b = MqttBroker::plain(broker);
         if let Some((user, pw)) = &login.user {
             b = b.with_login(user.clone(), Secret::new(first_line(pw)?));
@@ -745,7 +745,7 @@ pub async fn device_sim(
             Some(k) => Some(Secret::new(first_line(k)?)),
             None => None,
         };
-        tokio::spawn(hearth_devices::mqtt::serve_device_keyed(
+        tokio::spawn(hearth_node::device_sim::serve_device_keyed(
             b,
             topic,
             sim.clone(),

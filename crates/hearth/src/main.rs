@@ -5,7 +5,7 @@
 /// head -1`) ends the command quietly, as it ends `cat`. SIGPIPE itself stays ignored in every
 /// command — hyper writes to its sockets with `writev`, which raises SIGPIPE on a connection
 /// the other side closed, and the default action would kill a command (or the in-process
-/// cluster of `bench compare`) mid-request with exit code 141.
+/// cluster of `hearth dev`) mid-request with exit code 141.
 macro_rules! outln {
     () => {
         $crate::cli::stdout_line(format_args!(""))
@@ -15,8 +15,6 @@ macro_rules! outln {
     };
 }
 
-mod bench;
-mod bench_compare;
 mod cli;
 mod dev;
 mod domain_cli;
@@ -39,9 +37,6 @@ async fn main() -> std::process::ExitCode {
         // openraft warns on every failed heartbeat and append to a peer that is down (several
         // lines a second); Hearth logs "peer N unreachable since …" once a minute instead.
         "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::core::raft_core=error,openraft::engine::handler::replication_handler=error"
-    } else if args.command.is_compare() {
-        // Its in-process intent cluster would otherwise warn about peers it stops.
-        "error"
     } else {
         "warn"
     };

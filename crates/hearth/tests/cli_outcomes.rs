@@ -6,13 +6,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::free_port;
+use hearth_node::{NodeConfig, Role};
 
 struct Kill(Child);
 
@@ -246,12 +243,20 @@ fn the_cli_says_when_nothing_happened_and_policy_files_fail_loudly() {
 fn cluster_status_without_a_quorum_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (free_port(), free_port());
-    let cfg = format!(
-        "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"127.0.0.1:{a}\"\ndata_dir = \"{}\"\nbootstrap = true\n\
-         [[peers]]\nid = 2\naddr = \"127.0.0.1:{b}\"\nrole = \"hub\"\n",
-        dir.path().join("node1").display()
-    );
-    let path = write(dir.path(), "node1.toml", &cfg);
+    let cfg = NodeConfig::builder(
+        1,
+        Role::Hub,
+        format!("127.0.0.1:{a}"),
+        dir.path().join("node1"),
+    )
+    .bootstrap(true)
+    .peer(2, format!("127.0.0.1:{b}"), Role::Hub)
+    .insecure()
+    .build()
+    .unwrap();
+    let path = dir.path().join("node1.toml");
+    common::write_config(&cfg, &path);
+    let path = path.display().to_string();
     let _node = Kill(
         Command::new(env!("CARGO_BIN_EXE_hearth"))
             .args(["serve", "--config", &path])

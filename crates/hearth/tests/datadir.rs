@@ -3,8 +3,7 @@
 //! writes the cluster lost (goal: none) and checks that the stale side never led.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,87 +11,9 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;
 use hearth_proto::v1::cluster_client::ClusterClient;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-struct Procs {
-    dir: PathBuf,
-    addrs: BTreeMap<u64, String>,
-    children: BTreeMap<u64, Child>,
-}
-
-impl Procs {
-    fn new(dir: &Path) -> Self {
-        let addrs: BTreeMap<u64, String> = [1u64, 2, 3]
-            .iter()
-            .map(|i| (*i, format!("127.0.0.1:{}", free_port())))
-            .collect();
-        let roles = BTreeMap::from([(1u64, "hub"), (2, "hub"), (3, "witness")]);
-        for id in [1u64, 2, 3] {
-            let mut text = format!(
-                "insecure = true\nnode_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
-                roles[&id],
-                addrs[&id],
-                dir.join(format!("node{id}")).display(),
-                id == 1
-            );
-            for p in [1u64, 2, 3].into_iter().filter(|p| *p != id) {
-                text.push_str(&format!(
-                    "[[peers]]\nid = {p}\naddr = \"{}\"\nrole = \"{}\"\n",
-                    addrs[&p], roles[&p]
-                ));
-            }
-            text.push_str("[timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n");
-            std::fs::write(dir.join(format!("node{id}.toml")), text).unwrap();
-        }
-        Procs {
-            dir: dir.to_path_buf(),
-            addrs,
-            children: BTreeMap::new(),
-        }
-    }
-
-    fn data(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("node{id}"))
-    }
-
-    fn start(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node{id}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["serve", "--config"])
-            .arg(self.dir.join(format!("node{id}.toml")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start hearth serve");
-        self.children.insert(id, child);
-    }
-
-    fn kill9(&mut self, id: u64) {
-        if let Some(mut c) = self.children.remove(&id) {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for id in self.children.keys().copied().collect::<Vec<_>>() {
-            self.kill9(id);
-        }
-    }
-}
+use common::Procs;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -109,7 +30,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// One write through `addr` (forwarded to the leader if needed): (index, hash) if acknowledged.
 async fn write(addr: &str, text: &str) -> Option<(u64, String)> {
-    let ch = hearth_cluster::grpc::lazy_channel(addr).ok()?;
+    let ch = common::channel(addr).ok()?;
     let mut req = tonic::Request::new(pb::AppendTestRecordRequest {
         text: text.to_string(),
     });
@@ -176,7 +97,7 @@ async fn wait_formed(addrs: &BTreeMap<u64, String>, within: Duration) {
 
 /// The exported chain of the node at `addr`, by index.
 async fn chain(addr: &str) -> Option<BTreeMap<u64, String>> {
-    let mut c = AuditClient::new(hearth_cluster::grpc::lazy_channel(addr).ok()?);
+    let mut c = AuditClient::new(common::channel(addr).ok()?);
     let mut s = c.export(pb::ExportRequest {}).await.ok()?.into_inner();
     let mut lines = Vec::new();
     while let Some(chunk) = s.next().await {
@@ -218,10 +139,13 @@ const QUIET: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reflashed_witness_does_not_elect_a_stale_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Procs::new(dir.path());
+    let mut p = Procs::new(dir.path(), common::THREE);
     for id in [1, 2, 3] {
         p.start(id);
     }
+    // Hub 2 and the witness vote before anything is faulted (a write acknowledged while they
+    // were still learners, and hub 1 killed then, left a cluster that could never elect).
+    p.wait_voting(&[2, 3], LONG).await;
     let a = p.addrs.clone();
     let mut acked = vec![
         write_within(&a[&1], "before", LONG)
@@ -267,7 +191,7 @@ async fn a_reflashed_witness_does_not_elect_a_stale_hub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restored_from_a_backup_does_not_lead_without_the_newer_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Procs::new(dir.path());
+    let mut p = Procs::new(dir.path(), common::THREE);
     for id in [1, 2, 3] {
         p.start(id);
     }

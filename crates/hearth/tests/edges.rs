@@ -4,20 +4,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-fn hearth() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-}
+use common::{Procs, free_port, hearth};
+use hearth_node::{NodeConfig, Role};
 
 /// Waits for `c` to exit, at most `within`; kills it (and fails) otherwise.
 fn wait_exit(c: &mut Child, within: Duration, what: &str) -> ExitStatus {
@@ -58,22 +51,21 @@ impl OneNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let cfg = dir.path().join("node.toml");
-        let mut text = format!(
-            "node_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n",
-            dir.path().join("data").display()
-        );
-        if tls {
+        let b = NodeConfig::builder(1, Role::Hub, addr.clone(), dir.path().join("data"))
+            .bootstrap(true);
+        let b = if tls {
             let out = hearth()
                 .args(["init-pki", "--node", "1", "--dir"])
                 .arg(dir.path().join("pki"))
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
-            text.push_str("[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-1.pem\"\nkey = \"pki/node-1.key\"\n[auth]\ntokens_file = \"pki/tokens.toml\"\n");
+            b.tls("pki/ca.pem", "pki/node-1.pem", "pki/node-1.key")
+                .tokens_file("pki/tokens.toml")
         } else {
-            text.insert_str(0, "insecure = true\n");
-        }
-        std::fs::write(&cfg, text).unwrap();
+            b.insecure()
+        };
+        common::write_config(&b.build().unwrap(), &cfg);
         let child = hearth()
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -378,36 +370,15 @@ fn every_shipped_example_passes_check_config_and_bad_files_are_named() {
 }
 
 /// Two hubs as real processes (no witness: once the leader dies, no new one can be elected,
-/// so what the follower says is deterministic).
-fn two_hubs(dir: &Path) -> (Vec<String>, Vec<Child>) {
-    let addrs: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut children = Vec::new();
-    for id in 1..=2usize {
-        let peer = 3 - id;
-        let text = format!(
-            "insecure = true\nnode_id = {id}\nrole = \"hub\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\
-             [[peers]]\nid = {peer}\naddr = \"{}\"\nrole = \"hub\"\n\
-             [timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n",
-            addrs[id - 1],
-            dir.join(format!("node{id}")).display(),
-            id == 1,
-            addrs[peer - 1],
-        );
-        let cfg = dir.join(format!("node{id}.toml"));
-        std::fs::write(&cfg, text).unwrap();
-        children.push(
-            hearth()
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+/// so what the follower says is deterministic), and their addresses in id order.
+fn two_hubs(dir: &Path) -> (Vec<String>, Procs) {
+    let mut p = Procs::new(dir, common::TWO_HUBS);
+    for id in [1, 2] {
+        p.start_with(id, |c| {
+            c.env_remove("RUST_LOG").stderr(Stdio::null());
+        });
     }
-    (addrs, children)
+    (p.addr_list(), p)
 }
 
 fn leader_of(addr: &str) -> Option<String> {
@@ -425,7 +396,7 @@ fn leader_of(addr: &str) -> Option<String> {
 #[test]
 fn a_dead_leader_is_named_and_the_cli_uses_a_node_that_answers() {
     let t = tempfile::tempdir().unwrap();
-    let (addrs, mut children) = two_hubs(t.path());
+    let (addrs, mut procs) = two_hubs(t.path());
     // Both hubs take writes through the leader (node 1 bootstraps and leads).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -446,8 +417,7 @@ fn a_dead_leader_is_named_and_the_cli_uses_a_node_that_answers() {
         Some(l) if l.contains(&addrs[1]) && !l.contains(&addrs[0]) => (1, 0),
         _ => (0, 1),
     };
-    let _ = children[leader].kill();
-    let _ = children[leader].wait();
+    procs.kill9(leader as u64 + 1);
     // A write through the follower, right after: it forwards to a leader that is gone.
     let out = hearth()
         .args([
@@ -524,52 +494,21 @@ fn a_dead_leader_is_named_and_the_cli_uses_a_node_that_answers() {
         text.contains(&addrs[follower]),
         "no status from the follower: {text} {err}"
     );
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(procs);
 }
 
 #[test]
 fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let roles = ["hub", "hub", "witness"];
-    let mut children = Vec::new();
-    for id in 1..=3usize {
-        let mut text = format!(
-            "insecure = true\nnode_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
-            roles[id - 1],
-            addrs[id - 1],
-            dir.join(format!("node{id}")).display(),
-            id == 1,
-        );
-        for p in (1..=3usize).filter(|p| *p != id) {
-            text.push_str(&format!(
-                "[[peers]]\nid = {p}\naddr = \"{}\"\nrole = \"{}\"\n",
-                addrs[p - 1],
-                roles[p - 1]
-            ));
-        }
-        text.push_str("[timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n");
-        let cfg = dir.join(format!("node{id}.toml"));
-        std::fs::write(&cfg, text).unwrap();
-        let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
-        children.push(
-            hearth()
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                // The shipped default filter, as a household runs it.
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+    let mut procs = Procs::new(dir, common::THREE);
+    for id in [1, 2, 3] {
+        // The shipped default filter, as a household runs it.
+        procs.start_with(id, |c| {
+            c.env_remove("RUST_LOG");
+        });
     }
+    let addrs = procs.addr_list();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !hearth()
         .args(["audit", "append", "--addr", &addrs[0], "ready?"])
@@ -581,8 +520,7 @@ fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The witness goes away; the hubs keep their quorum and keep sending it heartbeats.
-    let _ = children[2].kill();
-    let _ = children[2].wait();
+    procs.kill9(3);
     let warns = || {
         (1..=2)
             .map(|id| {
@@ -599,10 +537,7 @@ fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
     let before = warns();
     std::thread::sleep(Duration::from_secs(3));
     let during = warns() - before;
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(procs);
     let log = std::fs::read_to_string(dir.join("node1.log")).unwrap_or_default();
     assert!(
         during <= 2,
@@ -617,7 +552,7 @@ fn a_peer_that_is_down_is_logged_once_not_on_every_heartbeat() {
 #[test]
 fn a_stopped_leader_is_named_by_the_follower_before_the_clients_deadline() {
     let t = tempfile::tempdir().unwrap();
-    let (addrs, mut children) = two_hubs(t.path());
+    let (addrs, procs) = two_hubs(t.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !addrs.iter().all(|a| {
         hearth()
@@ -633,7 +568,7 @@ fn a_stopped_leader_is_named_by_the_follower_before_the_clients_deadline() {
         Some(l) if l.contains(&addrs[1]) && !l.contains(&addrs[0]) => (1, 0),
         _ => (0, 1),
     };
-    signal(&children[leader], libc::SIGSTOP);
+    signal(procs.child(leader as u64 + 1), libc::SIGSTOP);
     let mut c = hearth()
         .args([
             "audit",
@@ -652,13 +587,10 @@ fn a_stopped_leader_is_named_by_the_follower_before_the_clients_deadline() {
         Duration::from_secs(60),
         "a write through the follower",
     );
-    signal(&children[leader], libc::SIGCONT);
+    signal(procs.child(leader as u64 + 1), libc::SIGCONT);
     let mut err = String::new();
     c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    for ch in &mut children {
-        let _ = ch.kill();
-        let _ = ch.wait();
-    }
+    drop(procs);
     assert!(!status.success(), "{err}");
     // The follower answers (before the client's own deadline) and names the leader, or says
     // an election is under way; it does not leave the client to time out on the follower.

@@ -4,8 +4,7 @@
 //! and every write the client saw acknowledged is in it with the acknowledged hash.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,132 +14,14 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;
 use hearth_proto::v1::cluster_client::ClusterClient;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-struct Procs {
-    dir: PathBuf,
-    addrs: BTreeMap<u64, String>,
-    children: BTreeMap<u64, Child>,
-}
-
-impl Procs {
-    fn new(dir: &Path) -> Self {
-        let addrs: BTreeMap<u64, String> = [1u64, 2, 3]
-            .iter()
-            .map(|i| (*i, format!("127.0.0.1:{}", free_port())))
-            .collect();
-        let roles = BTreeMap::from([(1u64, "hub"), (2, "hub"), (3, "witness")]);
-        for id in [1u64, 2, 3] {
-            let mut text = format!(
-                "insecure = true\nnode_id = {id}\nrole = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
-                roles[&id],
-                addrs[&id],
-                dir.join(format!("node{id}")).display(),
-                id == 1
-            );
-            for p in [1u64, 2, 3].into_iter().filter(|p| *p != id) {
-                text.push_str(&format!(
-                    "[[peers]]\nid = {p}\naddr = \"{}\"\nrole = \"{}\"\n",
-                    addrs[&p], roles[&p]
-                ));
-            }
-            text.push_str("[timing]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\ncaretaker_patience_ms = 1000\nwrite_timeout_ms = 1500\n");
-            std::fs::write(dir.join(format!("node{id}.toml")), text).unwrap();
-        }
-        Procs {
-            dir: dir.to_path_buf(),
-            addrs,
-            children: BTreeMap::new(),
-        }
-    }
-
-    fn start(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node{id}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["serve", "--config"])
-            .arg(self.dir.join(format!("node{id}.toml")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start hearth serve");
-        self.children.insert(id, child);
-    }
-
-    /// SIGKILL: no shutdown path runs; whatever was not fsynced is lost.
-    fn kill9(&mut self, id: u64) {
-        if let Some(mut c) = self.children.remove(&id) {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for id in self.children.keys().copied().collect::<Vec<_>>() {
-            self.kill9(id);
-        }
-    }
-}
-
-async fn status(addr: &str) -> Option<pb::NodeStatus> {
-    let ch = hearth_cluster::grpc::lazy_channel(addr).ok()?;
-    let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.set_timeout(Duration::from_millis(400));
-    ClusterClient::new(ch)
-        .status(req)
-        .await
-        .ok()
-        .map(|r| r.into_inner())
-}
-
-async fn leader(addrs: &BTreeMap<u64, String>, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        for (id, a) in addrs {
-            if let Some(s) = status(a).await
-                && s.state == "Leader"
-                && s.role == "hub"
-                && s.leader == Some(*id)
-            {
-                return *id;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader within {within:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn wait_applied(addr: &str, index: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    while status(addr)
-        .await
-        .and_then(|s| s.applied_index)
-        .is_none_or(|a| a < index)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not apply {index} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use common::{Procs, leader, wait_applied};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_loop_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Procs::new(dir.path());
+    let mut p = Procs::new(dir.path(), common::THREE);
     for id in [1, 2, 3] {
         p.start(id);
     }
@@ -157,7 +38,7 @@ async fn kill_nine_loop_loses_no_acknowledged_write() {
                 let addr = &addrs[&(1 + n % 3)];
                 n += 1;
                 let text = format!("w{n}");
-                let Ok(ch) = hearth_cluster::grpc::lazy_channel(addr) else {
+                let Ok(ch) = common::channel(addr) else {
                     continue;
                 };
                 let mut req =
@@ -216,7 +97,7 @@ async fn kill_nine_loop_loses_no_acknowledged_write() {
     }
     let mut chains = Vec::new();
     for (id, a) in &p.addrs {
-        let mut c = AuditClient::new(hearth_cluster::grpc::lazy_channel(a).unwrap());
+        let mut c = AuditClient::new(common::channel(a).unwrap());
         let mut s = c.export(pb::ExportRequest {}).await.unwrap().into_inner();
         let mut lines = Vec::new();
         while let Some(chunk) = s.next().await {

@@ -1,4 +1,4 @@
-//! `hearth bench compare`: Hearth against etcd, side by side on this machine in one run.
+//! `hearth-bench compare`: Hearth against etcd, side by side on this machine in one run.
 //!
 //! Both systems run as three real processes on loopback with fsync on and the same Raft timing
 //! (heartbeat 100 ms, election timeout 1000 ms; Hearth draws its election timeout from
@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +19,11 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use tonic::transport::Channel;
 
-use crate::bench::pct;
+use crate::intents::pct;
+use crate::net::{channel, with_timeout};
+use crate::supervisor::{Proc, idle};
 
-/// The hand-written subset of etcd's v3 API (crates/hearth/proto/etcd_min.proto).
+/// The hand-written subset of etcd's v3 API (crates/hearth-bench/proto/etcd_min.proto).
 #[allow(clippy::all, clippy::pedantic)]
 pub mod etcdpb {
     tonic::include_proto!("etcdserverpb");
@@ -35,6 +37,10 @@ pub const PAYLOAD: usize = 256;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
+    /// The hearth binary to measure (default: `hearth` beside this executable, as
+    /// `cargo build -p hearth` leaves it in the target directory).
+    #[arg(long, env = "HEARTH_BIN")]
+    pub hearth: Option<PathBuf>,
     /// A run of seconds for CI: short phases, small counts, a 10k-entry chain.
     #[arg(long)]
     pub smoke: bool,
@@ -131,103 +137,6 @@ impl System {
     }
 }
 
-/// One child process, killed (SIGKILL) when dropped.
-struct Proc {
-    name: String,
-    exe: PathBuf,
-    args: Vec<OsString>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn new(name: &str, exe: &Path, args: Vec<OsString>, log: PathBuf) -> Proc {
-        Proc {
-            name: name.to_string(),
-            exe: exe.to_path_buf(),
-            args,
-            log,
-            child: None,
-        }
-    }
-
-    fn start(&mut self) -> anyhow::Result<()> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let err = out.try_clone()?;
-        let child = Process::new(&self.exe)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} ({})", self.name, self.exe.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// `kill -9`, and reap it.
-    fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill().with_context(|| format!("killing {}", self.name))?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    /// SIGTERM (a planned stop), then SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else {
-            return Ok(());
-        };
-        let _ = Process::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if c.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c.kill()?;
-        c.wait()?;
-        Ok(())
-    }
-
-    /// Fails with the tail of its log if the process has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(c) = self.child.as_mut()
-            && let Some(st) = c.try_wait()?
-        {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} exited ({st}); last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.kill9();
-    }
-}
-
 /// What a node says about itself.
 #[derive(Debug, Clone, Copy)]
 struct View {
@@ -243,21 +152,6 @@ struct Cluster {
     label: &'static str,
     procs: Vec<Proc>,
     addrs: Vec<String>,
-}
-
-fn channel(addr: &str) -> anyhow::Result<Channel> {
-    // Plain text, like the etcd it is compared with.
-    hearth_cluster::grpc::lazy_channel(addr).with_context(|| format!("{addr:?}"))
-}
-
-async fn with_timeout<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(d, f).await {
-        Ok(r) => r,
-        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
-    }
 }
 
 impl Cluster {
@@ -342,10 +236,15 @@ impl Cluster {
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_MS: u64 = 1000;
 
-fn timing_toml(election_max_ms: u64) -> String {
-    format!(
-        "\n[timing]\nheartbeat_ms = {HEARTBEAT_MS}\nelection_min_ms = {ELECTION_MS}\nelection_max_ms = {election_max_ms}\n"
-    )
+/// The Raft timing of every Hearth node here (the write timeout and the caretaker's patience
+/// stay at their defaults).
+fn timing(election_max_ms: u64) -> hearth_node::config::TimingConfig {
+    hearth_node::config::TimingConfig {
+        heartbeat_ms: HEARTBEAT_MS,
+        election_min_ms: ELECTION_MS,
+        election_max_ms,
+        ..Default::default()
+    }
 }
 
 fn start_hearth(
@@ -355,20 +254,29 @@ fn start_hearth(
     label: &'static str,
     election_max_ms: u64,
 ) -> anyhow::Result<Cluster> {
-    // The write clusters send no emergencies: the plain dev topology, which a `--baseline`
-    // binary older than the `[limits]` section still reads (write_configs adds it).
-    let paths = crate::dev::write_topology(dir, base_port, crate::dev::Topology::Three, false)?;
+    use hearth_node::Role;
+    let addrs: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base_port + i))
+        .collect();
+    let members = [
+        (1, Role::Hub, addrs[0].clone()),
+        (2, Role::Hub, addrs[1].clone()),
+        (3, Role::Witness, addrs[2].clone()),
+    ];
+    // The write clusters send no emergencies: no `[limits]`, so that a `--baseline` binary
+    // older than that section still reads the files (only what differs from the defaults is
+    // written).
     let mut procs = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        let mut text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.push_str(&timing_toml(election_max_ms));
-        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    for b in hearth_node::config::local_cluster(dir, &members) {
+        let cfg = b.insecure().timing(timing(election_max_ms)).build()?;
+        let id = cfg.node_id;
+        let path = dir.join(format!("node{id}.toml"));
+        cfg.write_to(&path, &format!("{label} node {id} (hearth-bench compare)"))?;
         let mut proc = Proc::new(
-            &format!("{label} node {}", i + 1),
+            &format!("{label} node {id}"),
             exe,
-            vec!["serve".into(), "--config".into(), p.into()],
-            dir.join(format!("node{}.log", i + 1)),
+            vec!["serve".into(), "--config".into(), path.into()],
+            dir.join(format!("node{id}.log")),
         );
         proc.start()?;
         procs.push(proc);
@@ -377,9 +285,7 @@ fn start_hearth(
         system: System::Hearth,
         label,
         procs,
-        addrs: (0..3)
-            .map(|i| format!("127.0.0.1:{}", base_port + i))
-            .collect(),
+        addrs,
     })
 }
 
@@ -650,61 +556,6 @@ async fn failover_once(c: &mut Cluster, k: usize, settle: f64) -> anyhow::Result
     result
 }
 
-/// Resident memory (MiB) and CPU ticks (user + system) of a process.
-fn proc_sample(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses: state is field 3, utime 14,
-    // stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("unexpected /proc/PID/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> anyhow::Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .context("unexpected /proc/PID/stat")
-    };
-    Ok((rss_kb / 1024.0, tick(11)? + tick(12)?))
-}
-
-fn clock_ticks() -> f64 {
-    Process::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// Idle RSS (MiB, at the end) and CPU (% of one core) of each pid over `secs`.
-async fn idle(pids: &[u32], secs: f64) -> anyhow::Result<Vec<(f64, f64)>> {
-    let before: Vec<u64> = pids
-        .iter()
-        .map(|p| proc_sample(*p).map(|s| s.1))
-        .collect::<anyhow::Result<_>>()?;
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let wall = t0.elapsed().as_secs_f64();
-    let hz = clock_ticks();
-    let mut out = Vec::new();
-    for (p, b) in pids.iter().zip(before) {
-        let (rss, after) = proc_sample(*p)?;
-        out.push((rss, (after.saturating_sub(b)) as f64 / hz / wall * 100.0));
-    }
-    Ok(out)
-}
-
 /// Result of the chain measurements.
 struct ChainResult {
     entries: u64,
@@ -718,26 +569,19 @@ struct ChainResult {
 /// Builds a single-node Hearth data directory whose chain has `entries` entries: the node
 /// forms its cluster and commits a first record through Raft, is stopped, and the rest is
 /// appended to its log (fsynced per chunk) and applied to its state machine (hashes, sled)
-/// through the same store code the node uses, without a Raft round trip per entry. Then times
-/// `hearth audit verify --data-dir` and a restart until the node answers and commits a write.
+/// through the same store code the node uses, without a Raft round trip per entry
+/// (`hearth_store::bulk`). Then times `hearth audit verify --data-dir` and a restart until the
+/// node answers and commits a write.
 async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Result<ChainResult> {
-    use hearth_store::types::{Entry, log_id};
-    use hearth_store::{LogStore, StateMachine, TypeConfig};
-    use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
-    use openraft::type_config::TypeConfigExt;
-
     let data = dir.join("single");
     let cfg = dir.join("single.toml");
     let addr = format!("127.0.0.1:{port}");
-    std::fs::write(
-        &cfg,
-        format!(
-            "insecure = true\nnode_id = 1\nrole = \"hub\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = true\n{}",
-            data.display(),
-            timing_toml(ELECTION_MS * 2)
-        ),
-    )
-    .with_context(|| format!("writing {}", cfg.display()))?;
+    hearth_node::NodeConfig::builder(1, hearth_node::Role::Hub, addr.clone(), data.clone())
+        .bootstrap(true)
+        .insecure()
+        .timing(timing(ELECTION_MS * 2))
+        .build()?
+        .write_to(&cfg, "the single node of hearth-bench compare's chain rows")?;
     let serve_args: Vec<OsString> = vec!["serve".into(), "--config".into(), cfg.clone().into()];
     let mut node = Proc::new(
         "hearth single node",
@@ -775,46 +619,13 @@ async fn chain(exe: &Path, dir: &Path, port: u16, entries: u64) -> anyhow::Resul
     node.stop(Duration::from_secs(10))?;
 
     let t_build = Instant::now();
-    let mut log = LogStore::open(&data.join("raft")).context("opening the single node's log")?;
-    let mut sm =
-        StateMachine::open(&data.join("state")).context("opening the single node's state")?;
-    let last = log
-        .last_log_id()?
-        .context("the single node's log is empty")?;
-    anyhow::ensure!(
-        sm.applied()? == Some(last),
-        "the single node has not applied its whole log"
-    );
-    let (term, leader) = (last.leader_id.term, last.leader_id.node_id);
-    let target = entries.saturating_sub(1).max(last.index);
-    let mut next = last.index + 1;
-    const CHUNK: u64 = 20_000;
-    while next <= target {
-        let end = (next + CHUNK - 1).min(target);
-        let batch: Vec<Entry> = (next..=end)
-            .map(|i| Entry {
-                log_id: log_id(term, leader, i),
-                payload: openraft::EntryPayload::Normal(hearth_store::Command(
-                    hearth_core::domain::Command::TestRecord {
-                        text: payload(&format!("chain/{i}")),
-                    }
-                    .encode(),
-                )),
-            })
-            .collect();
-        let (tx, rx) = TypeConfig::oneshot();
-        log.append(batch.clone(), IOFlushed::signal(tx)).await?;
-        rx.await
-            .context("the log store dropped its flush callback")?
-            .context("fsync of the log")?;
-        sm.apply(futures::stream::iter(
-            batch.into_iter().map(|e| Ok((e, None))),
-        ))
-        .await?;
-        next = end + 1;
-    }
-    drop(log);
-    drop(sm);
+    let built =
+        hearth_store::bulk::extend_with_test_records(&data, entries.saturating_sub(1), |i| {
+            payload(&format!("chain/{i}"))
+        })
+        .await
+        .context("building the single node's chain")?;
+    let target = built.last_index;
     let build_s = t_build.elapsed().as_secs_f64();
 
     let t_verify = Instant::now();
@@ -960,7 +771,8 @@ fn machine() -> serde_json::Value {
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::of(&args);
-    let exe = std::env::current_exe().context("finding the hearth binary")?;
+    let this = std::env::current_exe().context("finding this executable")?;
+    let exe = crate::find_hearth(args.hearth.as_deref(), &this).map_err(anyhow::Error::msg)?;
     let version = Process::new(&args.etcd).arg("--version").output();
     let etcd_version = match version {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
@@ -979,8 +791,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         .context("creating a temporary folder")?;
     let bp = args.base_port;
     eprintln!(
-        "hearth bench compare: Hearth (2 hubs + witness, its standard 3-node topology) vs {etcd_version} (3 members); \
+        "hearth-bench compare: Hearth ({}; 2 hubs + witness, its standard 3-node topology) vs {etcd_version} (3 members); \
          both on loopback, fsync on, heartbeat {HEARTBEAT_MS} ms, election {ELECTION_MS} ms; data in {}",
+        exe.display(),
         dir.path().display()
     );
     let hdir = dir.path().join("hearth");
@@ -1142,7 +955,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "  intent -> actuation: {} intents, 8 clients (in-process 2 hubs + witness)",
             plan.intents
         );
-        let s = crate::bench::measure_intents(plan.intents, 8, bp + 40).await?;
+        let s = crate::intents::measure_intents(plan.intents, 8, bp + 40).await?;
         for (name, v) in [
             ("intent -> committed", &s.commit),
             ("intent -> device applied", &s.actuate),
@@ -1303,12 +1116,5 @@ mod tests {
         assert_eq!(fmt_num(Some(1234.4)), "1234");
         assert_eq!(fmt_num(Some(12.34)), "12.3");
         assert_eq!(fmt_num(Some(1.234)), "1.23");
-    }
-
-    #[test]
-    fn reads_its_own_memory_and_cpu_from_proc() {
-        let (rss, _ticks) = proc_sample(std::process::id()).unwrap();
-        assert!(rss > 0.0);
-        assert!(proc_sample(u32::MAX).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Compiles the minimal etcd client proto used by `hearth bench compare` (protox: no system
+//! Compiles the minimal etcd client proto used by `hearth-bench compare` (protox: no system
 //! `protoc`), the same way hearth-proto compiles Hearth's own protos.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `hearth bench intents`: intent → actuation latency on a local three-node cluster (two hubs
+//! `hearth-bench intents`: intent → actuation latency on a local three-node cluster (two hubs
 //! and a witness, real processes' code in one process, gRPC on loopback, fsync on), measured
 //! from the client's `Submit` to the moment the simulated device applies the action.
 
@@ -10,6 +10,8 @@ use anyhow::Context;
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::cluster_client::ClusterClient;
 use hearth_proto::v1::intents_client::IntentsClient;
+
+use crate::net::channel;
 
 pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -23,7 +25,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-/// What one `bench intents` run measured (latencies sorted ascending).
+/// What one `intents` run measured (latencies sorted ascending).
 pub struct IntentStats {
     pub commit: Vec<Duration>,
     pub actuate: Vec<Duration>,
@@ -37,7 +39,7 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
         wall,
     } = measure_intents(count, concurrency, base_port).await?;
     outln!(
-        "hearth bench intents: {count} intents, {concurrency} concurrent clients, 3 nodes on loopback, fsync on"
+        "hearth-bench intents: {count} intents, {concurrency} concurrent clients, 3 nodes on loopback, fsync on"
     );
     outln!(
         "{:<34} {:>8} {:>8} {:>8} {:>8}",
@@ -69,6 +71,32 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
     Ok(())
 }
 
+/// The in-process cluster of the intent runs: two hubs and a witness on `addrs`, plain text
+/// (the benchmarks compare with an etcd without TLS), and no bound on emergencies per source
+/// (30 a minute by default): the runs submit thousands of them from one source.
+fn intent_cluster(
+    dir: &std::path::Path,
+    addrs: &[String],
+) -> anyhow::Result<Vec<hearth_node::NodeConfig>> {
+    use hearth_node::Role;
+    let [a, b, c] = addrs else {
+        anyhow::bail!("the intent cluster has three nodes, not {}", addrs.len());
+    };
+    let members = [
+        (1, Role::Hub, a.clone()),
+        (2, Role::Hub, b.clone()),
+        (3, Role::Witness, c.clone()),
+    ];
+    let limits = hearth_node::config::LimitsSettings {
+        emergency_max: 1_000_000,
+        ..Default::default()
+    };
+    hearth_node::config::local_cluster(dir, &members)
+        .into_iter()
+        .map(|b| Ok(b.insecure().limits(limits.clone()).build()?))
+        .collect()
+}
+
 /// Runs the intent → actuation workload on a local in-process cluster (two hubs and a
 /// witness, gRPC on loopback, fsync on, the simulated device on the in-process bus) and
 /// returns the latencies.
@@ -78,17 +106,17 @@ pub async fn measure_intents(
     base_port: u16,
 ) -> anyhow::Result<IntentStats> {
     let dir = tempfile::Builder::new().prefix("hearth-bench-").tempdir()?;
-    let paths = crate::dev::write_configs(dir.path(), base_port)?;
-    let (stop_tx, nodes) = crate::dev::spawn_nodes(&paths)?;
     let addrs: Vec<String> = (0..3)
         .map(|i| format!("127.0.0.1:{}", base_port + i))
         .collect();
+    let (stop_tx, nodes) =
+        hearth_node::local::spawn_in_process(intent_cluster(dir.path(), &addrs)?);
     // Find the leader.
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader_addr = loop {
         let mut found = None;
         for a in &addrs {
-            if let Ok(s) = ClusterClient::new(crate::cli::channel(a)?)
+            if let Ok(s) = ClusterClient::new(channel(a)?)
                 .status(pb::StatusRequest {})
                 .await
                 && s.get_ref().state == "Leader"
@@ -115,7 +143,7 @@ pub async fn measure_intents(
             address: "local:bench".into(),
         },
     };
-    hearth_proto::v1::devices_client::DevicesClient::new(crate::cli::channel(&leader_addr)?)
+    hearth_proto::v1::devices_client::DevicesClient::new(channel(&leader_addr)?)
         .register(hearth_node::domain_api::device_to_pb(&device))
         .await
         .context("registering the bench device")?;
@@ -133,7 +161,7 @@ pub async fn measure_intents(
             for _ in 0..concurrency {
                 let (next, leader_addr, bus) = (next.clone(), leader_addr.clone(), bus.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut client = IntentsClient::new(crate::cli::channel(&leader_addr)?);
+                    let mut client = IntentsClient::new(channel(&leader_addr)?);
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
