@@ -64,24 +64,18 @@ async fn wait_formed(addrs: &BTreeMap<u64, String>, within: Duration) {
     loop {
         let mut applied = Vec::new();
         for a in addrs.values() {
-            let Ok(ch) = hearth_cluster::grpc::lazy_channel(a) else {
-                break;
-            };
-            let mut req = tonic::Request::new(pb::StatusRequest {});
-            req.set_timeout(Duration::from_secs(2));
-            match ClusterClient::new(ch).status(req).await {
-                Ok(s) => {
-                    let s = s.into_inner();
+            match common::status(a).await {
+                Some(s) => {
                     let voters = s.members.iter().filter(|m| m.voter).count();
                     last = format!(
-                        "{a}: {} voters, state {}, applied {:?}",
-                        voters, s.state, s.applied_index
+                        "{a}: {voters} voters, state {}, applied {:?}",
+                        s.state, s.applied_index
                     );
                     if voters == addrs.len() && !s.state.contains("held") {
                         applied.push(s.applied_index);
                     }
                 }
-                Err(e) => last = format!("{a}: {e}"),
+                None => last = format!("{a}: no answer"),
             }
         }
         if applied.len() == addrs.len() && applied.windows(2).all(|w| w[0] == w[1]) {
