@@ -15,6 +15,7 @@ pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod pki;
+pub mod refusals;
 pub mod server;
 pub mod startcheck;
 

@@ -432,6 +432,11 @@ fn apply_command(
             });
         }
     };
+    // The intents a removal finishes or changes, known before it applies.
+    let pending = match &cmd {
+        Command::RemoveDevice { id, .. } => domain.pending_for_device(id),
+        _ => Vec::new(),
+    };
     let outcome = domain.apply(&cmd, pos);
     if matches!(
         outcome,
@@ -446,6 +451,14 @@ fn apply_command(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
         ),
+        Command::RemoveDevice { id, .. } => {
+            batch.remove(format!("{DEVICE_PREFIX}{id}").as_bytes());
+            for intent_id in &pending {
+                if let Some(r) = domain.intents.get(intent_id) {
+                    batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);
+                }
+            }
+        }
         Command::ApplyClass { class, .. } => batch.insert(
             format!("{CLASS_PREFIX}{}", class.name).as_bytes(),
             json(class)?,

@@ -41,7 +41,11 @@ pub async fn intents(count: usize, concurrency: usize, base_port: u16) -> anyhow
     );
     outln!(
         "{:<34} {:>8} {:>8} {:>8} {:>8}",
-        "latency (ms)", "p50", "p90", "p99", "max"
+        "latency (ms)",
+        "p50",
+        "p90",
+        "p99",
+        "max"
     );
     for (name, v) in [
         ("submit -> committed (client ack)", &commit),
@@ -84,7 +88,7 @@ pub async fn measure_intents(
     let leader_addr = loop {
         let mut found = None;
         for a in &addrs {
-            if let Ok(s) = ClusterClient::new(crate::cli::channel(a)?)
+            if let Ok(s) = ClusterClient::new(crate::cli::Client::default().channel(a)?)
                 .status(pb::StatusRequest {})
                 .await
                 && s.get_ref().state == "Leader"
@@ -111,10 +115,12 @@ pub async fn measure_intents(
             address: "local:bench".into(),
         },
     };
-    hearth_proto::v1::devices_client::DevicesClient::new(crate::cli::channel(&leader_addr)?)
-        .register(hearth_node::domain_api::device_to_pb(&device))
-        .await
-        .context("registering the bench device")?;
+    hearth_proto::v1::devices_client::DevicesClient::new(
+        crate::cli::Client::default().channel(&leader_addr)?,
+    )
+    .register(hearth_node::domain_api::device_to_pb(&device))
+    .await
+    .context("registering the bench device")?;
 
     let bus = hearth_devices::SimBus::global();
     let next = Arc::new(AtomicUsize::new(0));
@@ -129,7 +135,8 @@ pub async fn measure_intents(
             for _ in 0..concurrency {
                 let (next, leader_addr, bus) = (next.clone(), leader_addr.clone(), bus.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut client = IntentsClient::new(crate::cli::channel(&leader_addr)?);
+                    let mut client =
+                        IntentsClient::new(crate::cli::Client::default().channel(&leader_addr)?);
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);

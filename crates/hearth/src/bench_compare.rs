@@ -1204,7 +1204,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     outln!(
         "Hearth (2 hubs + witness) vs {etcd_version} (3 members), loopback, fsync on, heartbeat {HEARTBEAT_MS} ms / election {ELECTION_MS} ms{emax}; \
          {PAYLOAD}-byte writes to the leader, best of {} alternating runs of {} s",
-        plan.rounds, plan.seconds
+        plan.rounds,
+        plan.seconds
     );
     let with_before = args.baseline.is_some();
     let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());

@@ -19,11 +19,8 @@ mod bench;
 mod bench_compare;
 mod cli;
 mod dev;
-mod domain_cli;
-mod topology_cli;
 
 use clap::Parser;
-
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
