@@ -522,7 +522,7 @@ pub struct AuthService<S> {
 
 /// What a refusal is recorded with: the ring, the method, who and from where, and the token
 /// presented (to keep it out of the message).
-struct Witness {
+struct RefusalRecorder {
     ring: Arc<crate::refusals::Refusals>,
     method: String,
     principal: Option<String>,
@@ -530,7 +530,7 @@ struct Witness {
     token: Option<String>,
 }
 
-impl Witness {
+impl RefusalRecorder {
     fn record(&self, status: &Status) {
         if crate::refusals::is_refusal(status.code()) {
             self.ring.record(crate::refusals::Refused::new(
@@ -609,11 +609,11 @@ where
         // Client calls only: node-to-node Raft traffic and open methods (health) are not
         // what a household reads refusals for, and Raft's hot path stays as it was.
         let client_call = matches!(need(req.uri().path()), Need::Role(_) | Need::RoleOrNode(_));
-        let witness = self.refusals.as_ref().filter(|_| client_call).map(|ring| {
+        let recorder = self.refusals.as_ref().filter(|_| client_call).map(|ring| {
             let token = authorization
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .map(|h| h.strip_prefix("Bearer ").unwrap_or(h).trim().to_string());
-            Witness {
+            RefusalRecorder {
                 ring: ring.clone(),
                 method: req.uri().path().to_string(),
                 principal: match &decision {
@@ -629,18 +629,18 @@ where
             }
         });
         match decision {
-            Ok(None) => observed(self.inner.call(req), witness),
+            Ok(None) => observed(self.inner.call(req), recorder),
             Ok(Some(p)) => {
                 if p.role.is_some()
                     && let (Some(reg), Some(addr)) = (&self.connections, remote_addr(&req))
                 {
                     reg.prove(addr);
                 }
-                observed(CURRENT.scope(p, self.inner.call(req)), witness)
+                observed(CURRENT.scope(p, self.inner.call(req)), recorder)
             }
             Err(status) => {
                 tracing::warn!(path = %req.uri().path(), code = ?status.code(), "refused: {}", status.message());
-                if let Some(w) = &witness {
+                if let Some(w) = &recorder {
                     w.record(&status);
                 }
                 Box::pin(async move { Ok(status.into_http()) })
@@ -650,13 +650,13 @@ where
 }
 
 /// Runs `fut` (the inner service's answer) and records it in the ring if it is a refusal.
-fn observed<F, R, E>(fut: F, witness: Option<Witness>) -> BoxFut<http::Response<R>, E>
+fn observed<F, R, E>(fut: F, recorder: Option<RefusalRecorder>) -> BoxFut<http::Response<R>, E>
 where
     F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
 {
     Box::pin(async move {
         let res = fut.await;
-        if let (Some(w), Ok(r)) = (&witness, &res) {
+        if let (Some(w), Ok(r)) = (&recorder, &res) {
             w.observe(r);
         }
         res
