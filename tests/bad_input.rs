@@ -272,6 +272,8 @@ const METHODS: &[(&str, bool, Option<u32>)] = &[
     ("/hearth.v1.Devices/Register", false, Some(1)),
     ("/hearth.v1.Devices/List", false, None),
     ("/hearth.v1.Devices/Get", false, Some(1)),
+    ("/hearth.v1.Devices/Remove", false, Some(1)),
+    ("/hearth.v1.Audit/Refusals", false, None),
     ("/hearth.v1.Policies/ApplyClass", false, Some(1)),
     ("/hearth.v1.Policies/ApplyPolicies", false, Some(1)),
     ("/hearth.v1.Policies/Show", false, None),

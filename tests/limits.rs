@@ -358,6 +358,28 @@ async fn emergencies_from_one_source_are_bounded_over_the_api() {
         assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
         assert!(s.message().contains("emergency rate limit"), "{s:?}");
     }
+    // The refused emergencies are visible to an operator (never in the chain), naming who
+    // and what they were told, without the token.
+    let seen = hearth_proto::v1::audit_client::AuditClient::new(node.channel(&node.addr))
+        .refusals(auth(
+            &node.admin,
+            tonic::Request::new(pb::RefusalsRequest::default()),
+        ))
+        .await
+        .expect("an admin reads the refusals")
+        .into_inner();
+    let limited: Vec<_> = seen
+        .refused
+        .iter()
+        .filter(|r| r.code == "RESOURCE_EXHAUSTED" && r.method == "/hearth.v1.Intents/Submit")
+        .collect();
+    assert_eq!(limited.len(), 7, "{seen:?}");
+    for r in &limited {
+        assert!(r.message.contains("emergency rate limit"), "{r:?}");
+        assert_eq!(r.principal, "admin", "{r:?}");
+        assert!(!r.message.contains(&node.admin), "{r:?}");
+        assert!(r.at_ms > 0 && !r.peer.is_empty(), "{r:?}");
+    }
     // The household's other writes go on.
     node.write("after the flood").await.expect("a write");
     node.stop().await;

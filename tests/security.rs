@@ -343,6 +343,17 @@ async fn privileged(ch: Channel, method: &str, token: Option<&str>) -> Code {
             .register(with_token(device("evil"), t))
             .await
             .map(|_| ()),
+        "Devices/Remove" => DevicesClient::new(ch)
+            .remove(with_token(
+                pb::RemoveDeviceRequest { id: "siren".into() },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        "Audit/Refusals" => AuditClient::new(ch)
+            .refusals(with_token(pb::RefusalsRequest::default(), t))
+            .await
+            .map(|_| ()),
         "Policies/ApplyClass" => PoliciesClient::new(ch)
             .apply_class(with_token(
                 pb::ApplyDocument {
@@ -426,6 +437,7 @@ async fn tokens_and_roles_guard_every_privileged_call() {
     let operator = [
         "Intents/Approve",
         "Devices/Register",
+        "Devices/Remove",
         "Policies/ApplyClass",
         "Policies/ApplyPolicies",
         "Policies/AddPolicy",
@@ -434,6 +446,7 @@ async fn tokens_and_roles_guard_every_privileged_call() {
         "Audit/Tail",
         "Audit/Export",
         "Audit/Verify",
+        "Audit/Refusals",
     ];
     let t = &c.tokens;
     // On the leader and on a follower (which would forward): refused the same way.

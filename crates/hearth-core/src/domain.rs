@@ -34,6 +34,9 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// Removes a device from the registry (an operator's audited act). Its actions that have
+    /// no outcome yet end `CANCELLED`, naming `by`; it may be registered again later.
+    RemoveDevice { id: String, by: String },
     /// Adds or replaces an intent class.
     ApplyClass {
         class: IntentClass,
@@ -175,6 +178,9 @@ pub enum ActionOutcome {
     OutcomeUnknown { reason: String },
     /// Not dispatched before its deadline: never sent (the client had been told it failed).
     Expired { reason: String },
+    /// Ended without being sent by a later act (the device was removed); `reason` says which
+    /// and who.
+    Cancelled { reason: String },
 }
 
 impl ActionOutcome {
@@ -375,6 +381,10 @@ pub enum Outcome {
     KeyConflict {
         intent_id: String,
     },
+    /// A device was removed; these intents had actions on it that are now cancelled.
+    Removed {
+        cancelled: Vec<String>,
+    },
     /// The command was refused; the state is unchanged.
     Refused {
         reason: String,
@@ -493,6 +503,7 @@ impl DomainState {
                     reason: e.to_string(),
                 },
             },
+            Command::RemoveDevice { id, by } => self.remove_device(id, by),
             Command::ApplyClass { class, .. } => {
                 if let Err(e) = crate::intent::check_id("name", &class.name) {
                     return Outcome::Refused {
@@ -715,6 +726,60 @@ impl DomainState {
                 at_ms,
             } => self.refence(devices, by, reason, *at_ms, pos),
         }
+    }
+
+    /// The intents that still wait to act on `device`: not finished, with an action on it
+    /// that has no outcome (held for approval or not yet sent). In id order.
+    pub fn pending_for_device(&self, device: &str) -> Vec<String> {
+        self.intents
+            .values()
+            .filter(|r| !r.status.is_final())
+            .filter(|r| {
+                r.actions
+                    .iter()
+                    .any(|a| a.outcome.is_none() && a.action.device == device)
+            })
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// Removes a device: refused (state unchanged) when none has that id. Every action on it
+    /// still without an outcome ends `Cancelled` with the principal named, and an intent whose
+    /// every action now has an outcome is finished (`Failed`: not everything it asked for was
+    /// done). The device may be registered again; its old actions stay cancelled.
+    fn remove_device(&mut self, id: &str, by: &str) -> Outcome {
+        if self.devices.remove(id).is_none() {
+            return Outcome::Refused {
+                reason: format!(
+                    "no device {id:?} is registered (registered: {})",
+                    if self.devices.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.devices.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            };
+        }
+        let reason = format!("device {id} removed by {by}");
+        let cancelled = self.pending_for_device(id);
+        for intent_id in &cancelled {
+            let Some(r) = self.intents.get_mut(intent_id) else {
+                continue;
+            };
+            for a in r
+                .actions
+                .iter_mut()
+                .filter(|a| a.outcome.is_none() && a.action.device == id)
+            {
+                a.outcome = Some(ActionOutcome::Cancelled {
+                    reason: reason.clone(),
+                });
+            }
+            if r.actions.iter().all(|a| a.outcome.is_some()) {
+                r.status = final_status(&r.actions);
+            }
+        }
+        Outcome::Removed { cancelled }
     }
 
     /// The id of the re-fence record decided at `index`.
@@ -1446,6 +1511,141 @@ mod tests {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         }
         assert!(Command::decode(b"{\"type\":\"launch_missiles\"}").is_err());
+    }
+
+    fn remove(id: &str, by: &str) -> Command {
+        Command::RemoveDevice {
+            id: id.into(),
+            by: by.into(),
+        }
+    }
+
+    #[test]
+    fn removing_an_unknown_device_is_refused_and_changes_nothing() {
+        let mut s = with_siren();
+        let before = s.clone();
+        match s.apply(&remove("sirne", "ana"), at(2)) {
+            Outcome::Refused { reason } => {
+                assert!(
+                    reason.contains("\"sirne\"") && reason.contains("siren"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s, before);
+        let mut empty = DomainState::default();
+        assert!(matches!(
+            empty.apply(&remove("siren", "ana"), at(1)),
+            Outcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn removing_a_device_cancels_its_pending_actions_naming_the_principal() {
+        let mut s = with_siren();
+        s.apply(&submit(intent("r1", "smoke")), at(2));
+        let id = intent_id("r1");
+        assert_eq!(s.outbox().len(), 1);
+        assert_eq!(s.pending_for_device("siren"), vec![id.clone()]);
+        assert!(s.pending_for_device("lamp").is_empty());
+        assert_eq!(
+            s.apply(&remove("siren", "ana"), at(3)),
+            Outcome::Removed {
+                cancelled: vec![id.clone()]
+            }
+        );
+        assert!(!s.devices.contains_key("siren"));
+        assert!(s.outbox().is_empty(), "nothing is sent to a removed device");
+        let r = &s.intents[&id];
+        assert_eq!(
+            r.actions[0].outcome,
+            Some(ActionOutcome::Cancelled {
+                reason: "device siren removed by ana".into()
+            })
+        );
+        assert_eq!(r.status, IntentStatus::Failed, "never done");
+        // The device answering late (a send already under way) changes nothing.
+        let late = Command::RecordOutcome {
+            intent_id: id.clone(),
+            action_id: format!("{id}/0"),
+            outcome: ActionOutcome::Applied,
+            token: FencingToken {
+                term: 1,
+                leader: 1,
+                index: 2,
+            },
+        };
+        assert!(matches!(s.apply(&late, at(4)), Outcome::Duplicate { .. }));
+        assert!(s.pending_for_device("siren").is_empty());
+        // Registered again, it is a device like any other; the old action stays cancelled.
+        register(&mut s, 5);
+        assert!(s.devices.contains_key("siren"));
+        assert!(s.outbox().is_empty());
+        s.apply(&submit(intent("r2", "smoke again")), at(6));
+        assert_eq!(s.outbox().len(), 1);
+    }
+
+    #[test]
+    fn removing_a_device_ends_actions_held_for_approval_and_keeps_finished_ones() {
+        let mut s = with_siren();
+        // A finished intent's outcomes are history: removal leaves them as they are.
+        s.apply(&submit(intent("done", "smoke")), at(2));
+        let done = intent_id("done");
+        s.apply(
+            &Command::RecordOutcome {
+                intent_id: done.clone(),
+                action_id: format!("{done}/0"),
+                outcome: ActionOutcome::Applied,
+                token: FencingToken {
+                    term: 1,
+                    leader: 1,
+                    index: 2,
+                },
+            },
+            at(3),
+        );
+        let ask = Policy {
+            id: "ask".into(),
+            emergency_override: None,
+            rule: Rule::RequireConfirmation {
+                class: "ensure_safety".into(),
+            },
+        };
+        s.apply(
+            &Command::ApplyPolicies {
+                by: None,
+                policies: vec![ask],
+            },
+            at(4),
+        );
+        let mut i = intent("held", "maybe smoke");
+        i.urgency = Urgency::Alert;
+        s.apply(&submit(i), at(5));
+        let held = intent_id("held");
+        assert_eq!(s.intents[&held].status, IntentStatus::AwaitingApproval);
+        assert_eq!(
+            s.apply(&remove("siren", "bob"), at(6)),
+            Outcome::Removed {
+                cancelled: vec![held.clone()]
+            },
+            "the finished intent is not among them"
+        );
+        let r = &s.intents[&held];
+        assert_eq!(r.status, IntentStatus::Failed);
+        assert!(matches!(
+            &r.actions[0].outcome,
+            Some(ActionOutcome::Cancelled { reason }) if reason.contains("bob")
+        ));
+        assert!(!r.awaits_approval(), "nothing is left to approve");
+        assert_eq!(
+            s.intents[&done].actions[0].outcome,
+            Some(ActionOutcome::Applied)
+        );
+        assert_eq!(s.intents[&done].status, IntentStatus::Done);
+        // Removal and its bytes round-trip like every command.
+        let c = remove("siren", "bob");
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
     }
 
     fn register(s: &mut DomainState, n: u64) {

@@ -40,6 +40,7 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Refused(_) => Status::failed_precondition(msg),
         NodeError::Forbidden(_) => Status::permission_denied(msg),
+        NodeError::NotFound(_) => Status::not_found(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
         _ => Status::internal(msg),
@@ -224,11 +225,23 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
 pub struct Api {
     node: Arc<Node>,
     counters: Arc<Counters>,
+    refusals: Arc<crate::refusals::Refusals>,
 }
 
 impl Api {
     pub fn new(node: Arc<Node>, counters: Arc<Counters>) -> Self {
-        Self { node, counters }
+        let refusals = Arc::new(crate::refusals::Refusals::new(node.config().node_id));
+        Self {
+            node,
+            counters,
+            refusals,
+        }
+    }
+
+    /// Serves `Audit.Refusals` from `ring` (the one the auth layer records into).
+    pub fn with_refusals(mut self, ring: Arc<crate::refusals::Refusals>) -> Self {
+        self.refusals = ring;
+        self
     }
 
     fn count(&self, r: &Result<hearth_store::Applied, NodeError>) {
@@ -567,6 +580,16 @@ impl Audit for Api {
                 })
                 .collect(),
         }))
+    }
+
+    async fn refusals(
+        &self,
+        req: Request<pb::RefusalsRequest>,
+    ) -> Result<Response<pb::RefusalsResponse>, Status> {
+        Ok(Response::new(crate::refusals::serve(
+            &self.refusals,
+            req.get_ref(),
+        )))
     }
 
     type ExportStream = ExportStream;

@@ -97,13 +97,14 @@ fn listed(path: &str) -> Option<Need> {
             "AppendTestRecord" | "AddMember" | "RemoveMember" | "ReplaceMember" | "TransferLeader"
             | "Promote" | "Restart" | "RecordAct",
         ) => Need::Role(Admin),
-        ("hearth.v1.Audit", "Tail" | "Export" | "Verify" | "ExportCheckpoints" | "Checkpoint") => {
-            Need::Role(Operator)
-        }
+        (
+            "hearth.v1.Audit",
+            "Tail" | "Export" | "Verify" | "ExportCheckpoints" | "Checkpoint" | "Refusals",
+        ) => Need::Role(Operator),
         ("hearth.v1.Intents", "Submit" | "Get" | "Watch" | "Explain") => Need::Role(Agent),
         ("hearth.v1.Intents", "Approve") => Need::Role(Operator),
         ("hearth.v1.Devices", "List" | "Get") => Need::Role(Agent),
-        ("hearth.v1.Devices", "Register") => Need::Role(Operator),
+        ("hearth.v1.Devices", "Register" | "Remove") => Need::Role(Operator),
         ("hearth.v1.Devices", "Refence") => Need::Role(Admin),
         (
             "hearth.v1.Policies",
@@ -447,6 +448,7 @@ pub struct AuthLayer {
     auth: Arc<Authenticator>,
     node_certificates: bool,
     connections: Option<Arc<crate::conn::Registry>>,
+    refusals: Option<Arc<crate::refusals::Refusals>>,
 }
 
 impl AuthLayer {
@@ -455,7 +457,15 @@ impl AuthLayer {
             auth,
             node_certificates: false,
             connections: None,
+            refusals: None,
         }
+    }
+
+    /// Every call refused (a bad token, a role too low, a grant not held, a rate limit) is
+    /// kept in `ring` (never in the chain; see `refusals`).
+    pub fn recording(mut self, ring: Arc<crate::refusals::Refusals>) -> Self {
+        self.refusals = Some(ring);
+        self
     }
 
     /// A call with a valid token marks its connection in `registry` as proven (kept when
@@ -496,6 +506,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             auth: self.auth.clone(),
             node_certificates: self.node_certificates,
             connections: self.connections.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -506,6 +517,39 @@ pub struct AuthService<S> {
     auth: Arc<Authenticator>,
     node_certificates: bool,
     connections: Option<Arc<crate::conn::Registry>>,
+    refusals: Option<Arc<crate::refusals::Refusals>>,
+}
+
+/// What a refusal is recorded with: the ring, the method, who and from where, and the token
+/// presented (to keep it out of the message).
+struct RefusalRecorder {
+    ring: Arc<crate::refusals::Refusals>,
+    method: String,
+    principal: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+    token: Option<String>,
+}
+
+impl RefusalRecorder {
+    fn record(&self, status: &Status) {
+        if crate::refusals::is_refusal(status.code()) {
+            self.ring.record(crate::refusals::Refused::new(
+                &self.method,
+                status,
+                self.principal.clone(),
+                self.peer,
+                self.token.as_deref(),
+            ));
+        }
+    }
+
+    /// Records the refusal an inner service answered, if it did (a refusal is a
+    /// trailers-only response: its status is in the headers).
+    fn observe<B>(&self, res: &http::Response<B>) {
+        if let Some(status) = Status::from_header_map(res.headers()) {
+            self.record(&status);
+        }
+    }
 }
 
 fn remote_addr<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
@@ -555,29 +599,68 @@ where
             drop(req);
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        let decision = self.auth.check(
-            req.uri().path(),
-            req.headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            has_node_certificate(&req),
-        );
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let decision = self
+            .auth
+            .check(req.uri().path(), authorization, has_node_certificate(&req));
+        // Client calls only: node-to-node Raft traffic and open methods (health) are not
+        // what a household reads refusals for, and Raft's hot path stays as it was.
+        let client_call = matches!(need(req.uri().path()), Need::Role(_) | Need::RoleOrNode(_));
+        let recorder = self.refusals.as_ref().filter(|_| client_call).map(|ring| {
+            let token = authorization
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .map(|h| h.strip_prefix("Bearer ").unwrap_or(h).trim().to_string());
+            RefusalRecorder {
+                ring: ring.clone(),
+                method: req.uri().path().to_string(),
+                principal: match &decision {
+                    Ok(Some(p)) if !p.is_node() => Some(p.name.clone()),
+                    Ok(_) => None,
+                    Err(_) => token
+                        .as_deref()
+                        .and_then(|t| self.auth.lookup(t))
+                        .map(|e| e.name),
+                },
+                peer: remote_addr(&req),
+                token,
+            }
+        });
         match decision {
-            Ok(None) => Box::pin(self.inner.call(req)),
+            Ok(None) => observed(self.inner.call(req), recorder),
             Ok(Some(p)) => {
                 if p.role.is_some()
                     && let (Some(reg), Some(addr)) = (&self.connections, remote_addr(&req))
                 {
                     reg.prove(addr);
                 }
-                Box::pin(CURRENT.scope(p, self.inner.call(req)))
+                observed(CURRENT.scope(p, self.inner.call(req)), recorder)
             }
             Err(status) => {
                 tracing::warn!(path = %req.uri().path(), code = ?status.code(), "refused: {}", status.message());
+                if let Some(w) = &recorder {
+                    w.record(&status);
+                }
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
     }
+}
+
+/// Runs `fut` (the inner service's answer) and records it in the ring if it is a refusal.
+fn observed<F, R, E>(fut: F, recorder: Option<RefusalRecorder>) -> BoxFut<http::Response<R>, E>
+where
+    F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+{
+    Box::pin(async move {
+        let res = fut.await;
+        if let (Some(w), Ok(r)) = (&recorder, &res) {
+            w.observe(r);
+        }
+        res
+    })
 }
 
 /// Adds the caller's token to a call this node forwards to the leader.

@@ -127,6 +127,7 @@ fn outcome_view(o: &Option<ActionOutcome>) -> (String, String) {
             ("OUTCOME_UNKNOWN".into(), reason.clone())
         }
         Some(ActionOutcome::Expired { reason }) => ("EXPIRED".into(), reason.clone()),
+        Some(ActionOutcome::Cancelled { reason }) => ("CANCELLED".into(), reason.clone()),
     }
 }
 
@@ -630,6 +631,22 @@ impl pb::devices_server::Devices for DomainApi {
             })
     }
 
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        let node = self.node.clone();
+        or_forward!(
+            req,
+            |m: &pb::RemoveDeviceRequest| remove_device(node.clone(), m.id.clone()),
+            |addr, msg| async move {
+                DevicesClient::new(leader_channel(&self.node, &addr)?)
+                    .remove(forward(msg))
+                    .await
+            }
+        )
+    }
+
     async fn refence(
         &self,
         req: Request<pb::RefenceRequest>,
@@ -652,6 +669,58 @@ impl pb::devices_server::Devices for DomainApi {
                     .await
             }
         )
+    }
+}
+
+/// `Devices.Remove` on this node: checked against the registry on the leader before anything
+/// is appended (an unknown id is NOT_FOUND, a device a policy names is refused), then one
+/// `RemoveDevice` entry naming the principal. A follower answers `NotLeader` (forwarded).
+async fn remove_device(node: Arc<Node>, id: String) -> Result<pb::RemoveDeviceResponse, NodeError> {
+    use hearth_core::domain::{Command, Outcome};
+    check_id("id", &id)?;
+    let by = crate::auth::current_name().unwrap_or_else(|| "operator".to_string());
+    if node.is_leader() {
+        let mut devices: std::collections::BTreeMap<String, Device> = node
+            .devices()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        if devices.remove(&id).is_none() {
+            return Err(NodeError::NotFound(format!(
+                "no device {id:?} is registered; `hearth device list` shows the registered ones"
+            )));
+        }
+        let classes = node
+            .classes()?
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        if let Err(e) = hearth_core::policy::check_references(&node.policies()?, &devices, &classes)
+        {
+            return Err(NodeError::Refused(format!(
+                "device {id} cannot be removed while a policy names it: {}; change or remove                  that policy first (`hearth policy remove ID`)",
+                e.problem
+            )));
+        }
+    }
+    let a = node
+        .propose(&Command::RemoveDevice {
+            id: id.clone(),
+            by: by.clone(),
+        })
+        .await?;
+    match a.outcome {
+        Some(Outcome::Removed { cancelled }) => Ok(pb::RemoveDeviceResponse {
+            id,
+            index: a.index,
+            by,
+            cancelled_intents: cancelled,
+        }),
+        // Removed by someone else between the check and the commit.
+        Some(Outcome::Refused { reason }) => Err(NodeError::NotFound(reason)),
+        other => Err(NodeError::Fatal(format!(
+            "unexpected outcome of a device removal: {other:?}"
+        ))),
     }
 }
 

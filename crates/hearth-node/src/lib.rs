@@ -16,6 +16,7 @@ pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod pki;
+pub mod refusals;
 pub mod server;
 pub mod startcheck;
 

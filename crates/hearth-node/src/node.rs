@@ -98,6 +98,9 @@ pub enum NodeError {
     Refused(String),
     #[error("permission denied: {0}")]
     Forbidden(String),
+    /// What the request names does not exist (nothing was appended).
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error("field `{field}`: {problem}")]
     Invalid {
         field: &'static str,
@@ -1557,7 +1560,8 @@ impl Node {
         .await
     }
 
-    fn is_leader(&self) -> bool {
+    /// Whether this node's Raft state is leader now (its applied state is then current).
+    pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
@@ -2243,6 +2247,9 @@ pub fn describe(rec: &Record) -> String {
             Ok(DomainCommand::NodeNotice { node, text, .. }) => format!("node {node} {text}"),
             Ok(DomainCommand::RegisterDevice { device, by }) => {
                 format!("device {} registered{}", device.id, by_suffix(&by))
+            }
+            Ok(DomainCommand::RemoveDevice { id, by }) => {
+                format!("device {id} removed by {by:?}")
             }
             Ok(DomainCommand::ApplyClass { class, by }) => {
                 format!("intent class {} applied{}", class.name, by_suffix(&by))

@@ -108,7 +108,9 @@ async fn serve_once(
         .set_serving::<IntentsServer<crate::domain_api::DomainApi>>()
         .await;
     let counters = Arc::new(crate::metrics::Counters::default());
-    let api = Api::new(node.clone(), counters.clone());
+    // Calls refused before anything was appended, kept apart from the chain (Audit.Refusals).
+    let refusals = Arc::new(crate::refusals::Refusals::new(node.config().node_id));
+    let api = Api::new(node.clone(), counters.clone()).with_refusals(refusals.clone());
     let metrics = match &node.config().metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr)
@@ -198,7 +200,8 @@ async fn serve_once(
         .layer(
             AuthLayer::new(authenticator)
                 .require_node_certificates(security.is_tls())
-                .proving(registry.clone()),
+                .proving(registry.clone())
+                .recording(refusals),
         )
         .add_service(
             RaftServer::new(RaftGrpc::new(node.handler.clone(), security.clone()))

@@ -433,6 +433,11 @@ fn apply_command(
             });
         }
     };
+    // The intents a removal finishes or changes, known before it applies.
+    let pending = match &cmd {
+        Command::RemoveDevice { id, .. } => domain.pending_for_device(id),
+        _ => Vec::new(),
+    };
     let outcome = domain.apply(&cmd, pos);
     if matches!(
         outcome,
@@ -448,6 +453,14 @@ fn apply_command(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
         ),
+        Command::RemoveDevice { id, .. } => {
+            batch.remove(format!("{DEVICE_PREFIX}{id}").as_bytes());
+            for intent_id in &pending {
+                if let Some(r) = domain.intents.get(intent_id) {
+                    batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);
+                }
+            }
+        }
         Command::ApplyClass { class, .. } => batch.insert(
             format!("{CLASS_PREFIX}{}", class.name).as_bytes(),
             json(class)?,
@@ -528,4 +541,103 @@ fn load_domain(tree: &sled::Tree) -> Result<DomainState, StoreError> {
         }
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_core::domain::{ActionOutcome, IntentStatus};
+    use hearth_core::intent::{Adapter, Device, Intent, Location, Urgency};
+
+    fn siren() -> Device {
+        Device {
+            id: "siren".into(),
+            name: "Siren".into(),
+            location: Location::parse("l", "home").unwrap(),
+            tags: Default::default(),
+            sensors: Default::default(),
+            actuators: [("siren".to_string(), ["on".to_string()].into())].into(),
+            emergency_capable: true,
+            emergency_actions: Default::default(),
+            adapter: Adapter::Sim {
+                address: "local".into(),
+            },
+        }
+    }
+
+    /// Applies `cmds` as the state machine does (staged keys, one batch each) and returns the
+    /// in-memory state and the state read back from sled.
+    fn apply_and_reload(cmds: &[Command]) -> (DomainState, DomainState, Vec<Outcome>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        let mut domain = DomainState::default();
+        let mut outcomes = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let mut batch = sled::Batch::default();
+            let pos = EntryPos {
+                index: i as u64 + 1,
+                term: 1,
+                leader: 1,
+            };
+            outcomes.push(apply_command(&mut domain, &c.encode(), pos, &mut batch).unwrap());
+            tree.apply_batch(batch).unwrap();
+        }
+        let loaded = load_domain(&tree).unwrap();
+        (domain, loaded, outcomes)
+    }
+
+    #[test]
+    fn a_removal_is_stored_as_applied_and_a_refused_one_stores_nothing() {
+        let submit = Command::SubmitIntent {
+            intent: Intent {
+                class: "ensure_safety".into(),
+                urgency: Urgency::Emergency,
+                subject: String::new(),
+                location: Location::parse("l", "home").unwrap(),
+                context: Default::default(),
+                source: "agent".into(),
+                idempotency_key: "k".into(),
+            },
+            at_ms: 1000,
+            minute_of_day: 0,
+            deadline_ms: None,
+            key_scope: Some("agent".into()),
+            emergency_limit: None,
+        };
+        let register = Command::RegisterDevice {
+            device: siren(),
+            by: None,
+        };
+        let remove = Command::RemoveDevice {
+            id: "siren".into(),
+            by: "ana".into(),
+        };
+        let (mem, disk, outcomes) =
+            apply_and_reload(&[register.clone(), submit, remove.clone(), remove]);
+        assert!(matches!(&outcomes[2], Outcome::Removed { cancelled } if cancelled.len() == 1));
+        assert!(
+            matches!(&outcomes[3], Outcome::Refused { .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(disk, mem, "sled holds what apply made");
+        assert!(!disk.devices.contains_key("siren"));
+        let r = disk.intents.values().next().unwrap();
+        assert_eq!(r.status, IntentStatus::Failed);
+        assert!(matches!(
+            &r.actions[0].outcome,
+            Some(ActionOutcome::Cancelled { reason }) if reason == "device siren removed by ana"
+        ));
+        // Registered again after a restart: there.
+        let (mem, disk, _) = apply_and_reload(&[
+            register.clone(),
+            Command::RemoveDevice {
+                id: "siren".into(),
+                by: "ana".into(),
+            },
+            register,
+        ]);
+        assert_eq!(disk, mem);
+        assert!(disk.devices.contains_key("siren"));
+    }
 }

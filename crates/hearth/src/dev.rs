@@ -156,23 +156,24 @@ pub async fn run(
     };
     let paths = write_topology(&dir, base_port, topology, !insecure)?;
     let pki = dir.join("pki");
-    let client_env = if insecure {
-        String::new()
+    let (client, client_env) = if insecure {
+        (crate::cli::Client::default(), String::new())
     } else {
-        crate::cli::set_client(crate::cli::ClientSettings::from_args(
+        let client = crate::cli::Client::new(crate::cli::ClientSettings::from_args(
             Some(&pki.join("ca.pem")),
             Some(&pki.join("admin.token")),
         )?);
-        format!(
+        let env = format!(
             "  export HEARTH_CA={} HEARTH_TOKEN_FILE={}\n  ",
             pki.join("ca.pem").display(),
             pki.join("admin.token").display()
-        )
+        );
+        (client, env)
     };
     let (stop_tx, mut nodes) = spawn_nodes(&paths)?;
     let seed_addr = format!("127.0.0.1:{base_port}");
     let seeding = tokio::spawn(async move {
-        if let Err(e) = seed_devices(&seed_addr).await {
+        if let Err(e) = seed_devices(&client, &seed_addr).await {
             eprintln!("could not register the simulated devices: {e:#}");
         }
     });
@@ -330,9 +331,8 @@ fn demo_devices() -> Vec<hearth_core::intent::Device> {
 }
 
 /// Registers the demo devices once a leader serves (retrying until then).
-async fn seed_devices(addr: &str) -> anyhow::Result<()> {
-    let mut client =
-        hearth_proto::v1::devices_client::DevicesClient::new(crate::cli::channel(addr)?);
+async fn seed_devices(c: &crate::cli::Client, addr: &str) -> anyhow::Result<()> {
+    let mut client = hearth_proto::v1::devices_client::DevicesClient::new(c.channel(addr)?);
     for d in demo_devices() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {

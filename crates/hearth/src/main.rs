@@ -17,8 +17,6 @@ macro_rules! outln {
 
 mod cli;
 mod dev;
-mod domain_cli;
-mod topology_cli;
 
 use clap::Parser;
 

@@ -9,10 +9,10 @@ use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;
 use hearth_proto::v1::cluster_client::ClusterClient;
 
-use crate::cli::{channel, rpc_err};
+use super::client::Client;
 
-async fn status(addr: &str) -> Option<pb::NodeStatus> {
-    let mut c = ClusterClient::new(channel(addr).ok()?);
+async fn status(client: &Client, addr: &str) -> Option<pb::NodeStatus> {
+    let mut c = ClusterClient::new(client.channel(addr).ok()?);
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(Duration::from_millis(1000));
     c.status(req).await.ok().map(|r| r.into_inner())
@@ -20,6 +20,7 @@ async fn status(addr: &str) -> Option<pb::NodeStatus> {
 
 /// Polls `addr` until `done` holds for its status, or fails after `within`.
 async fn wait_status(
+    client: &Client,
     addr: &str,
     within: Duration,
     what: &str,
@@ -27,7 +28,7 @@ async fn wait_status(
 ) -> anyhow::Result<pb::NodeStatus> {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(s) = status(addr).await
+        if let Some(s) = status(client, addr).await
             && done(&s)
         {
             return Ok(s);
@@ -46,15 +47,16 @@ fn voters(s: &pb::NodeStatus) -> Vec<u64> {
 }
 
 pub async fn promote(
+    client: &Client,
     addr: &str,
     operator: String,
     reason: String,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let before = status(addr)
+    let before = status(client, addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
-    let mut c = ClusterClient::new(channel(addr)?);
+    let mut c = ClusterClient::new(client.channel(addr)?);
     let r = c
         .promote(pb::PromoteRequest {
             operator,
@@ -62,7 +64,7 @@ pub async fn promote(
             force,
         })
         .await
-        .map_err(|s| rpc_err(addr, s))?
+        .map_err(|s| client.rpc_err(addr, s))?
         .into_inner();
     outln!(
         "promotion of node {} accepted (state {}{}); it restarts as a one-node cluster, removing {:?}",
@@ -73,6 +75,7 @@ pub async fn promote(
     );
     let last = r.last_index;
     let s = wait_status(
+        client,
         addr,
         Duration::from_secs(60),
         "leading alone with the promotion applied",
@@ -90,11 +93,11 @@ pub async fn promote(
         s.term,
         voters(&s)
     );
-    let mut a = AuditClient::new(channel(addr)?);
+    let mut a = AuditClient::new(client.channel(addr)?);
     let tail = a
         .tail(pb::TailRequest { count: 10 })
         .await
-        .map_err(|s| rpc_err(addr, s))?
+        .map_err(|s| client.rpc_err(addr, s))?
         .into_inner();
     let from = last.map(|l| l + 1).unwrap_or(0);
     for e in tail.entries.iter().filter(|e| e.index >= from) {
@@ -107,25 +110,26 @@ pub async fn promote(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn transfer(addr: &str, to: u64) -> anyhow::Result<ExitCode> {
-    let mut c = ClusterClient::new(channel(addr)?);
+pub async fn transfer(client: &Client, addr: &str, to: u64) -> anyhow::Result<ExitCode> {
+    let mut c = ClusterClient::new(client.channel(addr)?);
     let r = c
         .transfer_leader(pb::TransferLeaderRequest { to })
         .await
-        .map_err(|s| rpc_err(addr, s))?
+        .map_err(|s| client.rpc_err(addr, s))?
         .into_inner();
     outln!("node {} leads (term {})", r.leader, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn replace(
+    client: &Client,
     addr: &str,
     old_id: u64,
     new_id: u64,
     node_addr: String,
     role: String,
 ) -> anyhow::Result<ExitCode> {
-    let mut c = ClusterClient::new(channel(addr)?);
+    let mut c = ClusterClient::new(client.channel(addr)?);
     let r = c
         .replace_member(pb::ReplaceMemberRequest {
             old_id,
@@ -134,7 +138,7 @@ pub async fn replace(
             role,
         })
         .await
-        .map_err(|s| rpc_err(addr, s))?
+        .map_err(|s| client.rpc_err(addr, s))?
         .into_inner();
     outln!(
         "node {new_id} replaced node {old_id}; membership entry at index {}; voters {:?}",
@@ -146,33 +150,42 @@ pub async fn replace(
 
 /// Restarts the node at `addr` and waits until its new incarnation has caught up with `goal`
 /// (an applied index) and a leader is known.
-async fn restart_one(addr: &str, goal: Option<u64>, by: &str) -> anyhow::Result<Duration> {
-    let before = status(addr)
+async fn restart_one(
+    client: &Client,
+    addr: &str,
+    goal: Option<u64>,
+    by: &str,
+) -> anyhow::Result<Duration> {
+    let before = status(client, addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
     let t0 = Instant::now();
-    let r = ClusterClient::new(channel(addr)?)
+    let r = ClusterClient::new(client.channel(addr)?)
         .restart(pb::RestartRequest { by: by.to_string() })
         .await
-        .map_err(|s| rpc_err(addr, s))?
+        .map_err(|s| client.rpc_err(addr, s))?
         .into_inner();
     outln!(
         "node {} restarting (recorded at chain index {})",
         r.node_id,
         r.recorded_index
     );
-    wait_status(addr, Duration::from_secs(60), "restart and catch-up", |s| {
-        s.started_ms != before.started_ms && s.leader.is_some() && s.applied_index >= goal
-    })
+    wait_status(
+        client,
+        addr,
+        Duration::from_secs(60),
+        "restart and catch-up",
+        |s| s.started_ms != before.started_ms && s.leader.is_some() && s.applied_index >= goal,
+    )
     .await?;
     Ok(t0.elapsed())
 }
 
-pub async fn restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
-    let s = status(addr)
+pub async fn restart(client: &Client, addr: &str, by: &str) -> anyhow::Result<ExitCode> {
+    let s = status(client, addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
-    let took = restart_one(addr, s.applied_index, by).await?;
+    let took = restart_one(client, addr, s.applied_index, by).await?;
     outln!(
         "node {} restarted and caught up in {} ms",
         s.node_id,
@@ -183,8 +196,8 @@ pub async fn restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
 
 /// Restarts every member, one at a time: followers first, the leader last (it hands over
 /// before it stops), each only once the previous one is back and caught up.
-pub async fn rolling_restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
-    let s = status(addr)
+pub async fn rolling_restart(client: &Client, addr: &str, by: &str) -> anyhow::Result<ExitCode> {
+    let s = status(client, addr)
         .await
         .with_context(|| format!("node {addr} does not answer"))?;
     let leader = s.leader;
@@ -195,13 +208,13 @@ pub async fn rolling_restart(addr: &str, by: &str) -> anyhow::Result<ExitCode> {
         // leave no quorum.
         for (other, oaddr) in order.iter().filter(|(o, _)| o != id) {
             anyhow::ensure!(
-                status(oaddr).await.is_some(),
+                status(client, oaddr).await.is_some(),
                 "node {other} at {oaddr} does not answer; not restarting node {id} (the cluster \
                  could lose its quorum)"
             );
         }
-        let goal = status(maddr).await.and_then(|s| s.applied_index);
-        let took = restart_one(maddr, goal, by).await?;
+        let goal = status(client, maddr).await.and_then(|s| s.applied_index);
+        let took = restart_one(client, maddr, goal, by).await?;
         outln!(
             "node {id} restarted and caught up in {} ms",
             took.as_millis()
