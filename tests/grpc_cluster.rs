@@ -153,6 +153,31 @@ impl Cluster {
         lines
     }
 
+    /// Waits until every node answers, none holds its vote, none has a notice waiting for the
+    /// chain, and all applied the same index.
+    async fn wait_settled(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut applied = Vec::new();
+            for id in self.stops.keys() {
+                if let Some(s) = self.status(*id).await
+                    && !s.state.contains("held")
+                    && s.health.as_ref().is_some_and(|h| h.notices.is_empty())
+                {
+                    applied.push(s.applied_index);
+                }
+            }
+            if applied.len() == self.stops.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not settle within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn wait_applied(&self, index: u64, within: Duration) {
         let deadline = Instant::now() + within;
         for id in self.stops.keys() {
@@ -194,6 +219,9 @@ async fn three_nodes_over_grpc_serve_forward_export_and_fail_over() {
     }
     let leader = c.wait_leader(Duration::from_secs(15)).await;
     let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    // Formed: every node votes and the chain carries their join notices (the leader appends
+    // them by itself), so the writes below are the chain's last entries.
+    c.wait_settled(Duration::from_secs(15)).await;
 
     // Health service answers (so grpcurl and orchestrators can probe).
     let mut health = tonic_health_client(&c.addrs[&follower]).await;

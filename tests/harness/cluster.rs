@@ -100,7 +100,34 @@ impl TestCluster {
             .expect("bootstrap");
         c.wait_for_leader(&c.hubs(), Duration::from_secs(10)).await;
         c.wait_votes(Duration::from_secs(10)).await;
+        c.wait_notices_recorded(Duration::from_secs(10)).await;
         c
+    }
+
+    /// Waits until no running node has a notice about its own data waiting for the chain
+    /// (each node that joined with a new data directory says so in the chain once the leader
+    /// has recorded it): a formed cluster appends nothing more by itself, so a test's own
+    /// entries are the last ones.
+    pub async fn wait_notices_recorded(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let waiting: Vec<u64> = self
+                .nodes
+                .keys()
+                .filter(|id| {
+                    !hearth_node::datadir::pending_notices(&self.data_dir(**id)).is_empty()
+                })
+                .copied()
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {waiting:?} still have notices the chain does not carry after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until no running node's vote is held (every new node has been caught up).

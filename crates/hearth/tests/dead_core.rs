@@ -51,6 +51,9 @@ async fn a_node_whose_disk_fills_exits_nonzero_and_loses_no_acknowledged_write()
         start(&mut p, id);
     }
     let l = leader(&p.addrs, Duration::from_secs(20)).await;
+    // The cluster this test faults is the formed one: the peers vote (under load the first
+    // write could otherwise meet a leader whose peers had not yet joined: NO_QUORUM).
+    p.wait_voting(&[2, 3], Duration::from_secs(20)).await;
     let mut acked = Vec::new();
     for n in 0..5 {
         let r = append(&p.addrs[&l], &format!("before-{n}"))
