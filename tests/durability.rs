@@ -160,7 +160,12 @@ async fn a_hub_restored_from_an_older_backup_neither_votes_nor_leads() {
     );
     assert_eq!(stale, None, "the restored hub led without the 20 writes");
     let s = c.node(2).status().await;
-    assert!(s.state.ends_with("(vote held)"), "{}", s.state);
+    assert!(s.vote_held, "{:?}", s.state);
+    assert!(
+        s.state_text().ends_with("(vote held)"),
+        "{}",
+        s.state_text()
+    );
 
     // Hub 1 returns: the majority that has the data repairs hub 2.
     c.start(1).await.unwrap();

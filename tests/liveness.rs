@@ -191,7 +191,7 @@ async fn a_refused_command_is_never_done_and_a_refence_restores_the_device() {
         "a refused command is not done"
     );
     assert_eq!(
-        hearth_node::domain_api::record_view(&r).status,
+        hearth_node::api::record_view(&r).status,
         "failed",
         "the API says so"
     );
@@ -389,7 +389,10 @@ async fn a_hub_whose_clock_is_far_off_neither_leads_nor_stamps() {
         c.router.cut(other, l);
         c.router.cut(3, l);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_ne!(c.node(l).status().await.state, "Candidate");
+        assert_ne!(
+            c.node(l).status().await.state,
+            hearth_node::NodeState::Candidate
+        );
         assert!(
             !c.is_confirmed_leader(l).await,
             "a hub with a wrong clock must not lead"

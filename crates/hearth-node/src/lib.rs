@@ -10,7 +10,6 @@ pub mod conn;
 pub mod crosscheck;
 pub mod datadir;
 pub mod dispatcher;
-pub mod domain_api;
 pub mod health;
 pub mod metrics;
 pub mod node;
@@ -19,4 +18,4 @@ pub mod server;
 pub mod startcheck;
 
 pub use config::{NodeConfig, Role};
-pub use node::{Node, NodeError, PeerProbe, StatusView};
+pub use node::{Node, NodeError, NodeState, PeerProbe, StatusView};

@@ -133,12 +133,77 @@ pub fn policies_sha256(policies: &[Policy]) -> String {
     ))
 }
 
+/// A node's Raft state as its status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    /// The Raft instance was shut down (the node is stopping).
+    Shutdown,
+    /// The Raft core stopped on an error; the node exits (`hearth serve`).
+    Stopped,
+    /// A peer of another version reported a state this one does not know.
+    Unknown,
+}
+
+impl NodeState {
+    /// openraft's state. A stale leader keeps `Leader` for a while (DESIGN.md §9): this says
+    /// what the node believes, never that it may act.
+    pub fn of(s: ServerState) -> Self {
+        match s {
+            ServerState::Leader => Self::Leader,
+            ServerState::Follower => Self::Follower,
+            ServerState::Candidate => Self::Candidate,
+            ServerState::Learner => Self::Learner,
+            ServerState::Shutdown => Self::Shutdown,
+        }
+    }
+
+    /// The name people read (`cluster status`), as openraft spells the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Leader => "Leader",
+            Self::Follower => "Follower",
+            Self::Candidate => "Candidate",
+            Self::Learner => "Learner",
+            Self::Shutdown => "Shutdown",
+            Self::Stopped => "Stopped",
+            Self::Unknown => "Unknown",
+        }
+    }
+
+    /// The state named by [`NodeState::name`] (what a node of an older version sends as text).
+    pub fn parse(name: &str) -> Self {
+        [
+            Self::Leader,
+            Self::Follower,
+            Self::Candidate,
+            Self::Learner,
+            Self::Shutdown,
+            Self::Stopped,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+        .unwrap_or(Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a node reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusView {
     pub node_id: u64,
     pub role: Role,
-    pub state: String,
+    pub state: NodeState,
+    /// The node's vote is held until the cluster has caught it up (`datadir`).
+    pub vote_held: bool,
     pub term: u64,
     pub last_log: Option<(u64, u64)>,
     pub applied: Option<u64>,
@@ -167,6 +232,18 @@ pub struct StatusView {
     pub chain_disagreeing: Vec<(u64, u64)>,
     /// Chain cross-check: set when this node's chain disagrees with a majority (it is fenced).
     pub chain_fenced: Option<String>,
+}
+
+impl StatusView {
+    /// The state as people read it: "Follower (vote held)" while the vote of a node that does
+    /// not lead is held; "Stopped" once its Raft core stopped.
+    pub fn state_text(&self) -> String {
+        match self.state {
+            NodeState::Stopped | NodeState::Leader => self.state.name().to_string(),
+            s if self.vote_held => format!("{s} (vote held)"),
+            s => s.name().to_string(),
+        }
+    }
 }
 
 /// The assisted-failover assessment as reported.
@@ -702,7 +779,7 @@ impl Node {
         let mine = self.log.last_log_id()?.map(|l| l.index);
         for p in &self.config.peers {
             if let Some(s) = probe.status(p.id, &p.addr).await
-                && s.state == "Leader"
+                && s.state == NodeState::Leader
                 && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
             {
                 if self.fresh {
@@ -780,17 +857,13 @@ impl Node {
             node_id: self.id,
             role: self.role,
             // A stopped core keeps its last metrics (it may still say Leader): say Stopped.
-            // A held node says so where people look (`cluster status`): see datadir.rs.
             state: if !core_stopped.is_empty() {
-                "Stopped".to_string()
+                NodeState::Stopped
             } else {
-                match self.handler.hold() {
-                    Some(_) if m.state != ServerState::Leader => {
-                        format!("{:?} (vote held)", m.state)
-                    }
-                    _ => format!("{:?}", m.state),
-                }
+                NodeState::of(m.state)
             },
+            // A held node says so where people look (`cluster status`): see datadir.rs.
+            vote_held: self.handler.hold().is_some(),
             term: m.current_term,
             last_log,
             applied: m.last_applied.as_ref().map(|l| l.index),
@@ -1027,7 +1100,7 @@ impl Node {
                             .collect();
                         format!(
                             "{} in term {}, voters {voters:?}{}",
-                            s.state,
+                            s.state_text(),
                             s.term,
                             if voters == [id] {
                                 ": it was promoted to a one-node cluster"

@@ -103,10 +103,7 @@ async fn serve_once(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
-    let domain = crate::domain_api::DomainApi::new(node.clone());
-    health
-        .set_serving::<IntentsServer<crate::domain_api::DomainApi>>()
-        .await;
+    health.set_serving::<IntentsServer<Api>>().await;
     let counters = Arc::new(crate::metrics::Counters::default());
     let api = Api::new(node.clone(), counters.clone());
     let metrics = match &node.config().metrics_listen {
@@ -205,10 +202,10 @@ async fn serve_once(
                 .max_decoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(AuditServer::new(api).max_decoding_message_size(MAX_REQUEST))
-        .add_service(IntentsServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(DevicesServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(PoliciesServer::new(domain).max_decoding_message_size(MAX_REQUEST))
+        .add_service(AuditServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(IntentsServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(DevicesServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(PoliciesServer::new(api).max_decoding_message_size(MAX_REQUEST))
         .add_service(health_svc)
         .add_service(reflection);
     let stop = async {

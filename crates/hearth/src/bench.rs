@@ -112,7 +112,7 @@ pub async fn measure_intents(
         },
     };
     hearth_proto::v1::devices_client::DevicesClient::new(crate::cli::channel(&leader_addr)?)
-        .register(hearth_node::domain_api::device_to_pb(&device))
+        .register(hearth_node::api::device_to_pb(&device))
         .await
         .context("registering the bench device")?;
 

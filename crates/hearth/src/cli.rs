@@ -581,7 +581,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} is a voter; membership entry at index {}; voters {:?}",
-                    r.index, r.voters
+                    r.index,
+                    r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -594,7 +595,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} removed; membership entry at index {}; voters {:?}",
-                    r.index, r.voters
+                    r.index,
+                    r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -979,7 +981,7 @@ async fn cluster_status(addr: &str) -> anyhow::Result<ExitCode> {
                         notes.push(format!("node {}: DISK_LOW — {}", s.node_id, h.disk_warning));
                     }
                 }
-                if s.state == "Leader" {
+                if s.node_state() == pb::NodeState::Leader {
                     leader_ack = Some((s.node_id, s.millis_since_quorum_ack));
                 }
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));
@@ -1108,7 +1110,10 @@ async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "{:>8} {:>5} {:>6}  {:<13} ENTRY",
-        "INDEX", "TERM", "LEADER", "HASH"
+        "INDEX",
+        "TERM",
+        "LEADER",
+        "HASH"
     );
     for e in r.entries {
         outln!(
@@ -1374,7 +1379,10 @@ async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "committed at index {} (term {}, leader {}), chain hash {}",
-        r.index, r.term, r.leader, r.hash
+        r.index,
+        r.term,
+        r.leader,
+        r.hash
     );
     Ok(ExitCode::SUCCESS)
 }

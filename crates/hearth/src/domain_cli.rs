@@ -279,7 +279,7 @@ async fn in_force(
         .devices;
     let mut devs = std::collections::BTreeMap::new();
     for d in &devices {
-        let d = hearth_node::domain_api::device_from_pb(d)
+        let d = hearth_node::api::device_from_pb(d)
             .map_err(|e| anyhow::anyhow!("device {} from the node: {e}", d.id))?;
         devs.insert(d.id.clone(), d);
     }
@@ -350,7 +350,12 @@ fn print_view(v: &pb::IntentView) {
         };
         outln!(
             "  {:<22} {:<16} {:<10} -> {:<10} {} {}",
-            a.id, a.device, a.capability, a.state, outcome, a.detail
+            a.id,
+            a.device,
+            a.capability,
+            a.state,
+            outcome,
+            a.detail
         );
     }
     for r in &v.reads {
@@ -479,7 +484,10 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "{:<16} {:<16} {:<9} {:<30} ADAPTER",
-                "ID", "LOCATION", "EMERG", "ACTUATORS / SENSORS"
+                "ID",
+                "LOCATION",
+                "EMERG",
+                "ACTUATORS / SENSORS"
             );
             for d in r.devices {
                 let mut caps: Vec<String> = d
@@ -524,7 +532,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 })?;
             let mut c = DevicesClient::new(channel(&target.addr)?);
             let r = c
-                .register(hearth_node::domain_api::device_to_pb(&dev))
+                .register(hearth_node::api::device_to_pb(&dev))
                 .await
                 .map_err(|s| rpc_err(&target.addr, s))?
                 .into_inner();
@@ -549,7 +557,9 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "re-fence {} recorded at entry {}; watch it with `hearth intent watch {}`",
-                v.id, v.index, v.id
+                v.id,
+                v.index,
+                v.id
             );
             Ok(ExitCode::SUCCESS)
         }
