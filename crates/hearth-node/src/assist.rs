@@ -1,6 +1,6 @@
 //! The I/O around assisted failover (two hubs, no witness): probing the independent targets,
 //! and the forced promotion, which rewrites the tail of this hub's own log while Raft is
-//! stopped. The decisions are pure functions in `hearth_core::assisted`.
+//! stopped. The decisions are pure functions in `hearth_core::assist`.
 //!
 //! A promotion is two steps so that it survives a crash at any point:
 //! 1. the `Promote` call checks the gate and writes `promotion.pending.json` (fsynced), then the
@@ -17,21 +17,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_core::assisted::{AssistObservation, PeerFacts, TargetProbe};
-use hearth_core::caretaker::LogPos;
+use hearth_core::assist::TargetProbe;
 use hearth_core::domain::{Command as DomainCommand, Promotion};
 use hearth_core::{EntryKind, Record};
 use hearth_store::types::{Entry, log_id};
 use hearth_store::{Command, LogStore, Member, StateMachine, StoreError};
-use openraft::Instant as _;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{EntryPayload, Membership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 pub const PENDING_FILE: &str = "promotion.pending.json";
 pub const HISTORY_FILE: &str = "promotions.jsonl";
@@ -69,59 +66,6 @@ pub async fn probe_targets(
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// What this hub holds about its peer besides silence (see `hearth_core::assisted::PeerFacts`):
-/// refusals the peer answered since this incarnation started, its own chain's record of its
-/// removal, the peer's last RPC or heartbeat answer, and the longest log the peer is known to
-/// hold (its campaigns, or replication while this hub led).
-pub fn peer_facts(node: &crate::Node, obs: &AssistObservation) -> Option<PeerFacts> {
-    let peer = node.voters().into_iter().find(|v| *v != node.id)?;
-    let h = &node.handler;
-    let refusals = hearth_cluster::notices::since(node.id, h.started())
-        .into_iter()
-        .filter(|(by, _)| *by == peer)
-        .map(|(_, m)| m)
-        .collect();
-    let promotions = node
-        .sm
-        .with_domain(|d| d.retired.get(&node.id).cloned())
-        .ok()
-        .flatten()
-        .into_iter()
-        .collect();
-    let acked = node
-        .raft
-        .metrics()
-        .borrow_watched()
-        .heartbeat
-        .as_ref()
-        .and_then(|hb| hb.get(&peer).copied().flatten())
-        .map(|t| t.elapsed());
-    let heard = h.last_heard(peer).map(|t| t.elapsed());
-    let peer_rpc_ago_ms = match (acked, heard) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-    .map(|d| d.as_millis() as u64);
-    let campaigned = h
-        .campaigners()
-        .get(&peer)
-        .and_then(|c| c.last_log)
-        .map(|l| LogPos {
-            term: l.leader_id.term,
-            index: l.index,
-        });
-    Some(PeerFacts {
-        peer,
-        watched_ms: h.started().elapsed().as_millis() as u64,
-        peer_rpc_ago_ms,
-        refusals,
-        promotions,
-        peer_known_last: campaigned.max(obs.peer_last),
-        my_last: obs.my_last,
-        peer_answered: None,
-    })
 }
 
 /// A promotion asked for and not yet written into the log.

@@ -135,26 +135,15 @@ tokio::task_local! {
     static CURRENT: Principal;
 }
 
-/// The authenticated caller of the call being handled, if client authentication is on.
+/// The authenticated caller of the call being handled, if client authentication is on: read
+/// once by the API handler (`api::Call`), which passes it on explicitly.
 pub fn current() -> Option<Principal> {
     CURRENT.try_with(|p| p.clone()).ok()
-}
-
-/// The authenticated client's name (not a node's), for audit entries.
-pub fn current_name() -> Option<String> {
-    client_name(current().as_ref()).map(str::to_string)
 }
 
 /// The name of `caller` when it is a client (not a node), for audit entries.
 pub fn client_name(caller: Option<&Principal>) -> Option<&str> {
     caller.filter(|p| !p.is_node()).map(|p| p.name.as_str())
-}
-
-/// Who an audit entry names for a privileged act: the authenticated principal — a name the
-/// client typed (`--operator`) cannot override it — or, without client authentication, the
-/// typed name.
-pub fn actor(claimed: &str) -> String {
-    current_name().unwrap_or_else(|| claimed.to_string())
 }
 
 /// An agent acts only as itself: an intent it submits carries its name as the source, and it

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::config::{CheckpointSettings, Role};
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 pub const KEY_FILE: &str = "checkpoint.key";
 pub const STORE_FILE: &str = "checkpoints.txt";

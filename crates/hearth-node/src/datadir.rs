@@ -26,7 +26,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 pub const MARKER_FILE: &str = "incarnation.json";
 pub const HIGH_WATER_FILE: &str = "high-water.json";

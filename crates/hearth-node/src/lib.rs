@@ -7,9 +7,9 @@ pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod conn;
-pub mod crosscheck;
 pub mod datadir;
 pub mod dispatcher;
+pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod node;
@@ -18,4 +18,6 @@ pub mod server;
 pub mod startcheck;
 
 pub use config::{NodeConfig, Role};
+/// The running chain-head cross-check is part of the node (`node::crosscheck`).
+pub use node::crosscheck;
 pub use node::{Node, NodeError, NodeState, PeerProbe, StatusView};

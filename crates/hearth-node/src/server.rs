@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use crate::api::{Api, GrpcProbe, MAX_REQUEST};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::NodeConfig;
-use crate::node::{Node, NodeError};
+use crate::error::NodeError;
+use crate::node::Node;
 
 /// Largest Raft message accepted from a peer.
 const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;

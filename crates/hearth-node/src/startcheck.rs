@@ -16,7 +16,7 @@ use hearth_core::checkpoint::{Refusal, cosigned_still_held};
 use hearth_store::{LogStore, StateMachine};
 
 use crate::checkpoint::{STORE_FILE, WITNESS_FILE};
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 /// The heads this node stored, by index, with the file each came from and who signed it.
 fn stored_heads(dir: &Path) -> Result<BTreeMap<u64, (Hash, String)>, NodeError> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
-use hearth_core::sim::{JournalEntry, Reply};
+use hearth_core::device_protocol::{JournalEntry, Reply};
 use hearth_proto::device::device_sim_client::DeviceSimClient;
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;

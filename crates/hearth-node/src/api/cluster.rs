@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{parse_role, status_to_proto};
 use super::{Api, Call, GrpcProbe, to_status};
+use crate::error::NodeError;
 use crate::metrics::Counters;
-use crate::node::NodeError;
 
 fn membership_reply(r: (u64, Vec<u64>)) -> pb::MembershipResponse {
     pb::MembershipResponse {

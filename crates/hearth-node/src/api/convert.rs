@@ -17,7 +17,8 @@ use hearth_store::Member;
 use tonic::Status;
 
 use crate::config::Role;
-use crate::node::{NodeError, NodeState, StatusView};
+use crate::error::NodeError;
+use crate::node::{NodeState, StatusView};
 
 pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
     pb::NodeStatus {

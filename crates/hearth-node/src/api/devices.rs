@@ -18,7 +18,7 @@ impl pb::devices_server::Devices for Api {
         let res = match device_from_pb(&call.msg) {
             Ok(d) => self
                 .node
-                .register_device(d.clone())
+                .register_device(d.clone(), call.caller.as_ref())
                 .await
                 .map(|_| device_to_pb(&d)),
             Err(e) => Err(e.into()),
@@ -65,7 +65,7 @@ impl pb::devices_server::Devices for Api {
         let m = &call.msg;
         let res = self
             .node
-            .refence(m.devices.clone(), m.all, &m.reason)
+            .refence(m.devices.clone(), m.all, &m.reason, call.caller.as_ref())
             .await
             .map(|r| record_view(&r));
         self.answer(call, res, |ch, r| async move {

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{intent_from_pb, outcome_view, plan_view, record_view};
 use super::{Api, Call, to_status};
 use crate::auth::Principal;
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 fn invalid(e: hearth_core::intent::FieldError) -> Status {
     Status::invalid_argument(e.to_string())
@@ -253,7 +253,11 @@ impl pb::intents_server::Intents for Api {
         let call = Call::new(req);
         let m = &call.msg;
         let by = if m.by.is_empty() { "operator" } else { &m.by };
-        let res = self.node.approve(&m.id, by).await.map(|r| record_view(&r));
+        let res = self
+            .node
+            .approve(&m.id, by, call.caller.as_ref())
+            .await
+            .map(|r| record_view(&r));
         self.answer(call, res, |ch, r| async move {
             IntentsClient::new(ch).approve(r).await
         })

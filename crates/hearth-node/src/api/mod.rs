@@ -21,8 +21,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
+use crate::error::NodeError;
 use crate::metrics::Counters;
-use crate::node::{Node, NodeError};
+use crate::node::Node;
 
 /// What clients use to build requests exactly as the server reads them (the CLI, `hearth
 /// dev`, tests), and to read the answers.

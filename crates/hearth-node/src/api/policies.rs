@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{class_from_doc, policies_from_doc};
 use super::{Api, Call, to_status};
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 fn applied(a: hearth_store::Applied) -> pb::ApplyResult {
     pb::ApplyResult { index: a.index }
@@ -20,7 +20,11 @@ impl pb::policies_server::Policies for Api {
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let call = Call::new(req);
         let res = match class_from_doc(&call.msg.json) {
-            Ok(class) => self.node.apply_class(class).await.map(applied),
+            Ok(class) => self
+                .node
+                .apply_class(class, call.caller.as_ref())
+                .await
+                .map(applied),
             Err(e) => Err(e),
         };
         self.answer(call, res, |ch, r| async move {
@@ -39,7 +43,7 @@ impl pb::policies_server::Policies for Api {
             Ok(policies) => {
                 let expect = (!m.expect_sha256.is_empty()).then_some(m.expect_sha256.as_str());
                 self.node
-                    .apply_policies(policies, expect)
+                    .apply_policies(policies, expect, call.caller.as_ref())
                     .await
                     .map(applied)
             }
@@ -58,7 +62,11 @@ impl pb::policies_server::Policies for Api {
         let call = Call::new(req);
         let res = match policies_from_doc(&call.msg.json) {
             Ok(mut policies) => match (policies.pop(), policies.is_empty()) {
-                (Some(one), true) => self.node.add_policy(one).await.map(applied),
+                (Some(one), true) => self
+                    .node
+                    .add_policy(one, call.caller.as_ref())
+                    .await
+                    .map(applied),
                 _ => Err(NodeError::Invalid {
                     field: "policies",
                     problem: "AddPolicy takes exactly one policy".into(),
@@ -77,7 +85,11 @@ impl pb::policies_server::Policies for Api {
         req: Request<pb::RemovePolicyRequest>,
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let call = Call::new(req);
-        let res = self.node.remove_policy(&call.msg.id).await.map(applied);
+        let res = self
+            .node
+            .remove_policy(&call.msg.id, call.caller.as_ref())
+            .await
+            .map(applied);
         self.answer(call, res, |ch, r| async move {
             PoliciesClient::new(ch).remove_policy(r).await
         })

@@ -1,8 +1,9 @@
-//! A node's error as the gRPC status a client sees: the one place this mapping is made.
+//! A node's error as the gRPC status a client sees: the one place this mapping is made, with
+//! every variant named (a new one does not compile until it is mapped).
 
 use tonic::Status;
 
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 /// Maps a node error to a gRPC status with a message a person can act on.
 pub fn to_status(e: NodeError) -> Status {
@@ -25,6 +26,15 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::Forbidden(_) => Status::permission_denied(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
-        _ => Status::internal(msg),
+        // This node's own trouble, not the request's: its stores, its Raft core, its files.
+        NodeError::Store(_)
+        | NodeError::Io(_)
+        | NodeError::Fatal(_)
+        | NodeError::Checkpoints(_)
+        | NodeError::Settings(_)
+        | NodeError::WrongNode { .. }
+        | NodeError::UnknownDataDir { .. }
+        | NodeError::AlreadyFormed { .. }
+        | NodeError::Wiped { .. } => Status::internal(msg),
     }
 }
