@@ -188,7 +188,7 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     let report = hearth_node::node::verify_data_dir(&dir).unwrap();
     assert_eq!(report.failure.as_ref().map(|f| f.index()), Some(4));
     match c.start(victim).await {
-        Err(NodeError::ChainBroken { index, .. }) => assert_eq!(index, 4),
+        Err(hearth_node::StartError::ChainBroken { index, .. }) => assert_eq!(index, 4),
         Err(e) => panic!("wrong error: {e}"),
         Ok(()) => panic!("a node with a broken chain must not serve"),
     }
@@ -212,7 +212,9 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     bytes[off + 8 + 2] ^= 0x20; // inside the index field of entry 3
     std::fs::write(&log_path, &bytes).unwrap();
     match c.start(victim).await {
-        Err(NodeError::Store(hearth_store::StoreError::CorruptLog { index, .. })) => {
+        Err(hearth_node::StartError::Store(hearth_store::StoreError::CorruptLog {
+            index, ..
+        })) => {
             assert_eq!(index, 3)
         }
         Err(e) => panic!("wrong error: {e}"),
@@ -274,7 +276,10 @@ async fn wiped_nodes_are_refused() {
         .bootstrap(&c.router.probe(1), Duration::from_millis(50))
         .await
         .unwrap_err();
-    assert!(matches!(err, NodeError::AlreadyFormed { .. }), "{err}");
+    assert!(
+        matches!(err, hearth_node::StartError::AlreadyFormed { .. }),
+        "{err}"
+    );
     c.stop(1).await;
 
     // A follower wiped: the leader reports it had replicated to that id, so it is refused.
@@ -288,7 +293,10 @@ async fn wiped_nodes_are_refused() {
         .check_not_wiped(&c.router.probe(3))
         .await
         .unwrap_err();
-    assert!(matches!(err, NodeError::Wiped { .. }), "{err}");
+    assert!(
+        matches!(err, hearth_node::StartError::Wiped { .. }),
+        "{err}"
+    );
     c.shutdown().await;
 }
 
@@ -301,7 +309,7 @@ async fn a_data_dir_of_another_node_is_refused() {
     std::fs::remove_dir_all(c.data_dir(2)).unwrap();
     std::fs::rename(c.data_dir(1), c.data_dir(2)).unwrap();
     match c.start(2).await {
-        Err(NodeError::WrongNode {
+        Err(hearth_node::StartError::WrongNode {
             found, expected, ..
         }) => assert_eq!((found, expected), (1, 2)),
         Err(e) => panic!("wrong error {e}"),

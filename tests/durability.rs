@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_node::NodeError;
+use hearth_node::StartError;
 use hearth_tests::TestCluster;
 
 const LONG: Duration = Duration::from_secs(15);
@@ -226,7 +226,7 @@ async fn a_node_whose_vote_file_is_gone_refuses_to_start() {
         .join(hearth_store::log::META_FILE);
     std::fs::remove_file(&meta).unwrap();
     match c.start(2).await {
-        Err(e @ NodeError::Store(hearth_store::StoreError::VoteLost { .. })) => {
+        Err(e @ StartError::Store(hearth_store::StoreError::VoteLost { .. })) => {
             let msg = e.to_string();
             assert!(
                 msg.contains("raft-meta.json") && msg.contains("vote twice"),

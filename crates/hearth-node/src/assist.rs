@@ -28,7 +28,7 @@ use openraft::{EntryPayload, Membership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::error::NodeError;
+use crate::error::{NodeError, StartError};
 
 pub const PENDING_FILE: &str = "promotion.pending.json";
 pub const HISTORY_FILE: &str = "promotions.jsonl";
@@ -91,11 +91,11 @@ pub fn write_pending(data_dir: &Path, p: &Pending) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn read_pending(data_dir: &Path) -> Result<Option<Pending>, NodeError> {
+fn read_pending(data_dir: &Path) -> Result<Option<Pending>, StartError> {
     let path = data_dir.join(PENDING_FILE);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            NodeError::Store(StoreError::CorruptMeta {
+            StartError::Store(StoreError::CorruptMeta {
                 path,
                 reason: e.to_string(),
             })
@@ -135,10 +135,10 @@ pub fn hash_through(
     log: &LogStore,
     sm: &StateMachine,
     index: u64,
-) -> Result<Option<[u8; 32]>, NodeError> {
+) -> std::io::Result<Option<[u8; 32]>> {
     let (mut at, mut hash) = match sm.head()? {
         Some((i, h)) if i <= index => (Some(i), h),
-        Some(_) => return Ok(sm.hash_at(index)?),
+        Some(_) => return sm.hash_at(index),
         None => match sm.anchor()? {
             Some((i, h)) => (Some(i), h),
             None => (None, hearth_core::chain::ZERO_HASH),
@@ -172,7 +172,7 @@ pub async fn apply_pending(
     data_dir: &Path,
     id: u64,
     log: &LogStore,
-) -> Result<Option<Promotion>, NodeError> {
+) -> Result<Option<Promotion>, StartError> {
     let Some(pending) = read_pending(data_dir)? else {
         return Ok(None);
     };
@@ -205,7 +205,7 @@ pub async fn apply_pending(
                 },
             )]),
         )
-        .map_err(|e| NodeError::Settings(format!("promotion membership: {e}")))?;
+        .map_err(|e| StartError::Settings(format!("promotion membership: {e}")))?;
         let entries = vec![
             Entry {
                 log_id: log_id(term, id, next),
@@ -226,7 +226,7 @@ pub async fn apply_pending(
         let (tx, rx) = <hearth_store::TypeConfig as TypeConfigExt>::oneshot();
         log.append(entries, IOFlushed::signal(tx)).await?;
         rx.await
-            .map_err(|_| NodeError::Fatal("log flush was dropped".into()))??;
+            .map_err(|_| StartError::Fatal("log flush was dropped".into()))??;
         tracing::warn!(node = id, term, index = next, operator = %p.operator, reason = %p.reason,
             removed = ?p.removed, "forced promotion written: this hub is now the only voter");
     }

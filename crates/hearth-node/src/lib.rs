@@ -20,4 +20,4 @@ pub mod startcheck;
 pub use config::{NodeConfig, Role};
 /// The running chain-head cross-check is part of the node (`node::crosscheck`).
 pub use node::crosscheck;
-pub use node::{Node, NodeError, NodeState, PeerProbe, StatusView};
+pub use node::{Node, NodeError, NodeState, PeerProbe, StartError, StatusView};

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::api::{Api, GrpcProbe, MAX_REQUEST};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::NodeConfig;
-use crate::error::NodeError;
+use crate::error::StartError;
 use crate::node::Node;
 
 /// Largest Raft message accepted from a peer.
@@ -33,7 +33,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Node(#[from] NodeError),
+    Start(#[from] StartError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(
@@ -79,10 +79,10 @@ async fn serve_once(
     let id = config.node_id;
     let security = config
         .security()
-        .map_err(|e| NodeError::Settings(e.to_string()))?;
+        .map_err(|e| StartError::Settings(e.to_string()))?;
     let authenticator = Arc::new(match &config.auth {
         Some(a) => Authenticator::from_file(&a.tokens_file)
-            .map_err(|e| NodeError::Settings(e.to_string()))?,
+            .map_err(|e| StartError::Settings(e.to_string()))?,
         None => Authenticator::disabled(),
     });
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
@@ -103,7 +103,7 @@ async fn serve_once(
         .register_encoded_file_descriptor_set(hearth_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
+        .map_err(|e| StartError::Settings(format!("reflection: {e}")))?;
     health.set_serving::<IntentsServer<Api>>().await;
     let counters = Arc::new(crate::metrics::Counters::default());
     let api = Api::new(node.clone(), counters.clone());
@@ -134,7 +134,7 @@ async fn serve_once(
         crate::crosscheck::period(node.config().timing.heartbeat_ms),
     ));
     // Startup checks that need peers run once the server answers, so peers can ask us too.
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<NodeError>(1);
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartError>(1);
     let checker = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -220,7 +220,7 @@ async fn serve_once(
         Pin<Box<dyn Future<Output = _> + Send>>,
     ) = match security.rustls_server_config() {
         Some(cfg) => {
-            let cfg = cfg.map_err(|e| NodeError::Settings(format!("tls: {e}")))?;
+            let cfg = cfg.map_err(|e| StartError::Settings(format!("tls: {e}")))?;
             let (a, incoming) = crate::conn::tls(listener, limits, registry, cfg);
             (
                 a,
@@ -241,7 +241,7 @@ async fn serve_once(
     let mut restart = node.restart_requested();
     let result = tokio::select! {
         _ = shutdown.as_mut() => Ok(Exit::Stopped),
-        Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
+        Some(e) = fatal_rx.recv() => Err(ServeError::Start(e)),
         _ = restart.wait_for(|r| *r) => Ok(Exit::Restart),
         // A node whose Raft core stopped (ENOSPC, any fatal storage error, a panic in the
         // core) must not stay up answering "stopped": exit non-zero, systemd restarts it.

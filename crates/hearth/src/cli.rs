@@ -1267,7 +1267,7 @@ fn verify_data_dir(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Err(hearth_node::NodeError::Store(hearth_store::StoreError::CorruptLog {
+        Err(hearth_node::StartError::Store(hearth_store::StoreError::CorruptLog {
             index,
             reason,
             path,

@@ -26,15 +26,7 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::Forbidden(_) => Status::permission_denied(msg),
         NodeError::Discarded => Status::aborted(msg),
         NodeError::ChainBroken { .. } => Status::data_loss(msg),
-        // This node's own trouble, not the request's: its stores, its Raft core, its files.
-        NodeError::Store(_)
-        | NodeError::Io(_)
-        | NodeError::Fatal(_)
-        | NodeError::Checkpoints(_)
-        | NodeError::Settings(_)
-        | NodeError::WrongNode { .. }
-        | NodeError::UnknownDataDir { .. }
-        | NodeError::AlreadyFormed { .. }
-        | NodeError::Wiped { .. } => Status::internal(msg),
+        // This node's own trouble, not the request's: its stores, its files, its Raft core.
+        NodeError::Store(_) | NodeError::Io(_) | NodeError::Fatal(_) => Status::internal(msg),
     }
 }

@@ -7,7 +7,7 @@ use openraft::errors::RaftError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Node, NodeError, NodeState, PeerProbe};
+use super::{Node, NodeState, PeerProbe, StartError};
 use openraft::type_config::async_runtime::WatchReceiver;
 
 /// Present while the bootstrap hub is forming the cluster (between its first entry and the
@@ -39,7 +39,11 @@ impl Node {
     /// steps: this hub alone first, then each peer added as a learner (it receives the log),
     /// then all made voters. A restart in the middle resumes the remaining steps.
     #[tracing::instrument(skip_all, fields(node = self.id))]
-    pub async fn bootstrap(&self, probe: &dyn PeerProbe, retry: Duration) -> Result<(), NodeError> {
+    pub async fn bootstrap(
+        &self,
+        probe: &dyn PeerProbe,
+        retry: Duration,
+    ) -> Result<(), StartError> {
         if !self.config.bootstrap {
             return Ok(());
         }
@@ -47,7 +51,7 @@ impl Node {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+            .map_err(|e| StartError::Fatal(e.to_string()))?;
         if initialized {
             let alone = self.voters() == vec![self.id];
             let members = self.initial_members();
@@ -61,7 +65,7 @@ impl Node {
             for p in &self.config.peers {
                 match probe.status(p.id, &p.addr).await {
                     Some(s) if s.initialized || s.last_log.is_some() => {
-                        return Err(NodeError::AlreadyFormed {
+                        return Err(StartError::AlreadyFormed {
                             self_id: self.id,
                             peer: p.id,
                             last_index: s.last_log.map(|(_, i)| i),
@@ -97,7 +101,7 @@ impl Node {
                 let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
                 return Ok(());
             }
-            Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
+            Err(RaftError::Fatal(f)) => return Err(StartError::Fatal(f.to_string())),
         }
         if members.len() == 1 {
             let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
@@ -115,10 +119,10 @@ impl Node {
     pub(super) async fn finish_formation(
         &self,
         members: BTreeMap<u64, Member>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), StartError> {
         let patience = Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20);
         let deadline = tokio::time::Instant::now() + patience;
-        let fatal = |e: String| NodeError::Fatal(e);
+        let fatal = |e: String| StartError::Fatal(e);
         loop {
             // Leading is not enough: until the first membership entry is committed (the new
             // leader's blank entry commits it) openraft refuses another membership change
@@ -132,7 +136,7 @@ impl Node {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(NodeError::NoQuorum(format!(
+                return Err(StartError::NoQuorum(format!(
                     "node {} formed the cluster alone but did not become its leader within {} ms",
                     self.id,
                     patience.as_millis()
@@ -152,7 +156,7 @@ impl Node {
                 match tokio::time::timeout(left, self.raft.add_learner(*id, m.clone(), true)).await
                 {
                     Err(_) => {
-                        return Err(NodeError::NoQuorum(format!(
+                        return Err(StartError::NoQuorum(format!(
                             "forming the cluster: node {id} did not take the log within {} ms; is it running at {}?",
                             patience.as_millis(),
                             m.addr
@@ -164,7 +168,7 @@ impl Node {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Ok(Err(RaftError::APIError(e))) => {
-                        return Err(NodeError::Refused(format!(
+                        return Err(StartError::Refused(format!(
                             "forming the cluster: adding node {id}: {e}"
                         )));
                     }
@@ -182,7 +186,7 @@ impl Node {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(RaftError::APIError(e)) => {
-                    return Err(NodeError::Refused(format!(
+                    return Err(StartError::Refused(format!(
                         "forming the cluster: making every member a voter: {e}"
                     )));
                 }
@@ -198,7 +202,7 @@ impl Node {
     /// leader that had replicated more to this node id than its log now holds means the log
     /// went backwards (a restored backup, lost writes): the node's vote is held until it has
     /// been caught up (`datadir`).
-    pub async fn check_not_wiped(&self, probe: &dyn PeerProbe) -> Result<(), NodeError> {
+    pub async fn check_not_wiped(&self, probe: &dyn PeerProbe) -> Result<(), StartError> {
         let mine = self.log.last_log_id()?.map(|l| l.index);
         for p in &self.config.peers {
             if let Some(s) = probe.status(p.id, &p.addr).await
@@ -206,7 +210,7 @@ impl Node {
                 && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
             {
                 if self.fresh {
-                    return Err(NodeError::Wiped {
+                    return Err(StartError::Wiped {
                         self_id: self.id,
                         leader: p.id,
                         matched: *m,

@@ -27,7 +27,7 @@ mod startup;
 mod status;
 mod write;
 
-pub use crate::error::NodeError;
+pub use crate::error::{NodeError, StartError};
 pub use audit::describe;
 pub use domain::policies_sha256;
 pub use startup::verify_data_dir;

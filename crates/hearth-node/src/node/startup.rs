@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::{Node, NodeError};
+use super::{Node, StartError};
 
 pub(super) const IDENTITY_FILE: &str = "node.json";
 
@@ -33,7 +33,7 @@ pub(super) struct Identity {
 }
 
 /// Checks or writes the identity file. Returns whether the directory is new.
-pub(super) fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
+pub(super) fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, StartError> {
     // 0700 and 0600 inside, also for a directory an older version made 0755.
     hearth_store::private::create_dir(dir)?;
     hearth_store::private::tighten(dir)?;
@@ -46,7 +46,7 @@ pub(super) fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
                     reason: e.to_string(),
                 })?;
             if ident.node_id != id {
-                return Err(NodeError::WrongNode {
+                return Err(StartError::WrongNode {
                     dir: dir.to_path_buf(),
                     found: ident.node_id,
                     expected: id,
@@ -56,7 +56,7 @@ pub(super) fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.join("raft").join(hearth_store::log::LOG_FILE).exists() {
-                return Err(NodeError::UnknownDataDir {
+                return Err(StartError::UnknownDataDir {
                     dir: dir.to_path_buf(),
                 });
             }
@@ -80,7 +80,7 @@ pub(super) fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, NodeError> {
 
 /// Verifies the chain of a stopped node's data directory without starting or changing
 /// anything in the log.
-pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
+pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, StartError> {
     let log = LogStore::open_read_only(&dir.join("raft"))?;
     let sm = StateMachine::open(&dir.join("state"))?;
     Ok(audit::verify(&log, &sm)?)
@@ -89,14 +89,14 @@ pub fn verify_data_dir(dir: &Path) -> Result<NodeVerify, NodeError> {
 impl Node {
     /// Opens the data directory, verifies the chain and starts Raft, with the default device
     /// gateway. Does not form a cluster.
-    pub async fn start<N>(config: NodeConfig, network: N) -> Result<Node, NodeError>
+    pub async fn start<N>(config: NodeConfig, network: N) -> Result<Node, StartError>
     where
         N: RaftNetworkFactory<TypeConfig>,
         N::Network:
             openraft::network::NetSnapshot<TypeConfig, SnapshotData = std::io::Cursor<Vec<u8>>>,
     {
         let mqtt = match &config.mqtt_broker {
-            Some(m) => Some(m.load().map_err(|e| NodeError::Settings(e.to_string()))?),
+            Some(m) => Some(m.load().map_err(|e| StartError::Settings(e.to_string()))?),
             None => None,
         };
         if let Some(m) = &config.mqtt_broker
@@ -121,7 +121,7 @@ impl Node {
         config: NodeConfig,
         network: N,
         gateway: Arc<dyn hearth_devices::Gateway>,
-    ) -> Result<Node, NodeError>
+    ) -> Result<Node, StartError>
     where
         N: RaftNetworkFactory<TypeConfig>,
         N::Network:
@@ -131,7 +131,7 @@ impl Node {
         let witness = config.role == Role::Witness;
         let security = config
             .security()
-            .map_err(|e| NodeError::Settings(e.to_string()))?;
+            .map_err(|e| StartError::Settings(e.to_string()))?;
         if !security.is_tls() {
             tracing::warn!(
                 node = id,
@@ -155,7 +155,7 @@ impl Node {
             crate::datadir::prepare(&config.data_dir, id, fresh, &log, sm, own_checkpoint).await?;
         let report = audit::verify(&log, &sm)?;
         if let Some(f) = report.failure {
-            return Err(NodeError::ChainBroken {
+            return Err(StartError::ChainBroken {
                 index: f.index(),
                 reason: f.to_string(),
             });
@@ -172,10 +172,10 @@ impl Node {
         )?);
         let promoted = crate::assist::apply_pending(&config.data_dir, id, &log).await?;
         let raft_cfg = settings::raft_config(&config.timing.raft(), witness)
-            .map_err(|e| NodeError::Settings(e.to_string()))?;
+            .map_err(|e| StartError::Settings(e.to_string()))?;
         let raft = HearthRaft::new(id, Arc::new(raft_cfg), network, log.clone(), sm.clone())
             .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+            .map_err(|e| StartError::Fatal(e.to_string()))?;
         let handler = RaftHandler::new(raft.clone(), id, witness);
         if let Some(h) = hold {
             raft.runtime_config().elect(false);
@@ -285,7 +285,7 @@ mod tests {
     /// it does not depend on this module).
     #[test]
     fn a_data_dir_without_identity_names_the_file() {
-        let e = NodeError::UnknownDataDir {
+        let e = StartError::UnknownDataDir {
             dir: std::path::PathBuf::from("/var/lib/hearth"),
         };
         assert!(e.to_string().contains(IDENTITY_FILE), "{e}");
