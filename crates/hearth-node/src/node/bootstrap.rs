@@ -1,14 +1,16 @@
 //! Forming the cluster, exactly once, on the configured bootstrap hub; and refusing a node
 //! whose data directory was wiped or went backwards.
 
-use crate::config::Role;
-use hearth_store::Member;
-use openraft::errors::RaftError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Node, NodeState, PeerProbe, StartError};
+use hearth_store::Member;
+use openraft::errors::RaftError;
 use openraft::type_config::async_runtime::WatchReceiver;
+
+use crate::config::Role;
+
+use super::{Node, NodeState, PeerProbe, StartError};
 
 /// Present while the bootstrap hub is forming the cluster (between its first entry and the
 /// membership that makes every configured member a voter).

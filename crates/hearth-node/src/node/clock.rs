@@ -1,9 +1,11 @@
 //! Watching this hub's clock against its peers' (`hearth_core::clock::judge`).
 
-use crate::config::Role;
 use std::sync::Arc;
 use std::time::Duration;
+
 use tokio::task::JoinHandle;
+
+use crate::config::Role;
 
 use super::{Node, PeerProbe};
 

@@ -1,9 +1,6 @@
 //! Devices, intent classes, policies and intents: checked before anything is appended,
 //! then proposed through the write path.
 
-use crate::auth::Principal;
-use crate::auth::client_name;
-use crate::config::Role;
 use hearth_core::domain::Command as DomainCommand;
 use hearth_core::domain::IntentRecord;
 use hearth_core::domain::Outcome;
@@ -15,9 +12,13 @@ use hearth_core::policy::Policy;
 use hearth_core::resolver::Plan;
 use hearth_store::Applied;
 use openraft::ServerState;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use crate::auth::Principal;
+use crate::auth::client_name;
+use crate::config::Role;
 
 use super::{Node, NodeError};
-use openraft::type_config::async_runtime::WatchReceiver;
 
 /// The SHA-256 (lower-case hex) of a policy set as stored: what `policy apply` diffed against.
 pub fn policies_sha256(policies: &[Policy]) -> String {

@@ -1,16 +1,18 @@
 //! Membership changes (add, remove, replace, transfer leadership): each step an entry in
 //! the chain, refused before it would cost the quorum.
 
-use crate::config::Role;
+use std::time::Duration;
+
 use hearth_store::Member;
 use hearth_store::TypeConfig;
 use hearth_store::audit;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
-use std::time::Duration;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use crate::config::Role;
 
 use super::{Node, NodeError};
-use openraft::type_config::async_runtime::WatchReceiver;
 
 impl Node {
     pub(super) fn membership_result(

@@ -1,7 +1,8 @@
 //! Two hubs without a witness: the assisted-failover assessment and the promotion gate
 //! (`hearth_core::assist`; the pending promotion is written by `crate::assist`).
 
-use crate::config::Role;
+use std::time::Duration;
+
 use hearth_core::assist::AssistConfig;
 use hearth_core::assist::AssistObservation;
 use hearth_core::assist::AssistState;
@@ -11,7 +12,8 @@ use hearth_core::domain::Promotion;
 use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::type_config::async_runtime::WatchReceiver;
-use std::time::Duration;
+
+use crate::config::Role;
 
 use super::{Node, NodeError, PeerProbe};
 

@@ -1,10 +1,11 @@
 //! Stopping: handing leadership over first, then Raft and the node's tasks.
 
-use openraft::ServerState;
 use std::time::Duration;
 
-use super::Node;
+use openraft::ServerState;
 use openraft::type_config::async_runtime::WatchReceiver;
+
+use super::Node;
 
 impl Node {
     /// Hands leadership to the most up-to-date other hub before this node stops, so a planned

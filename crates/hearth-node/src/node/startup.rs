@@ -2,8 +2,10 @@
 //! verifying the whole chain (a node never serves a chain it cannot verify), starting Raft and
 //! the node's tasks (dispatcher or caretaker, checkpoints, target probes).
 
-use crate::config::NodeConfig;
-use crate::config::Role;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use hearth_cluster::HearthRaft;
 use hearth_cluster::RaftHandler;
 use hearth_cluster::settings;
@@ -17,10 +19,10 @@ use hearth_store::audit::NodeVerify;
 use openraft::network::RaftNetworkFactory;
 use serde::Deserialize;
 use serde::Serialize;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::config::Role;
 
 use super::{Node, StartError};
 

@@ -1,15 +1,17 @@
 //! What a node reports about itself (`Cluster.Status`), and which peers answer its leader.
 
-use crate::config::Role;
+use std::time::Duration;
+
 use hearth_core::Hash;
 use hearth_core::assist::AssistState;
 use hearth_store::Member;
 use openraft::Instant as _;
 use openraft::ServerState;
-use std::time::Duration;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use crate::config::Role;
 
 use super::Node;
-use openraft::type_config::async_runtime::WatchReceiver;
 
 /// A node's Raft state as its status reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! The write path: proposing a command through Raft on the leader, bounded by the write
 //! timeout, and the errors that tell a client where the leader is or why there is no quorum.
 
-use crate::config::Role;
+use std::time::Duration;
+
 use hearth_core::domain::Command as DomainCommand;
 use hearth_core::domain::Outcome;
 use hearth_core::resolver::Clock;
@@ -13,10 +14,11 @@ use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use openraft::raft::ReadPolicy;
 use openraft::raft::linearizable_read::LinearizerOption;
-use std::time::Duration;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use crate::config::Role;
 
 use super::{MAX_TEST_RECORD, Node, NodeError};
-use openraft::type_config::async_runtime::WatchReceiver;
 
 impl Node {
     pub(super) fn no_quorum(&self, why: &str) -> NodeError {
