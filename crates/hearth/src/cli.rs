@@ -581,8 +581,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} is a voter; membership entry at index {}; voters {:?}",
-                    r.index,
-                    r.voters
+                    r.index, r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -595,8 +594,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 outln!(
                     "node {id} removed; membership entry at index {}; voters {:?}",
-                    r.index,
-                    r.voters
+                    r.index, r.voters
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -1110,10 +1108,7 @@ async fn tail(addr: &str, count: u32) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "{:>8} {:>5} {:>6}  {:<13} ENTRY",
-        "INDEX",
-        "TERM",
-        "LEADER",
-        "HASH"
+        "INDEX", "TERM", "LEADER", "HASH"
     );
     for e in r.entries {
         outln!(
@@ -1379,10 +1374,7 @@ async fn append(addr: &str, text: String) -> anyhow::Result<ExitCode> {
         .into_inner();
     outln!(
         "committed at index {} (term {}, leader {}), chain hash {}",
-        r.index,
-        r.term,
-        r.leader,
-        r.hash
+        r.index, r.term, r.leader, r.hash
     );
     Ok(ExitCode::SUCCESS)
 }

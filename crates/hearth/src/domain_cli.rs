@@ -350,12 +350,7 @@ fn print_view(v: &pb::IntentView) {
         };
         outln!(
             "  {:<22} {:<16} {:<10} -> {:<10} {} {}",
-            a.id,
-            a.device,
-            a.capability,
-            a.state,
-            outcome,
-            a.detail
+            a.id, a.device, a.capability, a.state, outcome, a.detail
         );
     }
     for r in &v.reads {
@@ -484,10 +479,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "{:<16} {:<16} {:<9} {:<30} ADAPTER",
-                "ID",
-                "LOCATION",
-                "EMERG",
-                "ACTUATORS / SENSORS"
+                "ID", "LOCATION", "EMERG", "ACTUATORS / SENSORS"
             );
             for d in r.devices {
                 let mut caps: Vec<String> = d
@@ -557,9 +549,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             outln!(
                 "re-fence {} recorded at entry {}; watch it with `hearth intent watch {}`",
-                v.id,
-                v.index,
-                v.id
+                v.id, v.index, v.id
             );
             Ok(ExitCode::SUCCESS)
         }

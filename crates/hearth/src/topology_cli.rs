@@ -138,8 +138,7 @@ pub async fn replace(
         .into_inner();
     outln!(
         "node {new_id} replaced node {old_id}; membership entry at index {}; voters {:?}",
-        r.index,
-        r.voters
+        r.index, r.voters
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -158,8 +157,7 @@ async fn restart_one(addr: &str, goal: Option<u64>, by: &str) -> anyhow::Result<
         .into_inner();
     outln!(
         "node {} restarting (recorded at chain index {})",
-        r.node_id,
-        r.recorded_index
+        r.node_id, r.recorded_index
     );
     wait_status(addr, Duration::from_secs(60), "restart and catch-up", |s| {
         s.started_ms != before.started_ms && s.leader.is_some() && s.applied_index >= goal
