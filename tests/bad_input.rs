@@ -97,7 +97,7 @@ impl Hub {
         let mut seen = None;
         loop {
             if let Some(s) = self.status().await
-                && s.state == "Leader"
+                && s.node_state() == pb::NodeState::Leader
                 && s.last_index.is_some()
                 && s.last_index == s.applied_index
             {
@@ -898,7 +898,7 @@ async fn the_raft_service_refuses_garbage() {
     assert_code(&s, &[Code::OutOfRange], "too large", "Raft above its limit");
 
     let s = hub.status().await.unwrap();
-    assert_eq!((s.state.as_str(), s.term), ("Leader", term));
+    assert_eq!((s.node_state(), s.term), (pb::NodeState::Leader, term));
     hub.assert_unchanged_and_serving(&before).await;
     hub.stop().await;
 }

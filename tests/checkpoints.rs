@@ -335,7 +335,7 @@ async fn witness_refuses_forks_old_and_unapplied_indices() {
     assert_ne!(changed, text);
     std::fs::write(&path, &changed).unwrap();
     match c.start(3).await {
-        Err(hearth_node::NodeError::ChainBroken { index, reason }) => {
+        Err(hearth_node::StartError::ChainBroken { index, reason }) => {
             assert_eq!(index, m.checkpoint.index, "{reason}");
             assert!(
                 reason.contains(hearth_node::checkpoint::WITNESS_FILE),
@@ -452,7 +452,7 @@ async fn a_rewritten_history_is_refused_at_start_naming_the_index_and_the_file()
     std::fs::remove_dir_all(dir.join("state")).unwrap();
     // The forged log opens and, alone, verifies: only the stored heads can tell.
     match c.start(2).await {
-        Err(hearth_node::NodeError::ChainBroken { index, reason }) => {
+        Err(hearth_node::StartError::ChainBroken { index, reason }) => {
             assert_eq!(index, signed, "{reason}");
             assert!(
                 reason.contains(&format!("at or before {signed}")),

@@ -128,7 +128,10 @@ async fn witness_holding_the_newest_log_hands_over_to_a_hub() {
     assert_eq!(new, other);
     c.write_on(other, "after the caretaker").await.unwrap();
     // The witness never stays leader and never accepts writes.
-    assert_ne!(c.node(3).status().await.state, "Leader");
+    assert_ne!(
+        c.node(3).status().await.state,
+        hearth_node::NodeState::Leader
+    );
     c.start(leader).await.unwrap();
     c.router.heal();
     c.wait_converged(LONG).await;
@@ -185,7 +188,7 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     let report = hearth_node::node::verify_data_dir(&dir).unwrap();
     assert_eq!(report.failure.as_ref().map(|f| f.index()), Some(4));
     match c.start(victim).await {
-        Err(NodeError::ChainBroken { index, .. }) => assert_eq!(index, 4),
+        Err(hearth_node::StartError::ChainBroken { index, .. }) => assert_eq!(index, 4),
         Err(e) => panic!("wrong error: {e}"),
         Ok(()) => panic!("a node with a broken chain must not serve"),
     }
@@ -209,7 +212,9 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     bytes[off + 8 + 2] ^= 0x20; // inside the index field of entry 3
     std::fs::write(&log_path, &bytes).unwrap();
     match c.start(victim).await {
-        Err(NodeError::Store(hearth_store::StoreError::CorruptLog { index, .. })) => {
+        Err(hearth_node::StartError::Store(hearth_store::StoreError::CorruptLog {
+            index, ..
+        })) => {
             assert_eq!(index, 3)
         }
         Err(e) => panic!("wrong error: {e}"),
@@ -271,7 +276,10 @@ async fn wiped_nodes_are_refused() {
         .bootstrap(&c.router.probe(1), Duration::from_millis(50))
         .await
         .unwrap_err();
-    assert!(matches!(err, NodeError::AlreadyFormed { .. }), "{err}");
+    assert!(
+        matches!(err, hearth_node::StartError::AlreadyFormed { .. }),
+        "{err}"
+    );
     c.stop(1).await;
 
     // A follower wiped: the leader reports it had replicated to that id, so it is refused.
@@ -285,7 +293,10 @@ async fn wiped_nodes_are_refused() {
         .check_not_wiped(&c.router.probe(3))
         .await
         .unwrap_err();
-    assert!(matches!(err, NodeError::Wiped { .. }), "{err}");
+    assert!(
+        matches!(err, hearth_node::StartError::Wiped { .. }),
+        "{err}"
+    );
     c.shutdown().await;
 }
 
@@ -298,7 +309,7 @@ async fn a_data_dir_of_another_node_is_refused() {
     std::fs::remove_dir_all(c.data_dir(2)).unwrap();
     std::fs::rename(c.data_dir(1), c.data_dir(2)).unwrap();
     match c.start(2).await {
-        Err(NodeError::WrongNode {
+        Err(hearth_node::StartError::WrongNode {
             found, expected, ..
         }) => assert_eq!((found, expected), (1, 2)),
         Err(e) => panic!("wrong error {e}"),
@@ -493,5 +504,89 @@ async fn a_node_with_a_rewritten_history_is_fenced_and_named() {
     c.roles.remove(&2);
     c.write("still serving", LONG).await;
     assert_eq!(c.node(1).links(18, 18).unwrap()[0].hash, original.hash);
+    c.shutdown().await;
+}
+
+/// A follower forwards writes to the leader it hears from. When the leader's public API does
+/// not answer (a connection accepted and never served: a hung process, a path cut between
+/// the two), the follower says NO_QUORUM naming the leader within the one forward deadline —
+/// a membership change waited 120 s for it before — and nothing changes. A leader whose
+/// address refuses connections (stopped) is named at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_to_a_leader_that_does_not_answer_is_no_quorum_within_the_deadline() {
+    use hearth_proto::v1 as pb;
+    use hearth_proto::v1::cluster_server::Cluster;
+    use hearth_proto::v1::policies_server::Policies;
+
+    let c = TestCluster::three().await;
+    let leader = c.wait_for_leader(&c.hubs(), LONG).await;
+    let follower = c.hubs().into_iter().find(|h| *h != leader).unwrap();
+    let addr = c.config(leader).listen.clone();
+    let hole = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            open.push(s);
+        }
+    });
+    let api = hearth_node::api::Api::new(
+        c.node(follower).clone(),
+        std::sync::Arc::new(hearth_node::metrics::Counters::default()),
+    );
+    let deadline = hearth_node::api::forward_deadline(&c.node(follower).config().timing);
+    let voters = c.node(leader).voters();
+    let policies = c.node(leader).policies().unwrap();
+    let named = format!("to the leader, node {leader} at {addr}");
+    let check = |what: &str, took: Duration, r: Result<(), tonic::Status>| {
+        let s = r.expect_err(what);
+        assert_eq!(s.code(), tonic::Code::Unavailable, "{what}: {s:?}");
+        assert!(s.message().starts_with("NO_QUORUM"), "{what}: {s:?}");
+        assert!(s.message().contains(&named), "{what}: {s:?}");
+        assert!(
+            took >= deadline - Duration::from_millis(100) && took < deadline + LONG / 5,
+            "{what}: answered after {took:?}, the forward deadline is {deadline:?}"
+        );
+    };
+
+    let t0 = Instant::now();
+    let add = pb::AddMemberRequest {
+        id: 9,
+        addr: "127.0.0.1:17009".into(),
+        role: "hub".into(),
+    };
+    let r = tokio::time::timeout(deadline + LONG, api.add_member(tonic::Request::new(add)))
+        .await
+        .expect("the forward has a deadline");
+    check("add_member", t0.elapsed(), r.map(drop));
+
+    let t0 = Instant::now();
+    let remove = pb::RemovePolicyRequest { id: "quiet".into() };
+    let r = tokio::time::timeout(
+        deadline + LONG,
+        api.remove_policy(tonic::Request::new(remove)),
+    )
+    .await
+    .expect("the forward has a deadline");
+    check("remove_policy", t0.elapsed(), r.map(drop));
+
+    assert_eq!(c.node(leader).voters(), voters);
+    assert_eq!(c.node(leader).policies().unwrap(), policies);
+
+    // Stopped: nothing listens at the leader's address any more.
+    held.abort();
+    let _ = held.await;
+    let t0 = Instant::now();
+    let text = pb::AppendTestRecordRequest {
+        text: "through a follower".into(),
+    };
+    let s = api
+        .append_test_record(tonic::Request::new(text))
+        .await
+        .expect_err("the leader's address refuses connections");
+    assert!(t0.elapsed() < deadline, "{:?}", t0.elapsed());
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    assert!(s.message().starts_with("NO_QUORUM"), "{s:?}");
+    assert!(s.message().contains(&named), "{s:?}");
+    c.check_invariants();
     c.shutdown().await;
 }

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hearth_core::device_protocol::{DeviceCommand, Reply};
 use hearth_core::domain::{ActionOutcome, FencingToken, IntentStatus};
 use hearth_core::intent::{Adapter, Device, Intent, Location, Urgency};
-use hearth_core::sim::{DeviceCommand, Reply};
 use hearth_devices::mqtt::MqttBroker;
 use hearth_devices::server::DeviceSim;
 use hearth_devices::{Devices, Gateway};
@@ -214,7 +214,7 @@ async fn an_intent_reaches_an_mqtt_device_once() {
             topic: "house/siren".into(),
         },
     };
-    c.node(leader).register_device(siren).await.unwrap();
+    c.node(leader).register_device(siren, None).await.unwrap();
     let intent = Intent {
         class: "ensure_safety".into(),
         urgency: Urgency::Emergency,
@@ -785,7 +785,7 @@ async fn a_forged_ack_is_never_recorded_and_the_real_devices_answer_is() {
     .await;
     let leader = c.wait_for_leader(&c.hubs(), Duration::from_secs(15)).await;
     c.node(leader)
-        .register_device(porch_lock(porch(), &["locked", "unlocked"]))
+        .register_device(porch_lock(porch(), &["locked", "unlocked"]), None)
         .await
         .unwrap();
     assert!(
@@ -897,7 +897,7 @@ async fn registration_refuses_what_cannot_work() {
     for (d, field) in cases {
         let e = c
             .node(leader)
-            .register_device(d.clone())
+            .register_device(d.clone(), None)
             .await
             .unwrap_err()
             .to_string();
@@ -905,7 +905,7 @@ async fn registration_refuses_what_cannot_work() {
     }
     let e = c
         .node(leader)
-        .register_device(porch_lock(porch(), &["locked"]))
+        .register_device(porch_lock(porch(), &["locked"]), None)
         .await
         .unwrap_err()
         .to_string();
@@ -923,7 +923,7 @@ async fn registration_refuses_what_cannot_work() {
     let leader = c.wait_for_leader(&c.hubs(), Duration::from_secs(15)).await;
     let r = c
         .node(leader)
-        .register_device(porch_lock(porch(), &["locked", "unlocked"]))
+        .register_device(porch_lock(porch(), &["locked", "unlocked"]), None)
         .await;
     if leader == 1 {
         r.unwrap();
@@ -986,7 +986,7 @@ async fn a_keyed_device_is_believed_and_a_reader_of_its_commands_is_not() {
                 continue;
             };
             for k in [None, Some(&b"guessed-key-guessed-key"[..])] {
-                let forged = hearth_core::sim::Ack::answer(&c, Reply::Applied, k);
+                let forged = hearth_core::device_protocol::Ack::answer(&c, Reply::Applied, k);
                 let _ = spy2
                     .publish(
                         "home/porch/ack",

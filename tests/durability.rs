@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hearth_node::NodeError;
+use hearth_node::StartError;
 use hearth_tests::TestCluster;
 
 const LONG: Duration = Duration::from_secs(15);
@@ -216,7 +216,12 @@ async fn a_hub_restored_from_an_older_backup_neither_votes_nor_leads() {
     );
     assert_eq!(stale, None, "the restored hub led without the 20 writes");
     let s = c.node(2).status().await;
-    assert!(s.state.ends_with("(vote held)"), "{}", s.state);
+    assert!(s.vote_held, "{:?}", s.state);
+    assert!(
+        s.state_text().ends_with("(vote held)"),
+        "{}",
+        s.state_text()
+    );
 
     // Hub 1 returns: the majority that has the data repairs hub 2.
     c.start(1).await.unwrap();
@@ -277,7 +282,7 @@ async fn a_node_whose_vote_file_is_gone_refuses_to_start() {
         .join(hearth_store::log::META_FILE);
     std::fs::remove_file(&meta).unwrap();
     match c.start(2).await {
-        Err(e @ NodeError::Store(hearth_store::StoreError::VoteLost { .. })) => {
+        Err(e @ StartError::Store(hearth_store::StoreError::VoteLost { .. })) => {
             let msg = e.to_string();
             assert!(
                 msg.contains("raft-meta.json") && msg.contains("vote twice"),

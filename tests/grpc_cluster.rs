@@ -115,7 +115,10 @@ impl Cluster {
             if let Some(Some(l)) = leaders.first()
                 && leaders.iter().all(|x| *x == Some(*l))
                 && self.stops.contains_key(l)
-                && self.status(*l).await.is_some_and(|s| s.state == "Leader")
+                && self
+                    .status(*l)
+                    .await
+                    .is_some_and(|s| s.node_state() == pb::NodeState::Leader)
             {
                 return *l;
             }

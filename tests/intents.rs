@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use hearth_core::device_protocol::{DeviceCommand, JournalEntry, Reply};
 use hearth_core::domain::{ActionOutcome, FencingToken, IntentRecord, IntentStatus};
 use hearth_core::intent::{Adapter, Device, Intent, Location, Urgency};
 use hearth_core::policy::{Policy, Rule};
-use hearth_core::sim::{DeviceCommand, JournalEntry, Reply};
 use hearth_devices::SimBus;
 use hearth_node::NodeError;
 use hearth_tests::TestCluster;
@@ -75,7 +75,7 @@ async fn register(c: &TestCluster, d: Device) {
     let deadline = Instant::now() + LONG;
     loop {
         let l = leader(c).await;
-        match c.node(l).register_device(d.clone()).await {
+        match c.node(l).register_device(d.clone(), None).await {
             Ok(_) => return,
             Err(e) => assert!(Instant::now() < deadline, "register failed: {e}"),
         }
@@ -336,7 +336,10 @@ async fn confirmation_holds_dispatch_until_a_person_approves() {
             class: "ensure_safety".into(),
         },
     };
-    c.node(l).apply_policies(vec![ask], None).await.unwrap();
+    c.node(l)
+        .apply_policies(vec![ask], None, None)
+        .await
+        .unwrap();
     let mut i = intent("ensure_safety", "confirm-1");
     i.urgency = Urgency::Alert;
     let r = submit(&c, &i).await;
@@ -346,7 +349,7 @@ async fn confirmation_holds_dispatch_until_a_person_approves() {
     c.wait_converged(LONG).await;
     assert!(bus.journal("t-confirm").is_empty());
     let l = leader(&c).await;
-    c.node(l).approve(&r.id, "alice").await.unwrap();
+    c.node(l).approve(&r.id, "alice", None).await.unwrap();
     let done = wait_done(&c, l, &r.id).await;
     assert_eq!(done.approved_by.as_deref(), Some("alice"));
     assert_eq!(bus.journal("t-confirm").len(), 1);
@@ -394,17 +397,23 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
     let mut bad_dev = siren("t-bad");
     bad_dev.id = "Kitchen Siren".into();
     assert!(
-        n.register_device(bad_dev)
+        n.register_device(bad_dev, None)
             .await
             .unwrap_err()
             .to_string()
             .contains("field `id`")
     );
 
-    let e = n.approve("i-0000000000000000", "alice").await.unwrap_err();
+    let e = n
+        .approve("i-0000000000000000", "alice", None)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no intent"), "{e}");
     // Not the shape of an intent id at all: refused naming the field.
-    let e = n.approve("i-doesnotexist", "alice").await.unwrap_err();
+    let e = n
+        .approve("i-doesnotexist", "alice", None)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("field `id`"), "{e}");
 
     let bad_policy = Policy {
@@ -416,7 +425,7 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
         },
     };
     assert!(
-        n.apply_policies(vec![bad_policy], None)
+        n.apply_policies(vec![bad_policy], None, None)
             .await
             .unwrap_err()
             .to_string()

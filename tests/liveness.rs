@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use hearth_core::device_protocol::{DeviceCommand, Reply};
 use hearth_core::domain::{ActionOutcome, FencingToken, IntentStatus};
 use hearth_core::intent::{Adapter, Device, Intent, Location, Urgency};
 use hearth_core::policy::{Policy, Rule};
-use hearth_core::sim::{DeviceCommand, Reply};
 use hearth_devices::SimBus;
 use hearth_node::NodeError;
 use hearth_tests::TestCluster;
@@ -97,7 +97,7 @@ async fn a_late_commit_after_a_partition_heals_expires_and_sends_nothing() {
     let bus = SimBus::global();
     let c = TestCluster::three().await;
     let door = device("t-late", "front-door", "lock", &["locked", "unlocked"], &[]);
-    on_leader(&c, |l| c.node(l).register_device(door.clone())).await;
+    on_leader(&c, |l| c.node(l).register_device(door.clone(), None)).await;
     c.wait_converged(LONG).await;
     let l = leader(&c).await;
     let other = c.hubs().into_iter().find(|h| *h != l).unwrap();
@@ -162,7 +162,7 @@ async fn a_refused_command_is_never_done_and_a_refence_restores_the_device() {
     let bus = SimBus::global();
     let c = TestCluster::three().await;
     let siren = device("t-refence", "old-siren", "siren", &["on", "off"], &[]);
-    on_leader(&c, |l| c.node(l).register_device(siren.clone())).await;
+    on_leader(&c, |l| c.node(l).register_device(siren.clone(), None)).await;
     // The older cluster reached term 40 before it was rebuilt.
     let old = DeviceCommand {
         action_id: "old-cluster/0".into(),
@@ -191,7 +191,7 @@ async fn a_refused_command_is_never_done_and_a_refence_restores_the_device() {
         "a refused command is not done"
     );
     assert_eq!(
-        hearth_node::domain_api::record_view(&r).status,
+        hearth_node::api::record_view(&r).status,
         "failed",
         "the API says so"
     );
@@ -204,13 +204,17 @@ async fn a_refused_command_is_never_done_and_a_refence_restores_the_device() {
         (vec!["old-siren".to_string()], true, "x"),
         (vec!["old-siren".to_string()], false, " "),
     ] {
-        assert!(c.node(l).refence(devices, all, reason).await.is_err());
+        assert!(c.node(l).refence(devices, all, reason, None).await.is_err());
     }
     assert_eq!(c.node(l).sm.head().unwrap(), head, "nothing appended");
 
     let rf = on_leader(&c, |l| {
-        c.node(l)
-            .refence(vec![], true, "cluster re-formed after the SD card died")
+        c.node(l).refence(
+            vec![],
+            true,
+            "cluster re-formed after the SD card died",
+            None,
+        )
     })
     .await;
     let rf = wait_final(&c, l, &rf.id).await;
@@ -241,7 +245,7 @@ async fn a_leader_whose_clock_jumped_back_stamps_chain_time_and_rate_limits_hold
     let bus = SimBus::global();
     let c = TestCluster::three().await;
     let siren = device("t-clock-rate", "rate-siren", "siren", &["on", "off"], &[]);
-    on_leader(&c, |l| c.node(l).register_device(siren.clone())).await;
+    on_leader(&c, |l| c.node(l).register_device(siren.clone(), None)).await;
     let limit = Policy {
         id: "three-per-5-min".into(),
         emergency_override: None,
@@ -250,7 +254,10 @@ async fn a_leader_whose_clock_jumped_back_stamps_chain_time_and_rate_limits_hold
             window_secs: 300,
         },
     };
-    on_leader(&c, |l| c.node(l).apply_policies(vec![limit.clone()], None)).await;
+    on_leader(&c, |l| {
+        c.node(l).apply_policies(vec![limit.clone()], None, None)
+    })
+    .await;
     let mut accepted = 0;
     let mut refused = 0;
     for n in 0..6 {
@@ -307,7 +314,7 @@ async fn quiet_hours_hold_on_a_leader_whose_clock_jumped_back() {
         &["on", "off"],
         &["noisy"],
     );
-    on_leader(&c, |l| c.node(l).register_device(noisy.clone())).await;
+    on_leader(&c, |l| c.node(l).register_device(noisy.clone(), None)).await;
     // Quiet hours: the hour around the real time now (UTC), for noisy devices.
     let now_min = hearth_core::clock::minute_of_day(hearth_devices::now_ms());
     let quiet = Policy {
@@ -320,7 +327,10 @@ async fn quiet_hours_hold_on_a_leader_whose_clock_jumped_back() {
             tags: ["noisy".to_string()].into(),
         },
     };
-    on_leader(&c, |l| c.node(l).apply_policies(vec![quiet.clone()], None)).await;
+    on_leader(&c, |l| {
+        c.node(l).apply_policies(vec![quiet.clone()], None, None)
+    })
+    .await;
     // Something recent is in the chain (chain time = now).
     on_leader(&c, |l| {
         c.node(l)
@@ -389,7 +399,10 @@ async fn a_hub_whose_clock_is_far_off_neither_leads_nor_stamps() {
         c.router.cut(other, l);
         c.router.cut(3, l);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_ne!(c.node(l).status().await.state, "Candidate");
+        assert_ne!(
+            c.node(l).status().await.state,
+            hearth_node::NodeState::Candidate
+        );
         assert!(
             !c.is_confirmed_leader(l).await,
             "a hub with a wrong clock must not lead"

@@ -211,7 +211,10 @@ impl SecureCluster {
             }
             if let Some(Some(l)) = leaders.first()
                 && leaders.iter().all(|x| *x == Some(*l))
-                && self.status(*l).await.is_some_and(|s| s.state == "Leader")
+                && self
+                    .status(*l)
+                    .await
+                    .is_some_and(|s| s.node_state() == pb::NodeState::Leader)
             {
                 return *l;
             }
@@ -883,7 +886,11 @@ async fn a_witness_certificate_cannot_snapshot_or_transfer_in_a_hubs_name() {
         .await;
     assert!(ok.is_ok(), "the leader's own transfer was refused: {ok:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.status(target).await.is_none_or(|s| s.state != "Leader") {
+    while c
+        .status(target)
+        .await
+        .is_none_or(|s| s.node_state() != pb::NodeState::Leader)
+    {
         assert!(
             Instant::now() < deadline,
             "the transfer to {target} did not happen"

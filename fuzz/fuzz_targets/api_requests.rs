@@ -6,7 +6,7 @@
 
 use hearth_core::domain::check_intent_id;
 use hearth_core::intent::check_id;
-use hearth_node::domain_api::{class_from_doc, device_from_pb, intent_from_pb, policies_from_doc};
+use hearth_node::api::{class_from_doc, device_from_pb, intent_from_pb, policies_from_doc};
 use hearth_proto::raft::RaftBytes;
 use hearth_proto::v1 as pb;
 use libfuzzer_sys::fuzz_target;

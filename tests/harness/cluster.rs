@@ -10,7 +10,7 @@ use hearth_core::Hash;
 use hearth_node::config::{
     AssistSettings, CheckpointSettings, MqttBrokerSettings, Peer, TimingConfig,
 };
-use hearth_node::{Node, NodeConfig, NodeError, Role};
+use hearth_node::{Node, NodeConfig, NodeError, Role, StartError};
 use openraft::raft::ReadPolicy;
 
 use crate::Router;
@@ -228,7 +228,7 @@ impl TestCluster {
     }
 
     /// Starts node `id` from its data directory.
-    pub async fn start(&mut self, id: u64) -> Result<(), NodeError> {
+    pub async fn start(&mut self, id: u64) -> Result<(), StartError> {
         let cfg = self.config(id);
         cfg.validate().expect("valid test config");
         let node = Arc::new(Node::start(cfg, self.router.factory(id)).await?);

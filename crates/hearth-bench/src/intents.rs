@@ -119,7 +119,7 @@ pub async fn measure_intents(
             if let Ok(s) = ClusterClient::new(channel(a)?)
                 .status(pb::StatusRequest {})
                 .await
-                && s.get_ref().state == "Leader"
+                && s.get_ref().node_state() == pb::NodeState::Leader
             {
                 found = Some(a.clone());
             }
@@ -144,7 +144,7 @@ pub async fn measure_intents(
         },
     };
     hearth_proto::v1::devices_client::DevicesClient::new(channel(&leader_addr)?)
-        .register(hearth_node::domain_api::device_to_pb(&device))
+        .register(hearth_node::api::device_to_pb(&device))
         .await
         .context("registering the bench device")?;
 

@@ -2,7 +2,7 @@
 //! the device's reply as JSON. Plain HTTP/1.1 on a fresh connection (no TLS: a home LAN device
 //! or a local bridge). Kept minimal on purpose: one request, one response, bounded sizes.
 
-use hearth_core::sim::{DeviceCommand, Reply};
+use hearth_core::device_protocol::{DeviceCommand, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

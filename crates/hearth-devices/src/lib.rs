@@ -1,5 +1,5 @@
 //! Device adapters: how the dispatcher's commands reach devices, and how a simulated device
-//! answers. Thin I/O around `hearth_core::sim` (the device's logic).
+//! answers. Thin I/O around `hearth_core::device_protocol` (the device's logic).
 //!
 //! - `sim` with address `local:<name>`: a simulator inside this process, shared by every node
 //!   of the process ([`SimBus`]; the dev cluster and in-process tests use it);
@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use hearth_core::device_protocol::{DeviceCommand, JournalEntry, Reply, SimDevices};
 use hearth_core::intent::Adapter;
-use hearth_core::sim::{DeviceCommand, JournalEntry, Reply, SimDevices};
 use hearth_proto::device as pb;
 
 /// Wall-clock milliseconds since the Unix epoch (the journal's receive time).

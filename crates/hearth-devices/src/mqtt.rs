@@ -1,6 +1,6 @@
 //! The MQTT adapter. A command is published (QoS 1) as JSON to `<topic>/command`; the device
 //! (or its bridge) answers on `<topic>/ack` with the command's action id and fencing token and
-//! its reply, flat (`hearth_core::sim::Ack`, docs/INTENTS.md). The adapter subscribes to the
+//! its reply, flat (`hearth_core::device_protocol::Ack`, docs/INTENTS.md). The adapter subscribes to the
 //! ack topic before publishing and takes as the answer only an ack naming its action id *and*
 //! token; anything else on the topic is ignored, counted and logged.
 //!
@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hearth_core::sim::{Ack, AckVerdict, DeviceCommand, MAX_ACK_BYTES, Reply, judge_ack};
+use hearth_core::device_protocol::{
+    Ack, AckVerdict, DeviceCommand, MAX_ACK_BYTES, Reply, judge_ack,
+};
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hearth_core::sim::{DeviceCommand, Reply, SimDevices};
+use hearth_core::device_protocol::{DeviceCommand, Reply, SimDevices};
 use hearth_proto::device as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -1,6 +1,6 @@
 //! The I/O around assisted failover (two hubs, no witness): probing the independent targets,
 //! and the forced promotion, which rewrites the tail of this hub's own log while Raft is
-//! stopped. The decisions are pure functions in `hearth_core::assisted`.
+//! stopped. The decisions are pure functions in `hearth_core::assist`.
 //!
 //! A promotion is two steps so that it survives a crash at any point:
 //! 1. the `Promote` call checks the gate and writes `promotion.pending.json` (fsynced), then the
@@ -17,21 +17,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_core::assisted::{AssistObservation, PeerFacts, TargetProbe};
-use hearth_core::caretaker::LogPos;
+use hearth_core::assist::TargetProbe;
 use hearth_core::domain::{Command as DomainCommand, Promotion};
 use hearth_core::{EntryKind, Record};
 use hearth_store::types::{Entry, log_id};
 use hearth_store::{Command, LogStore, Member, StateMachine, StoreError};
-use openraft::Instant as _;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{EntryPayload, Membership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeError;
+use crate::error::{NodeError, StartError};
 
 pub const PENDING_FILE: &str = "promotion.pending.json";
 pub const HISTORY_FILE: &str = "promotions.jsonl";
@@ -71,59 +68,6 @@ pub async fn probe_targets(
     }
 }
 
-/// What this hub holds about its peer besides silence (see `hearth_core::assisted::PeerFacts`):
-/// refusals the peer answered since this incarnation started, its own chain's record of its
-/// removal, the peer's last RPC or heartbeat answer, and the longest log the peer is known to
-/// hold (its campaigns, or replication while this hub led).
-pub fn peer_facts(node: &crate::Node, obs: &AssistObservation) -> Option<PeerFacts> {
-    let peer = node.voters().into_iter().find(|v| *v != node.id)?;
-    let h = &node.handler;
-    let refusals = hearth_cluster::notices::since(node.id, h.started())
-        .into_iter()
-        .filter(|(by, _)| *by == peer)
-        .map(|(_, m)| m)
-        .collect();
-    let promotions = node
-        .sm
-        .with_domain(|d| d.retired.get(&node.id).cloned())
-        .ok()
-        .flatten()
-        .into_iter()
-        .collect();
-    let acked = node
-        .raft
-        .metrics()
-        .borrow_watched()
-        .heartbeat
-        .as_ref()
-        .and_then(|hb| hb.get(&peer).copied().flatten())
-        .map(|t| t.elapsed());
-    let heard = h.last_heard(peer).map(|t| t.elapsed());
-    let peer_rpc_ago_ms = match (acked, heard) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-    .map(|d| d.as_millis() as u64);
-    let campaigned = h
-        .campaigners()
-        .get(&peer)
-        .and_then(|c| c.last_log)
-        .map(|l| LogPos {
-            term: l.leader_id.term,
-            index: l.index,
-        });
-    Some(PeerFacts {
-        peer,
-        watched_ms: h.started().elapsed().as_millis() as u64,
-        peer_rpc_ago_ms,
-        refusals,
-        promotions,
-        peer_known_last: campaigned.max(obs.peer_last),
-        my_last: obs.my_last,
-        peer_answered: None,
-    })
-}
-
 /// A promotion asked for and not yet written into the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -147,11 +91,11 @@ pub fn write_pending(data_dir: &Path, p: &Pending) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn read_pending(data_dir: &Path) -> Result<Option<Pending>, NodeError> {
+fn read_pending(data_dir: &Path) -> Result<Option<Pending>, StartError> {
     let path = data_dir.join(PENDING_FILE);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            NodeError::Store(StoreError::CorruptMeta {
+            StartError::Store(StoreError::CorruptMeta {
                 path,
                 reason: e.to_string(),
             })
@@ -191,10 +135,10 @@ pub fn hash_through(
     log: &LogStore,
     sm: &StateMachine,
     index: u64,
-) -> Result<Option<[u8; 32]>, NodeError> {
+) -> std::io::Result<Option<[u8; 32]>> {
     let (mut at, mut hash) = match sm.head()? {
         Some((i, h)) if i <= index => (Some(i), h),
-        Some(_) => return Ok(sm.hash_at(index)?),
+        Some(_) => return sm.hash_at(index),
         None => match sm.anchor()? {
             Some((i, h)) => (Some(i), h),
             None => (None, hearth_core::chain::ZERO_HASH),
@@ -228,7 +172,7 @@ pub async fn apply_pending(
     data_dir: &Path,
     id: u64,
     log: &LogStore,
-) -> Result<Option<Promotion>, NodeError> {
+) -> Result<Option<Promotion>, StartError> {
     let Some(pending) = read_pending(data_dir)? else {
         return Ok(None);
     };
@@ -261,7 +205,7 @@ pub async fn apply_pending(
                 },
             )]),
         )
-        .map_err(|e| NodeError::Settings(format!("promotion membership: {e}")))?;
+        .map_err(|e| StartError::Settings(format!("promotion membership: {e}")))?;
         let entries = vec![
             Entry {
                 log_id: log_id(term, id, next),
@@ -282,7 +226,7 @@ pub async fn apply_pending(
         let (tx, rx) = <hearth_store::TypeConfig as TypeConfigExt>::oneshot();
         log.append(entries, IOFlushed::signal(tx)).await?;
         rx.await
-            .map_err(|_| NodeError::Fatal("log flush was dropped".into()))??;
+            .map_err(|_| StartError::Fatal("log flush was dropped".into()))??;
         tracing::warn!(node = id, term, index = next, operator = %p.operator, reason = %p.reason,
             removed = ?p.removed, "forced promotion written: this hub is now the only voter");
     }

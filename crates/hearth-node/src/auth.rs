@@ -136,39 +136,34 @@ tokio::task_local! {
     static CURRENT: Principal;
 }
 
-/// The authenticated caller of the call being handled, if client authentication is on.
+/// The authenticated caller of the call being handled, if client authentication is on: read
+/// once by the API handler (`api::Call`), which passes it on explicitly.
 pub fn current() -> Option<Principal> {
     CURRENT.try_with(|p| p.clone()).ok()
 }
 
-/// The authenticated client's name (not a node's), for audit entries.
-pub fn current_name() -> Option<String> {
-    current().filter(|p| !p.is_node()).map(|p| p.name)
-}
-
-/// Who an audit entry names for a privileged act: the authenticated principal — a name the
-/// client typed (`--operator`) cannot override it — or, without client authentication, the
-/// typed name.
-pub fn actor(claimed: &str) -> String {
-    current_name().unwrap_or_else(|| claimed.to_string())
+/// The name of `caller` when it is a client (not a node), for audit entries.
+pub fn client_name(caller: Option<&Principal>) -> Option<&str> {
+    caller.filter(|p| !p.is_node()).map(|p| p.name.as_str())
 }
 
 /// An agent acts only as itself: an intent it submits carries its name as the source, and it
 /// reads only intents with that source. Operators and admins are not limited.
-pub fn agent_name() -> Option<String> {
-    current()
+pub fn agent_of(caller: Option<&Principal>) -> Option<&str> {
+    caller
         .filter(|p| p.role == Some(ClientRole::Agent))
-        .map(|p| p.name)
+        .map(|p| p.name.as_str())
 }
 
-/// Whether the caller may ask for `intent` (its token's emergency, class and location
+/// Whether `caller` may ask for `intent` (its token's emergency, class and location
 /// grants); without client authentication everything is allowed. Checked where intents are
 /// submitted and explained, on the node that receives the call and again on the leader.
 pub fn check_grants(
+    caller: Option<&Principal>,
     intent: &hearth_core::intent::Intent,
     devices: &[hearth_core::intent::Device],
 ) -> Result<(), hearth_core::intent::FieldError> {
-    match current() {
+    match caller {
         Some(p) if !p.is_node() => {
             p.grants
                 .permits_with(&p.name, intent, devices.iter().map(|d| &d.location))

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::config::{CheckpointSettings, Role};
-use crate::node::NodeError;
+use crate::error::{NodeError, StartError};
 
 pub const KEY_FILE: &str = "checkpoint.key";
 pub const STORE_FILE: &str = "checkpoints.txt";
@@ -47,8 +47,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn corrupt(path: &Path, why: impl std::fmt::Display) -> NodeError {
-    NodeError::Checkpoints(format!(
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> StartError {
+    StartError::Checkpoints(format!(
         "{}: {why}. Move the file aside to start the node (the copies kept off the cluster \
          are what a household trusts)",
         path.display()
@@ -56,7 +56,7 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> NodeError {
 }
 
 /// Reads the node's checkpoint key, or makes one (mode 0600) on first start.
-pub fn load_or_create_key(dir: &Path) -> Result<Keypair, NodeError> {
+pub fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
     let path = dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -76,7 +76,7 @@ pub fn load_or_create_key(dir: &Path) -> Result<Keypair, NodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             getrandom::getrandom(&mut seed)
-                .map_err(|e| NodeError::Checkpoints(format!("no randomness for a key: {e}")))?;
+                .map_err(|e| StartError::Checkpoints(format!("no randomness for a key: {e}")))?;
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -103,16 +103,16 @@ pub fn load_or_create_key(dir: &Path) -> Result<Keypair, NodeError> {
 
 /// Opens the hub's checkpoint store: cuts a torn last line (never acknowledged), then parses
 /// the rest strictly.
-pub(crate) fn read_store(path: &Path) -> Result<Vec<Checkpoint>, NodeError> {
+pub(crate) fn read_store(path: &Path) -> Result<Vec<Checkpoint>, StartError> {
     open_store(path)
 }
 
 /// The witness's last cosigned (index, head) per hub, as stored.
-pub(crate) fn read_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, NodeError> {
+pub(crate) fn read_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, StartError> {
     load_witness(path)
 }
 
-fn open_store(path: &Path) -> Result<Vec<Checkpoint>, NodeError> {
+fn open_store(path: &Path) -> Result<Vec<Checkpoint>, StartError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -140,7 +140,7 @@ struct WitnessFile {
     last: BTreeMap<u64, (u64, String)>,
 }
 
-fn load_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, NodeError> {
+fn load_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, StartError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -149,7 +149,7 @@ fn load_witness(path: &Path) -> Result<BTreeMap<u64, (u64, Hash)>, NodeError> {
     let f: WitnessFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e))?;
     f.last
         .into_iter()
-        .map(|(hub, (i, h))| -> Result<_, NodeError> {
+        .map(|(hub, (i, h))| -> Result<_, StartError> {
             Ok((
                 hub,
                 (
@@ -254,7 +254,7 @@ pub struct Checkpoints {
 
 impl Checkpoints {
     /// Opens (or creates) the key and the node's checkpoint files.
-    pub fn open(id: u64, role: Role, dir: &Path, sm: StateMachine) -> Result<Self, NodeError> {
+    pub fn open(id: u64, role: Role, dir: &Path, sm: StateMachine) -> Result<Self, StartError> {
         let key = load_or_create_key(dir)?;
         let stored = open_store(&dir.join(STORE_FILE))?;
         let witness = load_witness(&dir.join(WITNESS_FILE))?;

@@ -30,7 +30,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeError;
+use crate::error::StartError;
 
 pub const MARKER_FILE: &str = "incarnation.json";
 pub const HIGH_WATER_FILE: &str = "high-water.json";
@@ -179,10 +179,10 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, NodeError> {
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StartError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            NodeError::Store(StoreError::CorruptMeta {
+            StartError::Store(StoreError::CorruptMeta {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })
@@ -210,7 +210,7 @@ pub fn write_marker(dir: &Path, node_id: u64) -> std::io::Result<()> {
 }
 
 /// Whether the marker is not the file this node wrote (`None`: there is no marker yet).
-fn copied(dir: &Path) -> Result<Option<bool>, NodeError> {
+fn copied(dir: &Path) -> Result<Option<bool>, StartError> {
     let path = dir.join(MARKER_FILE);
     let Some(m) = read_json::<Marker>(&path)? else {
         return Ok(None);
@@ -225,7 +225,7 @@ fn copied(dir: &Path) -> Result<Option<bool>, NodeError> {
 /// in the same process still holds sled's lock. A database sled reports corrupt, or whose
 /// records do not decode, is moved aside (named in the log) and rebuilt empty: openraft
 /// re-applies it from the Raft log, which is the truth. Other errors are returned.
-pub async fn open_state(dir: &Path) -> Result<StateMachine, NodeError> {
+pub async fn open_state(dir: &Path) -> Result<StateMachine, StartError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match StateMachine::open(dir) {
@@ -240,7 +240,7 @@ pub async fn open_state(dir: &Path) -> Result<StateMachine, NodeError> {
                 return rebuild_state(dir, &format!("it is unreadable ({e})"));
             }
             Err(e) => {
-                return Err(NodeError::Refused(format!(
+                return Err(StartError::Refused(format!(
                     "the state machine database {} cannot be opened: {e}. It is rebuilt from the \
                      Raft log by itself only when it is damaged; fix the cause (permissions, disk \
                      space, another process holding it) and start again",
@@ -253,7 +253,7 @@ pub async fn open_state(dir: &Path) -> Result<StateMachine, NodeError> {
 }
 
 /// Moves the state machine directory aside and opens an empty one in its place.
-fn rebuild_state(dir: &Path, why: &str) -> Result<StateMachine, NodeError> {
+fn rebuild_state(dir: &Path, why: &str) -> Result<StateMachine, StartError> {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -291,7 +291,7 @@ pub async fn prepare(
     log: &LogStore,
     sm: StateMachine,
     own_checkpoint: Option<u64>,
-) -> Result<(StateMachine, Option<Hold>), NodeError> {
+) -> Result<(StateMachine, Option<Hold>), StartError> {
     let copied = match copied(data_dir)? {
         Some(c) => c,
         None => {

@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_cluster::HearthRaft;
+use hearth_core::device_protocol::{DeviceCommand, Reply};
 use hearth_core::domain::ActionRecord;
 use hearth_core::domain::{ActionOutcome, Command as DomainCommand, FencingToken, IntentRecord};
-use hearth_core::sim::{DeviceCommand, Reply};
 use hearth_devices::Gateway;
 use hearth_store::{Command, StateMachine, TypeConfig};
 use openraft::ServerState;

@@ -7,10 +7,9 @@ pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod conn;
-pub mod crosscheck;
 pub mod datadir;
 pub mod dispatcher;
-pub mod domain_api;
+pub mod error;
 pub mod health;
 pub mod local;
 pub mod metrics;
@@ -21,10 +20,9 @@ pub mod server;
 pub mod startcheck;
 
 pub use config::{NodeConfig, Role};
-/// The store's errors, as [`NodeError::Store`] carries them (`hearth audit verify --data-dir`
+/// The store's errors, as [`StartError::Store`] carries them (`hearth audit verify --data-dir`
 /// reports a corrupt log by its index).
 pub use hearth_store::StoreError;
-pub use node::{Node, NodeError, PeerProbe, StatusView};
 
 /// What `hearth device-sim` runs: the simulated device and its MQTT face, from
 /// `hearth-devices` (the binary reaches devices only through this crate).
@@ -32,3 +30,6 @@ pub mod device_sim {
     pub use hearth_devices::mqtt::{MqttBroker, Secret, serve_device_keyed, tls_client_config};
     pub use hearth_devices::server::DeviceSim;
 }
+/// The running chain-head cross-check is part of the node (`node::crosscheck`).
+pub use node::crosscheck;
+pub use node::{Node, NodeError, NodeState, PeerProbe, StartError, StatusView};

@@ -49,7 +49,7 @@ pub async fn render(node: &Node, c: &Counters) -> String {
     gauge(
         "hearth_is_leader",
         "1 while this node leads.",
-        u64::from(s.state == "Leader"),
+        u64::from(s.state == crate::node::NodeState::Leader),
     );
     gauge(
         "hearth_last_log_index",

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use crate::api::{Api, GrpcProbe, MAX_REQUEST};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::NodeConfig;
-use crate::node::{Node, NodeError};
+use crate::error::StartError;
+use crate::node::Node;
 
 /// Largest Raft message accepted from a peer.
 const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
@@ -32,7 +33,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Node(#[from] NodeError),
+    Start(#[from] StartError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(
@@ -78,10 +79,10 @@ async fn serve_once(
     let id = config.node_id;
     let security = config
         .security()
-        .map_err(|e| NodeError::Settings(e.to_string()))?;
+        .map_err(|e| StartError::Settings(e.to_string()))?;
     let authenticator = Arc::new(match &config.auth {
         Some(a) => Authenticator::from_file(&a.tokens_file)
-            .map_err(|e| NodeError::Settings(e.to_string()))?,
+            .map_err(|e| StartError::Settings(e.to_string()))?,
         None => Authenticator::disabled(),
     });
     let node = Arc::new(Node::start(config, GrpcNetworkFactory::new(id, security.clone())).await?);
@@ -102,11 +103,8 @@ async fn serve_once(
         .register_encoded_file_descriptor_set(hearth_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| NodeError::Settings(format!("reflection: {e}")))?;
-    let domain = crate::domain_api::DomainApi::new(node.clone());
-    health
-        .set_serving::<IntentsServer<crate::domain_api::DomainApi>>()
-        .await;
+        .map_err(|e| StartError::Settings(format!("reflection: {e}")))?;
+    health.set_serving::<IntentsServer<Api>>().await;
     let counters = Arc::new(crate::metrics::Counters::default());
     // Calls refused before anything was appended, kept apart from the chain (Audit.Refusals).
     let refusals = Arc::new(crate::refusals::Refusals::new(node.config().node_id));
@@ -138,7 +136,7 @@ async fn serve_once(
         crate::crosscheck::period(node.config().timing.heartbeat_ms),
     ));
     // Startup checks that need peers run once the server answers, so peers can ask us too.
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<NodeError>(1);
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartError>(1);
     let checker = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -208,10 +206,10 @@ async fn serve_once(
                 .max_decoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(AuditServer::new(api).max_decoding_message_size(MAX_REQUEST))
-        .add_service(IntentsServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(DevicesServer::new(domain.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(PoliciesServer::new(domain).max_decoding_message_size(MAX_REQUEST))
+        .add_service(AuditServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(IntentsServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(DevicesServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(PoliciesServer::new(api).max_decoding_message_size(MAX_REQUEST))
         .add_service(health_svc)
         .add_service(reflection);
     let stop = async {
@@ -225,7 +223,7 @@ async fn serve_once(
         Pin<Box<dyn Future<Output = _> + Send>>,
     ) = match security.rustls_server_config() {
         Some(cfg) => {
-            let cfg = cfg.map_err(|e| NodeError::Settings(format!("tls: {e}")))?;
+            let cfg = cfg.map_err(|e| StartError::Settings(format!("tls: {e}")))?;
             let (a, incoming) = crate::conn::tls(listener, limits, registry, cfg);
             (
                 a,
@@ -246,7 +244,7 @@ async fn serve_once(
     let mut restart = node.restart_requested();
     let result = tokio::select! {
         _ = shutdown.as_mut() => Ok(Exit::Stopped),
-        Some(e) = fatal_rx.recv() => Err(ServeError::Node(e)),
+        Some(e) = fatal_rx.recv() => Err(ServeError::Start(e)),
         _ = restart.wait_for(|r| *r) => Ok(Exit::Restart),
         // A node whose Raft core stopped (ENOSPC, any fatal storage error, a panic in the
         // core) must not stay up answering "stopped": exit non-zero, systemd restarts it.

@@ -16,10 +16,10 @@ use hearth_core::checkpoint::{Refusal, cosigned_still_held};
 use hearth_store::{LogStore, StateMachine};
 
 use crate::checkpoint::{STORE_FILE, WITNESS_FILE};
-use crate::node::NodeError;
+use crate::error::StartError;
 
 /// The heads this node stored, by index, with the file each came from and who signed it.
-fn stored_heads(dir: &Path) -> Result<BTreeMap<u64, (Hash, String)>, NodeError> {
+fn stored_heads(dir: &Path) -> Result<BTreeMap<u64, (Hash, String)>, StartError> {
     let mut out = BTreeMap::new();
     for cp in crate::checkpoint::read_store(&dir.join(STORE_FILE))? {
         let who = match &cp.witness {
@@ -45,7 +45,7 @@ fn own_hashes(
     log: &LogStore,
     sm: &StateMachine,
     indices: &[u64],
-) -> Result<BTreeMap<u64, Hash>, NodeError> {
+) -> Result<BTreeMap<u64, Hash>, StartError> {
     let mut out = BTreeMap::new();
     let head = sm.head()?;
     let (mut at, mut hash) = match head {
@@ -86,7 +86,7 @@ pub fn check_stored_heads(
     dir: &Path,
     log: &LogStore,
     sm: &StateMachine,
-) -> Result<usize, NodeError> {
+) -> Result<usize, StartError> {
     let stored = stored_heads(dir)?;
     if stored.is_empty() {
         return Ok(0);
@@ -125,9 +125,9 @@ pub fn check_stored_heads(
                 dir.display()
             );
             tracing::error!(node, index, "{reason}");
-            Err(NodeError::ChainBroken { index, reason })
+            Err(StartError::ChainBroken { index, reason })
         }
-        Some(other) => Err(NodeError::ChainBroken {
+        Some(other) => Err(StartError::ChainBroken {
             index: 0,
             reason: other.to_string(),
         }),

@@ -336,10 +336,7 @@ async fn seed_devices(c: &crate::cli::Client, addr: &str) -> anyhow::Result<()> 
     for d in demo_devices() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            match client
-                .register(hearth_node::domain_api::device_to_pb(&d))
-                .await
-            {
+            match client.register(hearth_node::api::device_to_pb(&d)).await {
                 Ok(_) => break,
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "waiting for a leader to register demo devices");

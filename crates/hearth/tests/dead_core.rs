@@ -110,7 +110,7 @@ async fn a_node_whose_disk_fills_exits_nonzero_and_loses_no_acknowledged_write()
     start(&mut p, l);
     wait_applied(&p.addrs[&l], r.index, Duration::from_secs(20)).await;
     let s = status(&p.addrs[&l]).await.expect("status");
-    assert_ne!(s.state, "Stopped");
+    assert_ne!(s.node_state(), pb::NodeState::Stopped);
     let max = *acked.iter().max().unwrap();
     for a in p.addrs.values() {
         wait_applied(a, max, Duration::from_secs(20)).await;

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hearth_core::device_protocol::{JournalEntry, Reply};
 use hearth_core::domain::{Command, DomainState, EntryPos};
 use hearth_core::export::{ExportLine, verify_export};
-use hearth_core::sim::{JournalEntry, Reply};
 
 /// An intent the client saw acknowledged (committed).
 #[derive(Debug, Clone)]
@@ -228,10 +228,10 @@ pub fn check(e: &Evidence<'_>) -> (Option<Chain>, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use hearth_core::chain::{EntryKind, Record};
+    use hearth_core::device_protocol::DeviceCommand;
     use hearth_core::domain::FencingToken;
     use hearth_core::export::{ExportHeader, ExportLine};
     use hearth_core::intent::{Intent, Location, Urgency};
-    use hearth_core::sim::DeviceCommand;
 
     use super::*;
 

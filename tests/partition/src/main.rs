@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
-use hearth_core::sim::{JournalEntry, Reply};
+use hearth_core::device_protocol::{JournalEntry, Reply};
 use hearth_proto::device::device_sim_client::DeviceSimClient;
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::audit_client::AuditClient;
@@ -152,7 +152,7 @@ async fn leader() -> Option<(u64, u64)> {
         .await
         .into_iter()
         .flatten()
-        .filter(|s| s.state == "Leader")
+        .filter(|s| s.node_state() == pb::NodeState::Leader)
         .max_by_key(|s| s.term)
         .map(|s| (s.node_id, s.term))
 }
@@ -223,7 +223,7 @@ impl Suite {
             let st = statuses().await;
             let all: Vec<_> = st.iter().flatten().collect();
             if all.len() == 3
-                && all.iter().any(|s| s.state == "Leader")
+                && all.iter().any(|s| s.node_state() == pb::NodeState::Leader)
                 && all.iter().all(|s| {
                     s.applied_index == all[0].applied_index && s.head_hash == all[0].head_hash
                 })

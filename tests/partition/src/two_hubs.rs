@@ -173,7 +173,7 @@ impl Suite {
         let alone = loop {
             if let Some(x) = status(s.api).await
                 && x.started_ms != before
-                && x.state == "Leader"
+                && x.node_state() == pb::NodeState::Leader
                 && voters(&x) == [s.id]
             {
                 break x;

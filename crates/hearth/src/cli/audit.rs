@@ -263,7 +263,7 @@ fn verify_data_dir(dir: &std::path::Path, out: Output) -> anyhow::Result<ExitCod
                 "failed_at": r.failure.as_ref().map(|f| f.index()),
                 "reason": r.failure.as_ref().map(|f| f.to_string()),
             })),
-            Err(hearth_node::NodeError::Store(hearth_node::StoreError::CorruptLog {
+            Err(hearth_node::StartError::Store(hearth_node::StoreError::CorruptLog {
                 index,
                 reason,
                 path,
@@ -295,7 +295,7 @@ fn verify_data_dir(dir: &std::path::Path, out: Output) -> anyhow::Result<ExitCod
                 Ok(ExitCode::from(1))
             }
         },
-        Err(hearth_node::NodeError::Store(hearth_node::StoreError::CorruptLog {
+        Err(hearth_node::StartError::Store(hearth_node::StoreError::CorruptLog {
             index,
             reason,
             path,

@@ -182,7 +182,7 @@ async fn status(client: &Client, addr: &str, out: Output) -> anyhow::Result<Exit
                         notes.push(format!("node {}: DISK_LOW — {}", s.node_id, h.disk_warning));
                     }
                 }
-                if s.state == "Leader" {
+                if s.node_state() == pb::NodeState::Leader {
                     leader_ack = Some((s.node_id, s.millis_since_quorum_ack));
                 }
                 keys.push((s.node_id, s.role.clone(), s.checkpoint_key.clone()));

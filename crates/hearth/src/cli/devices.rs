@@ -139,7 +139,7 @@ pub async fn run(client: &Client, cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 })?;
             let mut c = DevicesClient::new(client.channel(&target.addr)?);
             let r = c
-                .register(hearth_node::domain_api::device_to_pb(&dev))
+                .register(hearth_node::api::device_to_pb(&dev))
                 .await
                 .map_err(|s| client.rpc_err(&target.addr, s))?
                 .into_inner();

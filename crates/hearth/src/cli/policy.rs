@@ -117,7 +117,7 @@ async fn in_force(
         .devices;
     let mut devs = std::collections::BTreeMap::new();
     for d in &devices {
-        let d = hearth_node::domain_api::device_from_pb(d)
+        let d = hearth_node::api::device_from_pb(d)
             .map_err(|e| anyhow::anyhow!("device {} from the node: {e}", d.id))?;
         devs.insert(d.id.clone(), d);
     }

@@ -81,7 +81,7 @@ pub async fn promote(
         "leading alone with the promotion applied",
         |s| {
             s.started_ms != before.started_ms
-                && s.state == "Leader"
+                && s.node_state() == pb::NodeState::Leader
                 && voters(s) == [r.node_id]
                 && s.applied_index >= Some(last.map(|l| l + 2).unwrap_or(1))
         },

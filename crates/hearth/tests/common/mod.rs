@@ -235,7 +235,7 @@ pub async fn leader(addrs: &BTreeMap<u64, String>, within: Duration) -> u64 {
     loop {
         for (id, a) in addrs {
             if let Some(s) = status(a).await
-                && s.state == "Leader"
+                && s.node_state() == pb::NodeState::Leader
                 && s.role == "hub"
                 && s.leader == Some(*id)
             {

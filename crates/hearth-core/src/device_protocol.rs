@@ -1,5 +1,8 @@
-//! A simulated device's logic: what a careful device does with a command. Pure; the adapters
-//! and `hearth device-sim` wrap it in I/O.
+//! The device protocol every adapter speaks (sim, MQTT, HTTP): the command a hub sends
+//! ([`DeviceCommand`], fenced by its leadership token), the replies, which MQTT ack answers
+//! which command ([`judge_ack`]), and the reference logic of a careful device — what the
+//! simulator runs, and what a real device or the adapter in front of it should do. Pure; the
+//! adapters and `hearth device-sim` wrap it in I/O.
 //!
 //! Per device id it keeps the highest `(term, leader)` of any token it accepted and refuses
 //! older ones (a stale leader cannot drive it), applies each action id at most once (a re-send
