@@ -224,8 +224,9 @@ fn copied(dir: &Path) -> Result<Option<bool>, StartError> {
 /// Opens the state machine in `dir`. Waits up to 5 s while an earlier incarnation of this node
 /// in the same process still holds sled's lock. A database sled reports corrupt, or whose
 /// records do not decode, is moved aside (named in the log) and rebuilt empty: openraft
-/// re-applies it from the Raft log, which is the truth. Other errors are returned.
-pub async fn open_state(dir: &Path) -> Result<StateMachine, StartError> {
+/// re-applies it from the Raft log, which is the truth. Other errors are returned. The flag
+/// says whether it was rebuilt (empty) here.
+pub async fn open_state(dir: &Path) -> Result<(StateMachine, bool), StartError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match StateMachine::open(dir) {
@@ -237,7 +238,10 @@ pub async fn open_state(dir: &Path) -> Result<StateMachine, StartError> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) if e.is_state_damage() => {
-                return rebuild_state(dir, &format!("it is unreadable ({e})"));
+                return Ok((
+                    rebuild_state(dir, &format!("it is unreadable ({e})"))?,
+                    true,
+                ));
             }
             Err(e) => {
                 return Err(StartError::Refused(format!(
@@ -247,7 +251,7 @@ pub async fn open_state(dir: &Path) -> Result<StateMachine, StartError> {
                     dir.display()
                 )));
             }
-            Ok(sm) => return Ok(sm),
+            Ok(sm) => return Ok((sm, false)),
         }
     }
 }
@@ -290,6 +294,7 @@ pub async fn prepare(
     fresh: bool,
     log: &LogStore,
     sm: StateMachine,
+    rebuilt: bool,
     own_checkpoint: Option<u64>,
 ) -> Result<(StateMachine, Option<Hold>), StartError> {
     let copied = match copied(data_dir)? {
@@ -313,7 +318,9 @@ pub async fn prepare(
     };
     let verdict = assess(&facts);
     let mut sm = sm;
-    if let Some(why) = &verdict.rebuild_state {
+    // A state machine rebuilt empty by `open_state` just now is not rebuilt again (its
+    // "nothing applied" is the rebuild itself: openraft replays the log into it).
+    if let Some(why) = verdict.rebuild_state.as_ref().filter(|_| !rebuilt) {
         let state_dir = data_dir.join("state");
         drop(sm);
         sm = rebuild_state(&state_dir, why)?;

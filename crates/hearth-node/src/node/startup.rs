@@ -143,7 +143,7 @@ impl Node {
         }
         let fresh = claim_data_dir(&config.data_dir, id)?;
         let log = LogStore::open(&config.data_dir.join("raft"))?;
-        let sm = crate::datadir::open_state(&config.data_dir.join("state")).await?;
+        let (sm, rebuilt) = crate::datadir::open_state(&config.data_dir.join("state")).await?;
         let own_checkpoint = match config.role {
             Role::Witness => None,
             _ => {
@@ -153,8 +153,16 @@ impl Node {
                     .map(|c| c.index)
             }
         };
-        let (sm, hold) =
-            crate::datadir::prepare(&config.data_dir, id, fresh, &log, sm, own_checkpoint).await?;
+        let (sm, hold) = crate::datadir::prepare(
+            &config.data_dir,
+            id,
+            fresh,
+            &log,
+            sm,
+            rebuilt,
+            own_checkpoint,
+        )
+        .await?;
         let report = audit::verify(&log, &sm)?;
         if let Some(f) = report.failure {
             return Err(StartError::ChainBroken {
