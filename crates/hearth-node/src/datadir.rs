@@ -360,7 +360,7 @@ pub fn hold(handler: &RaftHandler, data_dir: &Path, h: Hold) -> std::io::Result<
 }
 
 /// Lifts the hold: the node votes again, and a hub campaigns again.
-pub fn release(handler: &RaftHandler, data_dir: &Path, witness: bool) -> std::io::Result<()> {
+pub fn release(handler: &RaftHandler, data_dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(data_dir.join(HOLD_FILE)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -371,7 +371,6 @@ pub fn release(handler: &RaftHandler, data_dir: &Path, witness: bool) -> std::io
     handler.set_hold(None);
     // A hub campaigns again unless its clock is judged OFF (the clock watch turns the timer
     // on once the clock is right); the witness never does.
-    debug_assert_eq!(witness, handler.witness);
     handler.raft.runtime_config().elect(handler.may_campaign());
     Ok(())
 }
@@ -383,7 +382,6 @@ pub async fn watch(
     raft: HearthRaft,
     sm: StateMachine,
     data_dir: PathBuf,
-    witness: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut written = read_json::<HighWater>(&data_dir.join(HIGH_WATER_FILE))
@@ -414,7 +412,7 @@ pub async fn watch(
             if alone {
                 // The only voter (a one-hub cluster): no other node holds anything to catch it
                 // up from, and its vote cannot elect anyone else.
-                match release(&handler, &data_dir, witness) {
+                match release(&handler, &data_dir) {
                     Ok(()) => {
                         tracing::warn!(node = handler.id, was = %h.reason,
                             "node {} is the cluster's only voter: it leads with the data it has",
@@ -430,7 +428,7 @@ pub async fn watch(
                     Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
                 }
             } else if voter && may_release(&h, commit, applied) {
-                match release(&handler, &data_dir, witness) {
+                match release(&handler, &data_dir) {
                     Ok(()) => {
                         tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
                             applied = ?applied, was = %h.reason,

@@ -28,6 +28,16 @@ fn wait_exit(c: &mut Child, within: Duration, what: &str) -> ExitStatus {
     }
 }
 
+/// Waits for `c` to exit (see [`wait_exit`]) and returns its status and standard error.
+fn finish(c: &mut Child, within: Duration, what: &str) -> (ExitStatus, String) {
+    let status = wait_exit(c, within, what);
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status, err)
+}
+
 fn signal(c: &Child, sig: i32) {
     // SAFETY: sends a signal to a child this test started.
     let r = unsafe { libc::kill(c.id() as i32, sig) };
@@ -150,9 +160,7 @@ fn a_closed_pipe_ends_client_commands_quietly() {
             .spawn()
             .unwrap();
         drop(c.stdout.take());
-        let status = wait_exit(&mut c, Duration::from_secs(30), "a client command");
-        let mut err = String::new();
-        c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let (status, err) = finish(&mut c, Duration::from_secs(30), "a client command");
         assert!(
             !err.contains("panicked"),
             "`hearth {}` panicked on a closed pipe: {err}",
@@ -311,9 +319,7 @@ fn hearth_dev_on_a_busy_port_says_so_and_leaves_nothing_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_exit(&mut c, Duration::from_secs(30), "hearth dev on a busy port");
-    let mut err = String::new();
-    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (status, err) = finish(&mut c, Duration::from_secs(30), "hearth dev on a busy port");
     assert!(!status.success());
     assert!(!err.contains("panicked"), "{err}");
     assert!(
@@ -630,9 +636,7 @@ fn a_peer_that_closes_the_connection_is_an_error_never_a_signal() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let status = wait_exit(&mut c, Duration::from_secs(20), "cluster status");
-        let mut err = String::new();
-        c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let (status, err) = finish(&mut c, Duration::from_secs(20), "cluster status");
         assert_eq!(
             status.signal(),
             None,

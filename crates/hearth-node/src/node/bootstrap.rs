@@ -94,7 +94,7 @@ impl Node {
             .map(|(id, m)| (*id, m.clone()))
             .collect();
         // This hub forms the cluster: its new data directory votes (for itself) from now on.
-        crate::datadir::release(&self.handler, &self.config.data_dir, false)?;
+        crate::datadir::release(&self.handler, &self.config.data_dir)?;
         std::fs::write(self.config.data_dir.join(FORMING_FILE), b"")?;
         match self.raft.initialize(me).await {
             Ok(()) => tracing::info!(node = self.id, "cluster formed with this hub alone"),

@@ -37,6 +37,7 @@ pub fn period(heartbeat_ms: u64) -> Duration {
 
 /// Runs the cross-check until the node is dropped. Holds the node only between probes.
 pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
+    let mut budget = NoticeBudget::default();
     loop {
         tokio::time::sleep(every).await;
         let Some(n) = node.upgrade() else { return };
@@ -65,7 +66,7 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             .map(|(id, m, _)| (*id, m.addr.clone()))
             .collect();
         if voters.len() < 2 || !voters.iter().any(|(id, _)| *id == me) {
-            record_notices(&n, notices).await;
+            record_notices(&n, &mut budget, notices).await;
             continue;
         }
         drop(n);
@@ -123,17 +124,103 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
                 tracing::error!(node = me, error = %e, "could not stop Raft while fencing");
             }
         } else {
-            record_notices(&n, notices).await;
+            record_notices(&n, &mut budget, notices).await;
         }
     }
 }
 
-/// Records nodes' notices in the chain (the leader's part; each is proposed once). A notice
-/// that cannot be recorded now (no quorum, a peer's invalid notice) is tried again next round.
-async fn record_notices(n: &Node, notices: Vec<(u64, crate::datadir::Notice)>) {
+/// Notices the leader records for one node per [`NOTICE_WINDOW`]. A node notices a rebuild or
+/// a lifted hold a few times in its life; a node whose certificate reports a flood of them
+/// (a compromised or broken peer) must not fill the chain through its status.
+pub const NOTICES_PER_WINDOW: usize = 8;
+pub const NOTICE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The leader's bound on recorded notices, per node (pure: the caller passes the time).
+#[derive(Debug, Default)]
+pub struct NoticeBudget {
+    spent: std::collections::BTreeMap<u64, std::collections::VecDeque<std::time::Instant>>,
+    /// Nodes whose spent budget was logged (once until it refills).
+    warned: std::collections::BTreeSet<u64>,
+}
+
+impl NoticeBudget {
+    /// Whether one more notice about `node` may be recorded at `now`; counts it if so.
+    pub fn allow(&mut self, node: u64, now: std::time::Instant) -> bool {
+        let q = self.spent.entry(node).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= NOTICE_WINDOW)
+        {
+            q.pop_front();
+        }
+        if q.len() >= NOTICES_PER_WINDOW {
+            return false;
+        }
+        q.push_back(now);
+        self.warned.remove(&node);
+        true
+    }
+
+    /// Whether a refusal for `node` is the first since its budget was last spent (log it then).
+    pub fn first_refusal(&mut self, node: u64) -> bool {
+        self.warned.insert(node)
+    }
+}
+
+/// Records nodes' notices in the chain (the leader's part; each is proposed once, within the
+/// per-node budget). A notice that cannot be recorded now (no quorum, a peer's invalid notice,
+/// the budget spent) is tried again in a later round.
+async fn record_notices(
+    n: &Node,
+    budget: &mut NoticeBudget,
+    notices: Vec<(u64, crate::datadir::Notice)>,
+) {
     for (node, x) in notices {
+        if n.sm
+            .with_domain(|d| d.notices.contains(&x.id))
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        if !budget.allow(node, std::time::Instant::now()) {
+            if budget.first_refusal(node) {
+                tracing::warn!(
+                    node = n.id,
+                    about = node,
+                    "node {node} reports more than {NOTICES_PER_WINDOW} notices an hour; the rest wait"
+                );
+            }
+            continue;
+        }
         if let Err(e) = n.record_notice(node, &x).await {
             tracing::debug!(node = n.id, about = node, error = %e, "notice not recorded yet");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_floods_notices_gets_its_budget_and_no_more() {
+        let mut b = NoticeBudget::default();
+        let t0 = std::time::Instant::now();
+        for i in 0..NOTICES_PER_WINDOW {
+            assert!(b.allow(2, t0 + Duration::from_secs(i as u64)), "notice {i}");
+        }
+        assert!(
+            !b.allow(2, t0 + Duration::from_secs(60)),
+            "the flood is cut"
+        );
+        assert!(b.first_refusal(2), "said once");
+        assert!(!b.first_refusal(2), "not on every round");
+        assert!(
+            b.allow(3, t0 + Duration::from_secs(60)),
+            "other nodes keep theirs"
+        );
+        // An hour after the first, one more fits.
+        assert!(b.allow(2, t0 + NOTICE_WINDOW));
+        assert!(!b.allow(2, t0 + NOTICE_WINDOW + Duration::from_millis(1)));
     }
 }

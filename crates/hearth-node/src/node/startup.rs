@@ -213,7 +213,6 @@ impl Node {
             raft.clone(),
             sm.clone(),
             config.data_dir.clone(),
-            witness,
             rx.clone(),
         )));
         let wall = crate::health::WallClock::default();
