@@ -167,6 +167,25 @@ async fn full_restart_from_disk_keeps_the_chain_and_serves_again() {
     c.shutdown().await;
 }
 
+/// Opens a stopped node's state machine. A start that just failed in this process may still be
+/// letting go of sled's lock (its threads wind down after the error): wait for it, as a node's
+/// own start does (`datadir::open_state`), at most 5 s.
+async fn open_state(dir: &std::path::Path) -> hearth_store::StateMachine {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match hearth_store::StateMachine::open(dir) {
+            Ok(sm) => return sm,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("opening {}: {e}", dir.display()),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     let mut c = TestCluster::three().await;
@@ -180,7 +199,7 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
     // 1. A stored chain hash altered (the state database): verification names the index.
     let dir = c.data_dir(victim);
     {
-        let sm = hearth_store::StateMachine::open(&dir.join("state")).unwrap();
+        let sm = open_state(&dir.join("state")).await;
         let mut h = sm.hash_at(4).unwrap().unwrap();
         h[0] ^= 1;
         sm.corrupt_hash_for_test(4, h).unwrap();
@@ -193,7 +212,7 @@ async fn corrupted_entry_is_named_and_the_node_refuses_to_serve() {
         Ok(()) => panic!("a node with a broken chain must not serve"),
     }
     {
-        let sm = hearth_store::StateMachine::open(&dir.join("state")).unwrap();
+        let sm = open_state(&dir.join("state")).await;
         let mut h = sm.hash_at(4).unwrap().unwrap();
         h[0] ^= 1;
         sm.corrupt_hash_for_test(4, h).unwrap();
