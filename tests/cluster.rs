@@ -281,7 +281,7 @@ async fn bad_input_is_refused_and_appends_nothing() {
 
 /// Data directories are never silently re-initialized.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wiped_nodes_are_refused() {
+async fn wiped_nodes_are_refused_and_vote_again_only_after_an_explicit_rejoin() {
     let mut c = TestCluster::three().await;
     c.write("history", LONG).await;
     c.wait_converged(LONG).await;
@@ -301,22 +301,86 @@ async fn wiped_nodes_are_refused() {
     );
     c.stop(1).await;
 
-    // A follower wiped: the leader reports it had replicated to that id, so it is refused.
+    // A follower wiped: it starts and takes the log, but under its old id it never votes
+    // until an admin's explicit rejoin admits its new data directory (issue 14.1).
     let leader = c.wait_for_leader(&[2], LONG).await;
     assert_eq!(leader, 2);
     c.stop(3).await;
     std::fs::remove_dir_all(c.data_dir(3)).unwrap();
     c.start(3).await.unwrap();
-    let err = c
-        .node(3)
-        .check_not_wiped(&c.router.probe(3))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, hearth_node::StartError::Wiped { .. }),
-        "{err}"
+    c.node(3).check_not_wiped(&c.router.probe(3)).await.unwrap();
+    let old = c
+        .node(2)
+        .admitted_incarnation(3)
+        .unwrap()
+        .expect("admitted at formation");
+    assert_ne!(
+        old,
+        c.node(3).incarnation,
+        "a wiped card has a new incarnation"
     );
+    // Caught up (a held node still takes the log and acknowledges it) …
+    let target = c.node(2).log.last_log_id().unwrap().unwrap().index;
+    wait_until(LONG, || {
+        c.node(3)
+            .sm
+            .applied()
+            .unwrap()
+            .is_some_and(|l| l.index >= target)
+    })
+    .await;
+    // … and still held: the chain admits the old directory, not this one.
+    for _ in 0..20 {
+        assert!(
+            c.node(3).handler.hold().is_some(),
+            "a wiped node voted without a rejoin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = c.node(3).status().await;
+    assert!(
+        s.hold_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("hearth cluster rejoin --id 3")),
+        "{:?}",
+        s.hold_reason
+    );
+    // The rejoin: only through the leader, naming the person, once.
+    let (index, _) = c.node(2).rejoin_member(3, "ana").await.unwrap();
+    assert_eq!(
+        c.node(2).admitted_incarnation(3).unwrap().as_deref(),
+        Some(c.node(3).incarnation.as_str())
+    );
+    let entry = c
+        .node(2)
+        .tail(50)
+        .unwrap()
+        .into_iter()
+        .find(|l| l.record.index == index)
+        .unwrap();
+    let text = hearth_node::describe(&entry.record);
+    assert!(
+        text.contains("admitted to vote by ana") && text.contains("rejoin"),
+        "{text}"
+    );
+    wait_until(LONG, || c.node(3).handler.hold().is_none()).await;
+    let again = c.node(2).rejoin_member(3, "ana").await.unwrap_err();
+    assert!(again.to_string().contains("nothing to rejoin"), "{again}");
+    let unknown = c.node(2).rejoin_member(9, "ana").await.unwrap_err();
+    assert!(unknown.to_string().contains("not a member"), "{unknown}");
     c.shutdown().await;
+}
+
+/// Waits until `f` holds, failing after `within`.
+async fn wait_until(within: Duration, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

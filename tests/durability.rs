@@ -165,17 +165,37 @@ async fn a_wiped_witness_does_not_vote_a_stale_hub_in() {
     let lost_after = lost(&c);
     println!("14.1: acknowledged writes lost at the end: {lost_after}");
     assert_eq!(lost_after, 0);
-    // The chain says so: the witness votes again because a leader elected without it caught
-    // up its new data directory (hub 2, or hub 1 once hub 2 had caught hub 1 up).
+    // Caught up, the wiped witness still does not vote: the chain admits the data directory
+    // it had at formation, not this new one. Only an admin's explicit rejoin lets it vote.
     let leader = c.wait_for_leader(&[1, 2], LONG).await;
-    let said = wait_notice(&c, leader, 3, "data directory is new", LONG).await;
+    let new = c.node(3).incarnation.clone();
+    let old = c.node(leader).admitted_incarnation(3).unwrap();
+    assert!(
+        old.is_some() && old.as_deref() != Some(new.as_str()),
+        "{old:?} vs {new}"
+    );
+    for _ in 0..20 {
+        assert!(
+            c.node(3).handler.hold().is_some(),
+            "the wiped witness votes again without a rejoin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (index, _) = c.node(leader).rejoin_member(3, "ana").await.unwrap();
+    println!("14.1: rejoin of the witness admitted at index {index}");
+    // The chain says so: the admission names the person, and the witness's notice says that
+    // a leader elected without it caught it up and that the chain admits its new directory.
+    let short = &new[..8];
+    let said = wait_notice(&c, leader, 3, short, LONG).await;
     println!("14.1: the chain's notices about the witness: {said:?}");
     assert!(
         said.iter().any(|t| t.starts_with("votes again")
             && t.contains("a leader elected without it (node ")
-            && t.contains("caught it up to index")),
+            && t.contains("caught it up to index")
+            && t.contains(&format!("admits its incarnation {short}"))),
         "the rejoin after the wipe is in the chain, naming the leader that caught it up: {said:?}"
     );
+    assert!(c.node(3).handler.hold().is_none());
     c.check_invariants();
     c.shutdown().await;
 }

@@ -235,6 +235,7 @@ impl TestCluster {
         node.checkpoints
             .set_client(Arc::new(self.router.cosign_client()));
         self.router.register(node.clone());
+        node.set_probe(Arc::new(self.router.probe(id)));
         tokio::spawn(hearth_node::crosscheck::run(
             Arc::downgrade(&node),
             Arc::new(self.router.probe(id)),

@@ -36,6 +36,33 @@ pub struct Hold {
     /// Index the log must hold (the most this node is known to have held), if known.
     pub floor: Option<u64>,
     pub reason: String,
+    /// The data directory is new: besides being caught up, the chain must admit this
+    /// directory's own incarnation (`Command::AdmitNode`) before the node votes. A node whose
+    /// id the chain knows under another incarnation was wiped, and only an admin's explicit
+    /// `hearth cluster rejoin` admits it (issue 14.1).
+    #[serde(default)]
+    pub needs_admission: bool,
+}
+
+/// What the chain says about a node's own incarnation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The chain admits this very incarnation.
+    Admitted,
+    /// The chain admits no incarnation under this id yet (a node being added or formed).
+    NotYet,
+    /// The chain admits another incarnation under this id: this data directory replaced the
+    /// one the cluster knew (it was wiped, or the id is reused on another card).
+    Other(String),
+}
+
+/// Compares a node's own incarnation with the one its caught-up chain admits.
+pub fn admission(own: &str, recorded: Option<&str>) -> Admission {
+    match recorded {
+        Some(r) if r == own => Admission::Admitted,
+        Some(r) => Admission::Other(r.to_string()),
+        None => Admission::NotYet,
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,26 +125,36 @@ pub fn assess(f: &Facts) -> Verdict {
              this node wrote); it may be older than what the node acknowledged"
         ));
     }
+    let mut needs_admission = f.pending.as_ref().is_some_and(|p| p.needs_admission);
     if f.fresh && f.pending.is_none() {
         reasons.push(format!(
             "node {id}'s data directory is new (first start, or wiped)"
         ));
+        needs_admission = true;
     }
     if !reasons.is_empty() {
         v.hold = Some(Hold {
             floor,
             reason: reasons.join("; "),
+            needs_admission,
         });
     }
     v
 }
 
-/// Whether a held node may vote again: a leader other than itself has replicated to it, and
-/// it has applied both what that leader had committed and its own floor.
-pub fn may_release(hold: &Hold, leader_commit: Option<u64>, applied: Option<u64>) -> bool {
+/// Whether a held node may vote again: a leader other than itself has replicated to it, it
+/// has applied both what that leader had committed and its own floor, and — for a new data
+/// directory — its caught-up chain admits this directory's incarnation.
+pub fn may_release(
+    hold: &Hold,
+    leader_commit: Option<u64>,
+    applied: Option<u64>,
+    admitted: &Admission,
+) -> bool {
     let Some(c) = leader_commit else { return false };
     let target = hold.floor.map_or(c, |f| f.max(c));
     applied.is_some_and(|a| a >= target)
+        && (!hold.needs_admission || *admitted == Admission::Admitted)
 }
 
 #[cfg(test)]
@@ -211,6 +248,17 @@ mod tests {
         let h = assess(&fresh).hold.unwrap();
         assert_eq!(h.floor, None);
         assert!(h.reason.contains("node 3") && h.reason.contains("new"));
+        assert!(
+            h.needs_admission,
+            "a new directory votes only once admitted"
+        );
+        // The need survives a restart before the admission.
+        let again = assess(&Facts {
+            fresh: false,
+            pending: Some(h.clone()),
+            ..fresh.clone()
+        });
+        assert_eq!(again.hold, Some(h));
         let h = assess(&Facts {
             copied: true,
             ..facts()
@@ -219,6 +267,10 @@ mod tests {
         .unwrap();
         assert!(h.reason.contains("copied or restored"));
         assert_eq!(h.floor, None);
+        assert!(
+            !h.needs_admission,
+            "a restored copy keeps its own incarnation: catching up is enough"
+        );
     }
 
     #[test]
@@ -226,6 +278,7 @@ mod tests {
         let pending = Hold {
             floor: Some(40),
             reason: "earlier".into(),
+            needs_admission: false,
         };
         let v = assess(&Facts {
             pending: Some(pending.clone()),
@@ -240,19 +293,54 @@ mod tests {
         let h = Hold {
             floor: Some(10),
             reason: String::new(),
+            needs_admission: false,
         };
-        assert!(!may_release(&h, None, Some(100)), "no leader yet");
-        assert!(!may_release(&h, Some(5), Some(9)), "below the floor");
+        let no = Admission::NotYet;
+        assert!(!may_release(&h, None, Some(100), &no), "no leader yet");
+        assert!(!may_release(&h, Some(5), Some(9), &no), "below the floor");
         assert!(
-            !may_release(&h, Some(12), Some(11)),
+            !may_release(&h, Some(12), Some(11), &no),
             "below the leader's commit"
         );
-        assert!(may_release(&h, Some(12), Some(12)));
+        assert!(may_release(&h, Some(12), Some(12), &no));
         let open = Hold {
             floor: None,
             reason: String::new(),
+            needs_admission: false,
         };
-        assert!(!may_release(&open, Some(3), None));
-        assert!(may_release(&open, Some(3), Some(3)));
+        assert!(!may_release(&open, Some(3), None, &no));
+        assert!(may_release(&open, Some(3), Some(3), &no));
+    }
+
+    #[test]
+    fn a_new_directory_votes_only_once_the_chain_admits_its_own_incarnation() {
+        assert_eq!(admission("a1", Some("a1")), Admission::Admitted);
+        assert_eq!(admission("a1", None), Admission::NotYet);
+        assert_eq!(admission("a1", Some("b2")), Admission::Other("b2".into()));
+        let h = Hold {
+            floor: None,
+            reason: "new".into(),
+            needs_admission: true,
+        };
+        let caught_up = (Some(20), Some(20));
+        for (adm, votes) in [
+            (Admission::Admitted, true),
+            (Admission::NotYet, false),
+            // Wiped: the chain admits the directory the card had before. Caught up or not,
+            // only an admin's rejoin (a new admission) lets it vote.
+            (Admission::Other("b2".into()), false),
+        ] {
+            assert_eq!(
+                may_release(&h, caught_up.0, caught_up.1, &adm),
+                votes,
+                "{adm:?}"
+            );
+        }
+        // Admitted but not caught up: still held.
+        assert!(!may_release(&h, Some(20), Some(19), &Admission::Admitted));
+        assert!(!may_release(&h, None, Some(20), &Admission::Admitted));
+        // A hold written before admissions existed decodes as not needing one.
+        let old: Hold = serde_json::from_str(r#"{"floor":null,"reason":"x"}"#).unwrap();
+        assert!(!old.needs_admission);
     }
 }

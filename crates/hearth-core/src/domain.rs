@@ -119,6 +119,19 @@ pub enum Command {
         text: String,
         at_ms: u64,
     },
+    /// The cluster admits `incarnation` of node `node` (the random id of its data directory)
+    /// as the one that may vote under that id (issue 14.1). Recorded by the leader when it
+    /// makes a new node a voter (forming the cluster, `cluster add`), and by an admin's
+    /// `hearth cluster rejoin` for a node whose data directory was wiped: a new data
+    /// directory votes only once the chain admits its own incarnation. `by`: the principal
+    /// (or `node N` for the leader's own act); `reason`: why, in words.
+    AdmitNode {
+        node: u64,
+        incarnation: String,
+        by: String,
+        reason: String,
+        at_ms: u64,
+    },
     /// A person turned one hub of a two-hub cluster into a one-node cluster (assisted
     /// failover). The first entry after the last one the hub shared with its lost peer.
     Promote { promotion: Promotion },
@@ -405,6 +418,10 @@ pub struct DomainState {
     /// Ids of the node notices the chain carries (`Command::NodeNotice`).
     #[serde(default)]
     pub notices: std::collections::BTreeSet<String>,
+    /// The incarnation (data directory) of each node id that the chain admits to vote
+    /// (`Command::AdmitNode`); the last admission wins.
+    #[serde(default)]
+    pub incarnations: BTreeMap<u64, String>,
 }
 
 impl Default for DomainState {
@@ -420,6 +437,7 @@ impl Default for DomainState {
             intents: BTreeMap::new(),
             retired: BTreeMap::new(),
             notices: Default::default(),
+            incarnations: BTreeMap::new(),
         }
     }
 }
@@ -479,6 +497,12 @@ impl DomainState {
             Command::TestRecord { .. } | Command::OperatorAct { .. } => Outcome::Done,
             Command::NodeNotice { id, .. } => {
                 self.notices.insert(id.clone());
+                Outcome::Done
+            }
+            Command::AdmitNode {
+                node, incarnation, ..
+            } => {
+                self.incarnations.insert(*node, incarnation.clone());
                 Outcome::Done
             }
             Command::Promote { promotion: p } => {
@@ -963,6 +987,41 @@ mod tests {
         old.as_object_mut().unwrap().remove("notices");
         let old: DomainState = serde_json::from_value(old).unwrap();
         assert!(old.notices.is_empty());
+    }
+
+    #[test]
+    fn an_admission_names_the_incarnation_that_votes_and_the_last_one_wins() {
+        let admit = |incarnation: &str, by: &str| Command::AdmitNode {
+            node: 3,
+            incarnation: incarnation.into(),
+            by: by.into(),
+            reason: "joined when the cluster was formed".into(),
+            at_ms: 5,
+        };
+        let cmd = admit("9f0c", "node 1");
+        let bytes = cmd.encode();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(r#""type":"admit_node""#),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+        let mut d = DomainState::default();
+        let before = d.clone();
+        assert_eq!(d.apply(&cmd, at(4)), Outcome::Done);
+        assert_eq!(d.incarnations.get(&3).map(String::as_str), Some("9f0c"));
+        let mut rest = d.clone();
+        rest.incarnations.clear();
+        assert_eq!(rest, before, "an admission changes nothing else");
+        // A wiped node's new incarnation, admitted by an admin, replaces the old one.
+        assert_eq!(d.apply(&admit("77aa", "ana"), at(9)), Outcome::Done);
+        assert_eq!(d.incarnations.get(&3).map(String::as_str), Some("77aa"));
+        assert_eq!(d.incarnations.len(), 1);
+        // A state written before admissions existed still loads, admitting nobody.
+        let mut old = serde_json::to_value(DomainState::default()).unwrap();
+        old.as_object_mut().unwrap().remove("incarnations");
+        let old: DomainState = serde_json::from_value(old).unwrap();
+        assert!(old.incarnations.is_empty());
     }
 
     #[test]

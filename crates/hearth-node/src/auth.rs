@@ -95,7 +95,7 @@ fn listed(path: &str) -> Option<Need> {
         (
             "hearth.v1.Cluster",
             "AppendTestRecord" | "AddMember" | "RemoveMember" | "ReplaceMember" | "TransferLeader"
-            | "Promote" | "Restart" | "RecordAct",
+            | "Promote" | "Restart" | "RecordAct" | "Rejoin",
         ) => Need::Role(Admin),
         (
             "hearth.v1.Audit",
@@ -706,6 +706,7 @@ mod tests {
             ("/hearth.v1.Devices/Refence", ClientRole::Admin),
             ("/hearth.v1.Audit/Export", ClientRole::Operator),
             ("/hearth.v1.Cluster/AddMember", ClientRole::Admin),
+            ("/hearth.v1.Cluster/Rejoin", ClientRole::Admin),
             ("/hearth.v1.Cluster/Promote", ClientRole::Admin),
             ("/hearth.v1.Unknown/Thing", ClientRole::Admin),
             ("garbage", ClientRole::Admin),

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hearth_cluster::{HearthRaft, RaftHandler};
-use hearth_core::datadir::{Facts, Hold, assess, may_release};
+use hearth_core::datadir::{Admission, Facts, Hold, admission, assess, may_release};
 use hearth_store::{LogStore, StateMachine, StoreError};
 use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,42 @@ struct Marker {
     /// markers written before it, and where the file system keeps no birth time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     created_ns: Option<u64>,
+    /// A random id of this data directory, chosen when it was created and kept for its life
+    /// (copies and restores keep it; a wiped card gets a new one). The chain admits the
+    /// incarnation that may vote under the node id (`AdmitNode`, issue 14.1). Absent in
+    /// markers written before it; added at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
+}
+
+/// A new random incarnation id (128 bits, lower-case hex).
+fn new_incarnation() -> std::io::Result<String> {
+    let mut r = [0u8; 16];
+    getrandom::getrandom(&mut r).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex::encode(r))
+}
+
+/// This data directory's incarnation id, giving a directory whose marker predates them one
+/// now (the marker must exist: `prepare` writes it).
+pub fn incarnation(dir: &Path, node_id: u64) -> Result<String, StartError> {
+    if let Some(Marker {
+        incarnation: Some(i),
+        ..
+    }) = read_json::<Marker>(&dir.join(MARKER_FILE))?
+    {
+        return Ok(i);
+    }
+    write_marker(dir, node_id)?;
+    match read_json::<Marker>(&dir.join(MARKER_FILE))? {
+        Some(Marker {
+            incarnation: Some(i),
+            ..
+        }) => Ok(i),
+        _ => Err(StartError::Refused(format!(
+            "{} has no incarnation id after it was written",
+            dir.join(MARKER_FILE).display()
+        ))),
+    }
 }
 
 /// A file's birth time in ns since the epoch, if the file system keeps one.
@@ -192,9 +228,19 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
     }
 }
 
-/// Writes the marker: the file records the inode it was created with (renaming keeps it).
+/// Writes the marker: the file records the inode it was created with (renaming keeps it) and
+/// the directory's incarnation (kept from the marker it replaces, new for a new directory).
 pub fn write_marker(dir: &Path, node_id: u64) -> std::io::Result<()> {
     use std::io::Write;
+    let kept = std::fs::read(dir.join(MARKER_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+        .filter(|m| m.node_id == node_id)
+        .and_then(|m| m.incarnation);
+    let incarnation = match kept {
+        Some(i) => i,
+        None => new_incarnation()?,
+    };
     let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     let meta = f.metadata()?;
@@ -202,6 +248,7 @@ pub fn write_marker(dir: &Path, node_id: u64) -> std::io::Result<()> {
         node_id,
         inode: meta.ino(),
         created_ns: created_ns(&meta),
+        incarnation: Some(incarnation),
     };
     f.write_all(&serde_json::to_vec(&marker).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
@@ -382,6 +429,7 @@ pub async fn watch(
     raft: HearthRaft,
     sm: StateMachine,
     data_dir: PathBuf,
+    incarnation: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut written = read_json::<HighWater>(&data_dir.join(HIGH_WATER_FILE))
@@ -427,17 +475,32 @@ pub async fn watch(
                     }
                     Err(e) => tracing::error!(error = %e, "could not lift the hold on the vote"),
                 }
-            } else if voter && may_release(&h, commit, applied) {
+            } else if voter
+                && may_release(
+                    &h,
+                    commit,
+                    applied,
+                    &admitted(&sm, handler.id, &incarnation),
+                )
+            {
                 match release(&handler, &data_dir) {
                     Ok(()) => {
                         tracing::warn!(node = handler.id, leader = ?handler.last_leader(),
                             applied = ?applied, was = %h.reason,
                             "node {} was caught up by the cluster and votes again", handler.id);
+                        let admitted = if h.needs_admission {
+                            format!(
+                                ", and the chain admits its incarnation {}",
+                                short(&incarnation)
+                            )
+                        } else {
+                            String::new()
+                        };
                         notice(
                             &data_dir,
                             &format!(
                                 "votes again: {}; a leader elected without it (node {}) caught it up \
-                             to index {}",
+                             to index {}{admitted}",
                                 h.reason,
                                 handler.last_leader().map_or("?".into(), |l| l.to_string()),
                                 applied.map_or("?".into(), |a| a.to_string()),
@@ -448,10 +511,20 @@ pub async fn watch(
                 }
             } else if last_warn.elapsed() > Duration::from_secs(30) {
                 last_warn = std::time::Instant::now();
-                tracing::warn!(node = handler.id, floor = ?h.floor, leader_commit = ?commit,
-                    applied = ?applied, reason = %h.reason,
-                    "this node's vote is still held: waiting for a leader elected without it to \
-                     catch it up");
+                match admitted(&sm, handler.id, &incarnation) {
+                    Admission::Other(known) if h.needs_admission => {
+                        tracing::error!(node = handler.id, incarnation = %incarnation,
+                            admitted = %known, leader_commit = ?commit, applied = ?applied,
+                            "NODE {id} WILL NOT VOTE OR LEAD: {}", wiped_text(handler.id, &incarnation, &known),
+                            id = handler.id);
+                    }
+                    _ => {
+                        tracing::warn!(node = handler.id, floor = ?h.floor, leader_commit = ?commit,
+                        applied = ?applied, reason = %h.reason,
+                        "this node's vote is still held: waiting for a leader elected without it to \
+                         catch it up")
+                    }
+                }
             }
         }
         if last_notice_check.elapsed() >= Duration::from_secs(1) {
@@ -479,6 +552,33 @@ pub async fn watch(
             }
         }
     }
+}
+
+/// What this node's applied chain says about its incarnation.
+fn admitted(sm: &StateMachine, id: u64, own: &str) -> Admission {
+    let recorded = sm
+        .with_domain(|d| d.incarnations.get(&id).cloned())
+        .ok()
+        .flatten();
+    admission(own, recorded.as_deref())
+}
+
+/// The first 8 characters of an incarnation id (enough to tell two apart in a log line).
+pub fn short(incarnation: &str) -> &str {
+    incarnation.get(..8).unwrap_or(incarnation)
+}
+
+/// Why a node whose id the chain knows under another incarnation does not vote, and what to
+/// do (status and the log say it).
+pub fn wiped_text(id: u64, own: &str, known: &str) -> String {
+    format!(
+        "node {id}'s data directory is new (incarnation {}), but the chain admits incarnation {} \
+         for node {id}: its data was wiped or it was replaced. It receives the log but never \
+         votes until an admin, once it is caught up, runs `hearth cluster rejoin --id {id}` \
+         (or it is replaced under a new id: docs/OPERATIONS.md)",
+        short(own),
+        short(known)
+    )
 }
 
 /// Keeps a notice for the chain, logging (never failing) when it cannot.
@@ -518,6 +618,7 @@ mod tests {
                 node_id: 2,
                 inode: meta.ino(),
                 created_ns: m.created_ns.or(Some(born.wrapping_sub(1))),
+                incarnation: m.incarnation.clone(),
             };
             std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
             assert_ne!(
@@ -532,6 +633,33 @@ mod tests {
             serde_json::json!({ "node_id": 2, "inode": std::fs::metadata(&path).unwrap().ino() });
         std::fs::write(&path, old.to_string()).unwrap();
         assert_eq!(copied(d.path()).unwrap(), Some(false));
+    }
+
+    #[test]
+    fn a_directory_keeps_its_incarnation_for_life_and_a_new_one_gets_another() {
+        let d = tempfile::tempdir().unwrap();
+        write_marker(d.path(), 2).unwrap();
+        let first = incarnation(d.path(), 2).unwrap();
+        assert_eq!(first.len(), 32);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+        // Rewriting the marker (a hold lifted) keeps it.
+        write_marker(d.path(), 2).unwrap();
+        assert_eq!(incarnation(d.path(), 2).unwrap(), first);
+        // A copy keeps it too (it is the same directory's content) …
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(d.path().join(MARKER_FILE), copy.path().join(MARKER_FILE)).unwrap();
+        assert_eq!(incarnation(copy.path(), 2).unwrap(), first);
+        // … and a wiped one, created anew, gets another.
+        let wiped = tempfile::tempdir().unwrap();
+        write_marker(wiped.path(), 2).unwrap();
+        assert_ne!(incarnation(wiped.path(), 2).unwrap(), first);
+        // A marker written before incarnations existed gets one, once.
+        let old = tempfile::tempdir().unwrap();
+        let path = old.path().join(MARKER_FILE);
+        std::fs::write(&path, r#"{"node_id":2,"inode":1}"#).unwrap();
+        let given = incarnation(old.path(), 2).unwrap();
+        assert_eq!(incarnation(old.path(), 2).unwrap(), given);
+        assert_eq!(copied(old.path()).unwrap(), Some(false));
     }
 
     #[test]

@@ -54,16 +54,6 @@ pub enum StartError {
         peer: u64,
         last_index: Option<u64>,
     },
-    #[error(
-        "node {self_id} has an empty data directory, but leader {leader} has already replicated \
-         entries up to {matched} to node {self_id}: its data was wiped. A wiped node must not \
-         rejoin under its old id (it could vote twice); rejoin it under a new id (docs/OPERATIONS.md)"
-    )]
-    Wiped {
-        self_id: u64,
-        leader: u64,
-        matched: u64,
-    },
 }
 
 /// Why a request was refused or failed: the node's answer to a client (a gRPC status).

@@ -32,4 +32,4 @@ pub mod device_sim {
 }
 /// The running chain-head cross-check is part of the node (`node::crosscheck`).
 pub use node::crosscheck;
-pub use node::{Node, NodeError, NodeState, PeerProbe, StartError, StatusView};
+pub use node::{Node, NodeError, NodeState, PeerProbe, StartError, StatusView, describe};

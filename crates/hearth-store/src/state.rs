@@ -44,6 +44,7 @@ const K_POLICIES: &[u8] = b"d/policies";
 const K_RATES: &[u8] = b"d/rates";
 const K_RETIRED: &[u8] = b"d/retired";
 const K_NOTICES: &[u8] = b"d/notices";
+const K_INCARNATIONS: &[u8] = b"d/incarnations";
 const DOMAIN_PREFIX: &[u8] = b"d/";
 
 fn chain_key(index: u64) -> [u8; 10] {
@@ -449,6 +450,7 @@ fn apply_command(
         Command::TestRecord { .. } | Command::OperatorAct { .. } => {}
         Command::Promote { .. } => batch.insert(K_RETIRED, json(&domain.retired)?),
         Command::NodeNotice { .. } => batch.insert(K_NOTICES, json(&domain.notices)?),
+        Command::AdmitNode { .. } => batch.insert(K_INCARNATIONS, json(&domain.incarnations)?),
         Command::RegisterDevice { device, .. } => batch.insert(
             format!("{DEVICE_PREFIX}{}", device.id).as_bytes(),
             json(device)?,
@@ -508,6 +510,7 @@ fn write_domain(d: &DomainState, batch: &mut sled::Batch) -> io::Result<()> {
     batch.insert(K_RATES, json(&d.rates)?);
     batch.insert(K_RETIRED, json(&d.retired)?);
     batch.insert(K_NOTICES, json(&d.notices)?);
+    batch.insert(K_INCARNATIONS, json(&d.incarnations)?);
     Ok(())
 }
 
@@ -538,6 +541,8 @@ fn load_domain(tree: &sled::Tree) -> Result<DomainState, StoreError> {
             d.retired = serde_json::from_slice(&v).map_err(bad)?;
         } else if k.as_ref() == K_NOTICES {
             d.notices = serde_json::from_slice(&v).map_err(bad)?;
+        } else if k.as_ref() == K_INCARNATIONS {
+            d.incarnations = serde_json::from_slice(&v).map_err(bad)?;
         }
     }
     Ok(d)

@@ -111,6 +111,24 @@ impl Cluster for Api {
         .await
     }
 
+    async fn rejoin(
+        &self,
+        req: Request<pb::RejoinRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let call = Call::new(req);
+        let id = call.msg.id;
+        // The admission entry itself names the principal: no separate act is recorded.
+        let by = call
+            .name()
+            .unwrap_or("an unauthenticated caller (insecure cluster)")
+            .to_string();
+        let res = self.node.rejoin_member(id, &by).await;
+        self.answer(call, res.map(membership_reply), |ch, r| async move {
+            ClusterClient::new(ch).rejoin(r).await
+        })
+        .await
+    }
+
     async fn replace_member(
         &self,
         req: Request<pb::ReplaceMemberRequest>,

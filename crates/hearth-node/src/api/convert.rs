@@ -107,6 +107,8 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
             })
             .collect(),
         chain_fenced: s.chain_fenced.clone().unwrap_or_default(),
+        incarnation: s.incarnation.clone(),
+        hold_reason: s.hold_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -201,6 +203,8 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .map(|d| (d.node_id, d.index))
             .collect(),
         chain_fenced: (!p.chain_fenced.is_empty()).then(|| p.chain_fenced.clone()),
+        incarnation: p.incarnation.clone(),
+        hold_reason: (!p.hold_reason.is_empty()).then(|| p.hold_reason.clone()),
     }
 }
 

@@ -19,6 +19,16 @@ pub fn describe(rec: &Record) -> String {
             Ok(DomainCommand::TestRecord { text }) => format!("test record {text:?}"),
             Ok(DomainCommand::OperatorAct { act, by }) => format!("{act} (by {by:?})"),
             Ok(DomainCommand::NodeNotice { node, text, .. }) => format!("node {node} {text}"),
+            Ok(DomainCommand::AdmitNode {
+                node,
+                incarnation,
+                by,
+                reason,
+                ..
+            }) => format!(
+                "node {node}'s data directory (incarnation {}) admitted to vote by {by}: {reason}",
+                crate::datadir::short(&incarnation)
+            ),
             Ok(DomainCommand::RegisterDevice { device, by }) => {
                 format!("device {} registered{}", device.id, by_suffix(&by))
             }

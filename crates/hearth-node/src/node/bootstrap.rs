@@ -1,5 +1,5 @@
-//! Forming the cluster, exactly once, on the configured bootstrap hub; and refusing a node
-//! whose data directory was wiped or went backwards.
+//! Forming the cluster, exactly once, on the configured bootstrap hub; and holding the vote of
+//! a node whose data directory was wiped or went backwards.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,7 +60,7 @@ impl Node {
             if !alone || members.len() == 1 || !self.fresh_formation_pending() {
                 return Ok(());
             }
-            return self.finish_formation(members).await;
+            return Box::pin(self.finish_formation(members)).await;
         }
         loop {
             let mut missing = Vec::new();
@@ -109,7 +109,34 @@ impl Node {
             let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
             return Ok(());
         }
-        self.finish_formation(members).await
+        Box::pin(self.finish_formation(members)).await
+    }
+
+    /// Runs an admission step of forming the cluster, retrying until `deadline` (a leadership
+    /// blip or a learner still taking the log).
+    async fn admit_retrying<F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        step: F,
+    ) -> Result<(), StartError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<u64>, super::NodeError>>,
+    {
+        loop {
+            match step().await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(node = self.id, error = %e, "forming the cluster: admitting a data directory: retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(StartError::Refused(format!(
+                        "forming the cluster: admitting a member's data directory: {e}"
+                    )));
+                }
+            }
+        }
     }
 
     pub(super) fn fresh_formation_pending(&self) -> bool {
@@ -146,6 +173,13 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The chain admits each member's data directory before it votes (issue 14.1): this
+        // hub's own first, then each peer's once it has taken the log.
+        let by = format!("node {}", self.id);
+        self.admit_retrying(deadline, || {
+            self.admit(self.id, &self.incarnation, &by, "formed the cluster")
+        })
+        .await?;
         // Each step is retried until `patience` runs out: right after this hub wins, its first
         // membership is not committed yet ("already undergoing a configuration change"), and a
         // leadership blip answers with an API error that a moment later is gone.
@@ -177,6 +211,12 @@ impl Node {
                     Ok(Ok(_)) => break,
                 }
             }
+            self.admit_retrying(deadline, || async {
+                self.admit_new_member(*id, &m.addr, "joined when the cluster was formed")
+                    .await
+                    .map(|()| None)
+            })
+            .await?;
         }
         let ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
         loop {
@@ -199,8 +239,9 @@ impl Node {
         Ok(())
     }
 
-    /// On a node whose data directory is new, refuses to go on if a leader reports that it
-    /// already replicated entries to this node id: the directory was wiped. On any node, a
+    /// On a node whose data directory is new, says loudly when a leader reports that it
+    /// already replicated entries to this node id: the directory was wiped, and the node votes
+    /// only after an admin's `hearth cluster rejoin` (`admission`). On any node, a
     /// leader that had replicated more to this node id than its log now holds means the log
     /// went backwards (a restored backup, lost writes): the node's vote is held until it has
     /// been caught up (`datadir`).
@@ -212,11 +253,16 @@ impl Node {
                 && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
             {
                 if self.fresh {
-                    return Err(StartError::Wiped {
-                        self_id: self.id,
-                        leader: p.id,
-                        matched: *m,
-                    });
+                    // Wiped: its vote stays held (a new directory votes only once the chain
+                    // admits it) until an admin's explicit rejoin, or its replacement.
+                    tracing::error!(node = self.id, leader = p.id, matched = *m,
+                        incarnation = %self.incarnation,
+                        "NODE {id} WILL NOT VOTE OR LEAD: its data directory is empty, but leader {} \
+                         had already replicated entries up to {m} to node {id}: its data was wiped. \
+                         It takes the log from the cluster; once it is caught up, an admin runs \
+                         `hearth cluster rejoin --id {id}` (or replaces it under a new id: \
+                         docs/OPERATIONS.md)", p.id, id = self.id);
+                    continue;
                 }
                 if mine.is_none_or(|i| i < *m) {
                     let reason = format!(
@@ -238,7 +284,11 @@ impl Node {
                     crate::datadir::hold(
                         &self.handler,
                         &self.config.data_dir,
-                        hearth_core::datadir::Hold { floor, reason },
+                        hearth_core::datadir::Hold {
+                            floor,
+                            reason,
+                            needs_admission: self.handler.hold().is_some_and(|h| h.needs_admission),
+                        },
                     )?;
                 }
             }

@@ -65,8 +65,18 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             .filter(|(_, _, voter)| *voter)
             .map(|(id, m, _)| (*id, m.addr.clone()))
             .collect();
+        // And it admits the data directory of voters that vote already but that the chain
+        // admits none for (a cluster formed before admissions existed; `admission`).
+        let mut seen = if leading {
+            vec![status.clone()]
+        } else {
+            Vec::new()
+        };
         if voters.len() < 2 || !voters.iter().any(|(id, _)| *id == me) {
             record_notices(&n, &mut budget, notices).await;
+            if leading {
+                n.admit_unrecorded_voters(&seen).await;
+            }
             continue;
         }
         drop(n);
@@ -75,6 +85,7 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             let s = probe.status(*id, addr).await;
             if leading && let Some(s) = &s {
                 notices.extend(s.health.notices.iter().map(|x| (*id, x.clone())));
+                seen.push(s.clone());
             }
             heads.push((*id, s.and_then(|s| s.head)));
         }
@@ -125,6 +136,9 @@ pub async fn run(node: Weak<Node>, probe: Arc<dyn PeerProbe>, every: Duration) {
             }
         } else {
             record_notices(&n, &mut budget, notices).await;
+            if leading {
+                n.admit_unrecorded_voters(&seen).await;
+            }
         }
     }
 }

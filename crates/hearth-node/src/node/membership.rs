@@ -130,6 +130,9 @@ impl Node {
                 catch_up.as_millis()
             )));
         }
+        // The chain admits the new node's data directory before it votes (issue 14.1).
+        // (Boxed: the future is deep, and callers' own futures hit the compiler's layout limit.)
+        Box::pin(self.admit_new_member(id, addr, "added with `hearth cluster add`")).await?;
         let change = self
             .raft
             .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false);

@@ -15,6 +15,7 @@
 //! Every method that records who asked takes the caller's [`Principal`](crate::auth::Principal)
 //! as a parameter: nothing in here reads the auth layer's task-local.
 
+mod admission;
 mod audit;
 mod bootstrap;
 mod clock;
@@ -89,6 +90,12 @@ pub struct Node {
     clock_watch: Arc<crate::health::ClockWatch>,
     /// How this hub reaches devices (also handed to its dispatcher).
     gateway: Arc<dyn hearth_devices::Gateway>,
+    /// This data directory's incarnation id (`datadir::incarnation`): the chain admits the one
+    /// that votes under this node id.
+    pub incarnation: String,
+    /// How this node asks peers for their status when it admits them (`set_probe`; the
+    /// public gRPC API with this node's TLS material when unset).
+    probe: std::sync::OnceLock<Arc<dyn PeerProbe>>,
 }
 
 impl Node {
@@ -105,6 +112,23 @@ impl Node {
     /// How this node reaches other nodes' public API (TLS with its certificate, or plain).
     pub fn security(&self) -> &hearth_cluster::tls::Security {
         &self.security
+    }
+
+    /// Sets how this node asks peers for their status (a test's router); once.
+    pub fn set_probe(&self, probe: Arc<dyn PeerProbe>) {
+        let _ = self.probe.set(probe);
+    }
+
+    /// How this node asks peers for their status.
+    pub(crate) fn peer_probe(&self) -> Arc<dyn PeerProbe> {
+        self.probe
+            .get_or_init(|| {
+                Arc::new(crate::api::GrpcProbe {
+                    timeout: std::time::Duration::from_secs(2),
+                    security: self.security.clone(),
+                })
+            })
+            .clone()
     }
 
     /// The current Raft term, as this node sees it.

@@ -163,6 +163,7 @@ impl Node {
             own_checkpoint,
         )
         .await?;
+        let incarnation = crate::datadir::incarnation(&config.data_dir, id)?;
         let report = audit::verify(&log, &sm)?;
         if let Some(f) = report.failure {
             return Err(StartError::ChainBroken {
@@ -172,7 +173,7 @@ impl Node {
         }
         let heads = crate::startcheck::check_stored_heads(id, &config.data_dir, &log, &sm)?;
         tracing::info!(node = id, role = config.role.name(), checked = report.checked,
-            head = ?report.head.map(|(i, _)| i), stored_heads = heads, fresh,
+            head = ?report.head.map(|(i, _)| i), stored_heads = heads, fresh, %incarnation,
             "chain verified; starting Raft");
         let checkpoints = Arc::new(crate::checkpoint::Checkpoints::open(
             id,
@@ -213,6 +214,7 @@ impl Node {
             raft.clone(),
             sm.clone(),
             config.data_dir.clone(),
+            incarnation.clone(),
             rx.clone(),
         )));
         let wall = crate::health::WallClock::default();
@@ -276,6 +278,8 @@ impl Node {
             clock_watch,
             chain_check: Default::default(),
             gateway,
+            incarnation,
+            probe: std::sync::OnceLock::new(),
         })
         .inspect(|n| {
             // Loudly, at every start: a hub that may lead and could not reach a device.

@@ -112,6 +112,10 @@ pub struct StatusView {
     pub chain_disagreeing: Vec<(u64, u64)>,
     /// Chain cross-check: set when this node's chain disagrees with a majority (it is fenced).
     pub chain_fenced: Option<String>,
+    /// This data directory's incarnation id (empty from older nodes).
+    pub incarnation: String,
+    /// While the vote is held: why, and what ends the hold.
+    pub hold_reason: Option<String>,
 }
 
 impl StatusView {
@@ -261,7 +265,37 @@ impl Node {
             health,
             chain_disagreeing: self.chain_check().disagreeing,
             chain_fenced: self.chain_check().fenced,
+            incarnation: self.incarnation.clone(),
+            hold_reason: self.hold_reason(),
         }
+    }
+
+    /// Why this node's vote is held and what ends the hold, if it is.
+    fn hold_reason(&self) -> Option<String> {
+        use hearth_core::datadir::{Admission, admission};
+        let h = self.handler.hold()?;
+        if !h.needs_admission {
+            return Some(format!(
+                "{}; it votes again once a leader elected without it has caught it up",
+                h.reason
+            ));
+        }
+        let recorded = self
+            .sm
+            .with_domain(|d| d.incarnations.get(&self.id).cloned())
+            .ok()
+            .flatten();
+        Some(match admission(&self.incarnation, recorded.as_deref()) {
+            Admission::Other(known) => {
+                crate::datadir::wiped_text(self.id, &self.incarnation, &known)
+            }
+            _ => format!(
+                "{}; it votes once it is caught up and the chain admits its incarnation {} (the \
+                 leader does so when it adds the node)",
+                h.reason,
+                crate::datadir::short(&self.incarnation)
+            ),
+        })
     }
 
     /// Which peers the leader heard from within the election timeout (leader only):

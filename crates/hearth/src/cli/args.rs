@@ -240,6 +240,14 @@ pub enum ClusterCmd {
         #[arg(long)]
         id: u64,
     },
+    /// Let a member whose data directory was wiped vote again under its id, once it has caught
+    /// up from the cluster (admits its new data directory; an audit entry naming you).
+    Rejoin {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
     /// Replace a (dead) voter by a new node under a new id: add it, then remove the old one.
     Replace {
         #[command(flatten)]

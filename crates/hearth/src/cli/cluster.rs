@@ -51,6 +51,21 @@ pub async fn run(client: &Client, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        ClusterCmd::Rejoin { target, id } => {
+            let mut c = ClusterClient::new(client.channel(&target.addr)?);
+            let r = c
+                .rejoin(pb::RejoinRequest { id })
+                .await
+                .map_err(|s| client.rpc_err(&target.addr, s))?
+                .into_inner();
+            outln!(
+                "node {id}'s new data directory is admitted (entry at index {}): it votes again \
+                 within a second; voters {:?}",
+                r.index,
+                r.voters
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         ClusterCmd::Replace {
             target,
             old,
@@ -193,6 +208,9 @@ async fn status(client: &Client, addr: &str, out: Output) -> anyhow::Result<Exit
                         s.node_id, s.chain_fenced
                     ));
                 }
+                if !s.hold_reason.is_empty() {
+                    notes.push(format!("node {}: VOTE HELD — {}", s.node_id, s.hold_reason));
+                }
                 for d in &s.chain_disagreements {
                     chain.push(format!(
                         "CHAIN DISAGREEMENT: node {} finds node {}'s chain different at index {}",
@@ -207,6 +225,9 @@ async fn status(client: &Client, addr: &str, out: Output) -> anyhow::Result<Exit
                     "last_index": s.last_index, "applied_index": s.applied_index,
                     "head": (!s.head_hash.is_empty()).then_some(&s.head_hash),
                     "leader": s.leader, "reachable": true, "address": maddr,
+                    "vote_held": s.vote_held,
+                    "hold_reason": (!s.hold_reason.is_empty()).then_some(&s.hold_reason),
+                    "incarnation": (!s.incarnation.is_empty()).then_some(&s.incarnation),
                     "error": null,
                 }));
                 say!(

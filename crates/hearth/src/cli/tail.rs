@@ -191,6 +191,10 @@ impl<'a> Tailer<'a> {
                 stamp(&mut l, at_ms);
                 l.principal = Some(format!("node {node}"));
             }
+            Some(Command::AdmitNode { by, at_ms, .. }) => {
+                stamp(&mut l, at_ms);
+                l.principal = Some(by);
+            }
             Some(Command::RegisterDevice { device, by }) => {
                 l.principal = by;
                 l.devices = vec![device.id];
