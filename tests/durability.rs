@@ -254,6 +254,83 @@ async fn a_hub_restored_from_an_older_backup_neither_votes_nor_leads() {
     c.shutdown().await;
 }
 
+/// Issue 14.2, the restore no marker can tell: hub 2's whole card written back from an old
+/// image (a `dd` image keeps inode numbers and birth times, so its marker passes for its own),
+/// after the witness had cosigned a newer checkpoint of hub 2; hub 1 down. On main hub 2 started
+/// as if nothing had happened (only Raft's log comparison kept the witness from electing it);
+/// now the witness's cosigned head holds its vote, loudly, until the cluster repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_behind_the_head_the_witness_cosigned_for_it_is_held() {
+    let mut c = TestCluster::three().await;
+    c.write("early", LONG).await;
+    c.wait_converged(LONG).await;
+    let image = c.dir.path().join("image-node2");
+    c.stop(2).await;
+    copy_dir(&c.data_dir(2), &image);
+    c.start(2).await.unwrap();
+    for i in 0..10 {
+        c.write(&format!("acked by all {i}"), LONG).await;
+    }
+    c.wait_converged(LONG).await;
+    let made = c.node(2).checkpoint_now().await.unwrap();
+    let cosigned_at = made.checkpoint.index;
+    let deadline = Instant::now() + LONG;
+    while c.node(3).checkpoints.last_cosigned(2).await.map(|(i, _)| i) != Some(cosigned_at) {
+        assert!(
+            Instant::now() < deadline,
+            "the witness never cosigned hub 2's checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop(2).await;
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    copy_dir(&image, &c.data_dir(2));
+    // What a block-level image keeps: the marker passes for the directory's own.
+    hearth_node::datadir::write_marker(&c.data_dir(2), 2).unwrap();
+    c.stop(1).await;
+
+    c.start(2).await.unwrap();
+    assert!(
+        c.node(2).handler.hold().is_none(),
+        "nothing local tells this restore (the test would prove nothing)"
+    );
+    c.node(2).check_not_wiped(&c.router.probe(2)).await.unwrap();
+    let h = c
+        .node(2)
+        .handler
+        .hold()
+        .expect("the witness's cosigned head holds hub 2");
+    println!("14.2 (image restore): hub 2 held: {}", h.reason);
+    assert_eq!(h.floor, Some(cosigned_at));
+    assert!(
+        h.reason.contains(&format!(
+            "witness 3 cosigned node 2's checkpoint at index {cosigned_at}"
+        )),
+        "{}",
+        h.reason
+    );
+    assert_eq!(
+        try_write(&mut c, 2, "written by the restored hub", QUIET).await,
+        None
+    );
+
+    // Hub 1 returns and repairs it; nothing acknowledged is lost.
+    c.start(1).await.unwrap();
+    c.write("after hub 1 returned", LONG).await;
+    wait_caught_up(&c, LONG).await;
+    let deadline = Instant::now() + LONG;
+    while c.node(2).handler.hold().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "hub 2 was never released after its repair"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lost(&c), 0);
+    c.check_invariants();
+    c.shutdown().await;
+}
+
 /// Issue 14.2, the other order: hub 2 restored from an older copy while the leader stays up.
 /// On main the leader's Raft core hit openraft's "follower log reversion is not allowed"
 /// (debug) or resent to the restored follower forever (release).

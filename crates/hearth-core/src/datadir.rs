@@ -142,6 +142,54 @@ pub fn assess(f: &Facts) -> Verdict {
     v
 }
 
+/// What one peer, asked at this node's start, knows this node held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerKnows {
+    pub peer: u64,
+    /// The peer leads and had replicated up to this index to this node.
+    pub leader_matched: Option<u64>,
+    /// The peer is the witness and cosigned this hub's checkpoint at this index (the hub then
+    /// held it: it signed its own head there).
+    pub cosigned: Option<u64>,
+}
+
+/// Whether what peers know this node held lies beyond its log (`log_last`): its data went
+/// backwards. Returns the floor (the most any peer knows it held) and why, naming each peer.
+pub fn peers_say_backwards(
+    id: u64,
+    log_last: Option<u64>,
+    knows: &[PeerKnows],
+) -> Option<(u64, String)> {
+    let log = log_last.map_or("no entry".to_string(), |i| format!("index {i}"));
+    let mut floor = None;
+    let mut why = Vec::new();
+    for k in knows {
+        if let Some(m) = k.leader_matched.filter(|m| above(Some(*m), log_last)) {
+            why.push(format!(
+                "leader {} had replicated index {m} to node {id}",
+                k.peer
+            ));
+            floor = floor.max(Some(m));
+        }
+        if let Some(c) = k.cosigned.filter(|c| above(Some(*c), log_last)) {
+            why.push(format!(
+                "witness {} cosigned node {id}'s checkpoint at index {c}",
+                k.peer
+            ));
+            floor = floor.max(Some(c));
+        }
+    }
+    let floor = floor?;
+    Some((
+        floor,
+        format!(
+            "{}, but node {id}'s Raft log ends at {log}: its data went backwards (restored from \
+             an older copy, or lost writes)",
+            why.join(" and ")
+        ),
+    ))
+}
+
 /// Whether a held node may vote again: a leader other than itself has replicated to it, it
 /// has applied both what that leader had committed and its own floor, and — for a new data
 /// directory — its caught-up chain admits this directory's incarnation.
@@ -310,6 +358,41 @@ mod tests {
         };
         assert!(!may_release(&open, Some(3), None, &no));
         assert!(may_release(&open, Some(3), Some(3), &no));
+    }
+
+    #[test]
+    fn a_leader_or_a_witness_that_knows_more_than_the_log_holds_says_it_went_backwards() {
+        let k = |peer, leader_matched, cosigned| PeerKnows {
+            peer,
+            leader_matched,
+            cosigned,
+        };
+        // Nothing known beyond the log: nothing to say.
+        assert_eq!(peers_say_backwards(2, Some(30), &[]), None);
+        assert_eq!(
+            peers_say_backwards(2, Some(30), &[k(1, Some(30), None), k(3, None, Some(29))]),
+            None
+        );
+        // The witness cosigned this hub's head at 40 (the leader is down, or knows less).
+        let (floor, why) =
+            peers_say_backwards(2, Some(30), &[k(1, Some(25), None), k(3, None, Some(40))])
+                .unwrap();
+        assert_eq!(floor, 40);
+        assert!(
+            why.contains("witness 3 cosigned node 2's checkpoint at index 40")
+                && why.contains("ends at index 30")
+                && !why.contains("leader 1"),
+            "{why}"
+        );
+        // Both know more: the floor is the most either knows, and both are named.
+        let (floor, why) =
+            peers_say_backwards(2, None, &[k(1, Some(50), None), k(3, None, Some(40))]).unwrap();
+        assert_eq!(floor, 50);
+        assert!(
+            why.contains("leader 1 had replicated index 50") && why.contains("witness 3"),
+            "{why}"
+        );
+        assert!(why.contains("ends at no entry"), "{why}");
     }
 
     #[test]

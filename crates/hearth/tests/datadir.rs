@@ -196,19 +196,25 @@ async fn a_reflashed_witness_does_not_elect_a_stale_hub() {
             .expect("run hearth")
     };
     let o = rejoin(&a[&follower]);
-    let said = String::from_utf8_lossy(&o.stdout).into_owned()
-        + &String::from_utf8_lossy(&o.stderr);
+    let said =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     println!("14.1 (processes): `hearth cluster rejoin --id 3` said: {said}");
     assert!(o.status.success() && said.contains("admitted"), "{said}");
     let deadline = Instant::now() + LONG;
     while common::status(&a[&3]).await.is_none_or(|s| s.vote_held) {
-        assert!(Instant::now() < deadline, "the witness stayed held after the rejoin");
+        assert!(
+            Instant::now() < deadline,
+            "the witness stayed held after the rejoin"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A second rejoin has nothing to do, and says so (exit non-zero).
     let o = rejoin(&a[&1]);
     let said = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success() && said.contains("nothing to rejoin"), "{said}");
+    assert!(
+        !o.status.success() && said.contains("nothing to rejoin"),
+        "{said}"
+    );
 }
 
 /// 14.2: witness down; 20 writes acknowledged by both hubs; hub 2's data directory restored

@@ -109,6 +109,14 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
         chain_fenced: s.chain_fenced.clone().unwrap_or_default(),
         incarnation: s.incarnation.clone(),
         hold_reason: s.hold_reason.clone().unwrap_or_default(),
+        cosigned: s
+            .cosigned
+            .iter()
+            .map(|(id, i)| pb::Progress {
+                node_id: *id,
+                matched_index: Some(*i),
+            })
+            .collect(),
     }
 }
 
@@ -205,6 +213,11 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
         chain_fenced: (!p.chain_fenced.is_empty()).then(|| p.chain_fenced.clone()),
         incarnation: p.incarnation.clone(),
         hold_reason: (!p.hold_reason.is_empty()).then(|| p.hold_reason.clone()),
+        cosigned: p
+            .cosigned
+            .iter()
+            .filter_map(|c| Some((c.node_id, c.matched_index?)))
+            .collect(),
     }
 }
 

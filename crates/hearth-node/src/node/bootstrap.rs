@@ -246,53 +246,65 @@ impl Node {
     /// went backwards (a restored backup, lost writes): the node's vote is held until it has
     /// been caught up (`datadir`).
     pub async fn check_not_wiped(&self, probe: &dyn PeerProbe) -> Result<(), StartError> {
+        use hearth_core::datadir::{PeerKnows, peers_say_backwards};
         let mine = self.log.last_log_id()?.map(|l| l.index);
+        let mut knows = Vec::new();
         for p in &self.config.peers {
-            if let Some(s) = probe.status(p.id, &p.addr).await
-                && s.state == NodeState::Leader
-                && let Some((_, Some(m))) = s.replication.iter().find(|(n, _)| *n == self.id)
-            {
-                if self.fresh {
-                    // Wiped: its vote stays held (a new directory votes only once the chain
-                    // admits it) until an admin's explicit rejoin, or its replacement.
-                    tracing::error!(node = self.id, leader = p.id, matched = *m,
-                        incarnation = %self.incarnation,
-                        "NODE {id} WILL NOT VOTE OR LEAD: its data directory is empty, but leader {} \
-                         had already replicated entries up to {m} to node {id}: its data was wiped. \
-                         It takes the log from the cluster; once it is caught up, an admin runs \
-                         `hearth cluster rejoin --id {id}` (or replaces it under a new id: \
-                         docs/OPERATIONS.md)", p.id, id = self.id);
-                    continue;
-                }
-                if mine.is_none_or(|i| i < *m) {
-                    let reason = format!(
-                        "leader {} had replicated index {m} to node {}, but its Raft log ends at \
-                         {}: its data went backwards (restored from an older copy, or lost writes)",
-                        p.id,
-                        self.id,
-                        mine.map_or("no entry".to_string(), |i| format!("index {i}"))
-                    );
-                    tracing::error!(
-                        node = self.id,
-                        leader = p.id,
-                        matched = *m,
-                        ?mine,
-                        "NODE {} WILL NOT VOTE OR LEAD until caught up: {reason}",
-                        self.id
-                    );
-                    let floor = self.handler.hold().and_then(|h| h.floor).max(Some(*m));
-                    crate::datadir::hold(
-                        &self.handler,
-                        &self.config.data_dir,
-                        hearth_core::datadir::Hold {
-                            floor,
-                            reason,
-                            needs_admission: self.handler.hold().is_some_and(|h| h.needs_admission),
-                        },
-                    )?;
-                }
-            }
+            let Some(s) = probe.status(p.id, &p.addr).await else {
+                continue;
+            };
+            knows.push(PeerKnows {
+                peer: p.id,
+                leader_matched: (s.state == NodeState::Leader)
+                    .then(|| {
+                        s.replication
+                            .iter()
+                            .find(|(n, _)| *n == self.id)
+                            .and_then(|(_, m)| *m)
+                    })
+                    .flatten(),
+                cosigned: s
+                    .cosigned
+                    .iter()
+                    .find(|(hub, _)| *hub == self.id)
+                    .map(|(_, i)| *i),
+            });
         }
+        let Some((floor, reason)) = peers_say_backwards(self.id, mine, &knows) else {
+            return Ok(());
+        };
+        if self.fresh {
+            // Wiped: its vote stays held (a new directory votes only once the chain admits it)
+            // until an admin's explicit rejoin, or its replacement.
+            tracing::error!(node = self.id, incarnation = %self.incarnation, floor,
+                "NODE {id} WILL NOT VOTE OR LEAD: its data directory is empty, but {reason}: its \
+                 data was wiped. It takes the log from the cluster; once it is caught up, an admin \
+                 runs `hearth cluster rejoin --id {id}` (or replaces it under a new id: \
+                 docs/OPERATIONS.md)", id = self.id);
+            return Ok(());
+        }
+        tracing::error!(
+            node = self.id,
+            floor,
+            ?mine,
+            "NODE {} WILL NOT VOTE OR LEAD until caught up: {reason}",
+            self.id
+        );
+        let before = self.handler.hold();
+        crate::datadir::hold(
+            &self.handler,
+            &self.config.data_dir,
+            hearth_core::datadir::Hold {
+                floor: before.as_ref().and_then(|h| h.floor).max(Some(floor)),
+                // Said once, even when a hold kept over restarts is checked again.
+                reason: match &before {
+                    Some(h) if h.reason.contains(&reason) => h.reason.clone(),
+                    Some(h) => format!("{}; {reason}", h.reason),
+                    None => reason,
+                },
+                needs_admission: before.is_some_and(|h| h.needs_admission),
+            },
+        )?;
         Ok(())
     }
 }

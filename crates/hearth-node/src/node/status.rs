@@ -116,6 +116,8 @@ pub struct StatusView {
     pub incarnation: String,
     /// While the vote is held: why, and what ends the hold.
     pub hold_reason: Option<String>,
+    /// The witness only: (hub, highest index at which it cosigned that hub's checkpoint).
+    pub cosigned: Vec<(u64, u64)>,
 }
 
 impl StatusView {
@@ -180,6 +182,21 @@ impl AssistView {
 impl Node {
     pub async fn status(&self) -> StatusView {
         let m = self.raft.metrics().borrow_watched().clone();
+        let mut cosigned = Vec::new();
+        if self.role == Role::Witness {
+            let hubs: Vec<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(_, n)| !n.witness)
+                .map(|(id, _)| *id)
+                .collect();
+            for hub in hubs {
+                if let Some((index, _)) = self.checkpoints.last_cosigned(hub).await {
+                    cosigned.push((hub, index));
+                }
+            }
+        }
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -267,6 +284,7 @@ impl Node {
             chain_fenced: self.chain_check().fenced,
             incarnation: self.incarnation.clone(),
             hold_reason: self.hold_reason(),
+            cosigned,
         }
     }
 
