@@ -96,8 +96,10 @@ impl Hub {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = None;
         loop {
+            // Admitted: the hub's first entries (its own data directory's admission) are in.
             if let Some(s) = self.status().await
                 && s.node_state() == pb::NodeState::Leader
+                && s.admitted
                 && s.last_index.is_some()
                 && s.last_index == s.applied_index
             {

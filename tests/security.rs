@@ -226,6 +226,38 @@ impl SecureCluster {
         }
     }
 
+    /// Waits until the cluster is formed and quiet: one leader, every node a voter whose data
+    /// directory the chain admits, no notice waiting for the chain, and every node applied up
+    /// to the same index twice in a row (formation appends admissions and notices by itself).
+    async fn wait_settled(&self, within: Duration) -> u64 {
+        let leader = self.wait_leader(within).await;
+        let deadline = Instant::now() + within;
+        let mut seen = None;
+        loop {
+            let mut indexes = Vec::new();
+            for id in self.stops.keys().filter(|id| **id <= 3) {
+                if let Some(s) = self.status(*id).await
+                    && s.admitted
+                    && !s.vote_held
+                    && s.members.iter().filter(|m| m.voter).count() == 3
+                    && s.health.as_ref().is_some_and(|h| h.notices.is_empty())
+                    && s.last_index == s.applied_index
+                {
+                    indexes.push(s.applied_index);
+                }
+            }
+            let all = self.stops.keys().filter(|id| **id <= 3).count();
+            if indexes.len() == all && indexes.windows(2).all(|w| w[0] == w[1]) {
+                if seen == indexes.first().copied() {
+                    return leader;
+                }
+                seen = indexes.first().copied();
+            }
+            assert!(Instant::now() < deadline, "the cluster did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn tail(&self, id: u64, count: u32) -> Vec<pb::AuditEntry> {
         AuditClient::new(self.api(id))
             .tail(with_token(
@@ -423,7 +455,7 @@ async fn tokens_and_roles_guard_every_privileged_call() {
         let cfg = c.configs[&id].clone();
         c.start_config(id, cfg);
     }
-    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let leader = c.wait_settled(Duration::from_secs(20)).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let before = c.status(leader).await.unwrap().last_index;
 
@@ -966,7 +998,7 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
         let cfg = c.configs[&id].clone();
         c.start_config(id, cfg);
     }
-    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let leader = c.wait_settled(Duration::from_secs(20)).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let t = &c.tokens;
     let op = Some(t.operator.as_str());

@@ -117,6 +117,7 @@ pub fn status_to_proto(s: &StatusView) -> pb::NodeStatus {
                 matched_index: Some(*i),
             })
             .collect(),
+        admitted: s.admitted,
     }
 }
 
@@ -218,6 +219,7 @@ pub fn status_from_proto(p: &pb::NodeStatus) -> StatusView {
             .iter()
             .filter_map(|c| Some((c.node_id, c.matched_index?)))
             .collect(),
+        admitted: p.admitted,
     }
 }
 

@@ -106,6 +106,15 @@ impl Node {
             Err(RaftError::Fatal(f)) => return Err(StartError::Fatal(f.to_string())),
         }
         if members.len() == 1 {
+            // A one-hub cluster: it admits its own data directory once it leads.
+            let patience =
+                Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20);
+            let deadline = tokio::time::Instant::now() + patience;
+            let by = format!("node {}", self.id);
+            self.admit_retrying(deadline, || {
+                self.admit(self.id, &self.incarnation, &by, "formed the cluster")
+            })
+            .await?;
             let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
             return Ok(());
         }

@@ -118,6 +118,8 @@ pub struct StatusView {
     pub hold_reason: Option<String>,
     /// The witness only: (hub, highest index at which it cosigned that hub's checkpoint).
     pub cosigned: Vec<(u64, u64)>,
+    /// Whether this node's applied chain admits its own data directory.
+    pub admitted: bool,
 }
 
 impl StatusView {
@@ -285,6 +287,11 @@ impl Node {
             incarnation: self.incarnation.clone(),
             hold_reason: self.hold_reason(),
             cosigned,
+            admitted: self
+                .admitted_incarnation(self.id)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i == self.incarnation),
         }
     }
 
