@@ -786,6 +786,35 @@ mod tests {
         );
     }
 
+    /// Every face of the API (gRPC, and the HTTP one) refuses an agent's decision the same
+    /// way; a node certificate or no authentication at all is not an agent.
+    #[test]
+    fn only_operators_and_admins_decide_on_held_intents() {
+        let p = |role| Principal {
+            name: "x".into(),
+            role,
+            authorization: None,
+            grants: Grants::all(),
+        };
+        let e = check_decider(Some(&p(Some(ClientRole::Agent)))).unwrap_err();
+        assert!(
+            e.contains("needs operator") && e.contains("never an agent"),
+            "{e}"
+        );
+        for ok in [Some(ClientRole::Operator), Some(ClientRole::Admin), None] {
+            assert!(check_decider(Some(&p(ok))).is_ok(), "{ok:?}");
+        }
+        assert!(check_decider(None).is_ok());
+        assert_eq!(
+            need("/hearth.v1.Intents/Deny"),
+            Need::Role(ClientRole::Operator)
+        );
+        assert_eq!(
+            need("/hearth.v1.Intents/ListPending"),
+            Need::Role(ClientRole::Agent)
+        );
+    }
+
     #[test]
     fn every_api_method_is_in_the_table() {
         use prost::Message;
