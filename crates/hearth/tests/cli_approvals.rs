@@ -270,9 +270,33 @@ fn a_person_lists_denies_and_approves_held_intents_and_an_agent_cannot() {
     assert_eq!(listed[0]["source"], "ag");
     let left = listed[0]["expires_in_ms"].as_u64().unwrap();
     assert!(left > 0 && left <= 300_000, "{p}");
-    // An agent sees its own pending intents (and only those: it has no others here).
+    // An agent sees its own pending intents, never another source's.
+    let theirs = admin.one(
+        &addr,
+        &[
+            "intent",
+            "send",
+            "control_access",
+            "--location",
+            "home/garden",
+            "--context",
+            "state=unlocked",
+            "--key",
+            "admins-own",
+        ],
+    );
+    assert_eq!(theirs["status"], "awaiting_approval", "{theirs}");
+    let all = admin.one(&addr, &["intent", "pending"]);
+    assert_eq!(all["pending"].as_array().map(Vec::len), Some(2), "{all}");
     let mine = agent.one(&addr, &["intent", "pending"]);
-    assert_eq!(mine["pending"].as_array().map(Vec::len), Some(1), "{mine}");
+    let mine = mine["pending"].as_array().unwrap().clone();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["id"], id.as_str(), "{mine:?}");
+    let theirs = theirs["id"].as_str().unwrap();
+    admin.one(
+        &addr,
+        &["intent", "deny", theirs, "--reason", "asked by mistake"],
+    );
 
     // An agent never decides: refused before anything is appended, and the refusal is kept.
     agent.refused(
