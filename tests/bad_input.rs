@@ -575,18 +575,36 @@ async fn path_like_unknown_and_oversized_values_are_refused_naming_the_field() {
             .approve(pb::ApproveRequest {
                 id: bad.clone(),
                 by: "alice".into(),
+                ..Default::default()
             })
             .await;
         assert_field(r, "id", &what("Approve id"));
+        let r = intents()
+            .deny(pb::DenyRequest {
+                id: bad.clone(),
+                by: "alice".into(),
+                reason: "no".into(),
+            })
+            .await;
+        assert_field(r, "id", &what("Deny id"));
         if !bad.is_empty() {
             // An empty approver means "operator".
             let r = intents()
                 .approve(pb::ApproveRequest {
                     id: "i-0123456789abcdef".into(),
                     by: bad.clone(),
+                    ..Default::default()
                 })
                 .await;
             assert_field(r, "by", &what("Approve by"));
+            let r = intents()
+                .deny(pb::DenyRequest {
+                    id: "i-0123456789abcdef".into(),
+                    by: bad.clone(),
+                    reason: "no".into(),
+                })
+                .await;
+            assert_field(r, "by", &what("Deny by"));
         }
 
         // Policies: a class's name, capability, target state and tags; a policy's ids.

@@ -364,11 +364,23 @@ async fn privileged(ch: Channel, method: &str, token: Option<&str>) -> Code {
             ))
             .await
             .map(|_| ()),
+        "Intents/Deny" => IntentsClient::new(ch)
+            .deny(with_token(
+                pb::DenyRequest {
+                    id: "nope".into(),
+                    reason: "no".into(),
+                    by: "mallory".into(),
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
         "Intents/Approve" => IntentsClient::new(ch)
             .approve(with_token(
                 pb::ApproveRequest {
                     id: "nope".into(),
                     by: "mallory".into(),
+                    ..Default::default()
                 },
                 t,
             ))
@@ -471,6 +483,7 @@ async fn tokens_and_roles_guard_every_privileged_call() {
     ];
     let operator = [
         "Intents/Approve",
+        "Intents/Deny",
         "Devices/Register",
         "Devices/Remove",
         "Policies/ApplyClass",
@@ -1266,6 +1279,7 @@ async fn emergencies_tokens_keys_and_policy_files_at_the_edge() {
             pb::ApproveRequest {
                 id: part.id.clone(),
                 by: "olga".into(),
+                ..Default::default()
             },
             op,
         ))

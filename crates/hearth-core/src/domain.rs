@@ -78,6 +78,10 @@ pub enum Command {
         /// none then, so a replay gives the same state).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         emergency_limit: Option<crate::policy::EmergencyLimit>,
+        /// How long a held intent waits for approval unless its class says otherwise (ms):
+        /// the leader's default. Absent in entries older than expiries: they never expire.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_timeout_ms: Option<u64>,
     },
     /// A person approves an intent that waits for confirmation. `at_ms`: the leader's stamp
     /// (absent in older entries); the intent's deadline runs from then.
@@ -86,6 +90,24 @@ pub enum Command {
         by: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at_ms: Option<u64>,
+        /// Why, if the person said (absent in older entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A person denies an intent that waits for approval: its held actions end `DENIED`
+    /// naming `by` and `reason`, and are never sent. `at_ms`: the leader's stamp.
+    Deny {
+        intent_id: String,
+        by: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// The leader (`node`) denies a held intent whose approval expired by chain time `at_ms`
+    /// (principal `system`); refused unless it is due then (`approval::is_due`).
+    ExpireApproval {
+        intent_id: String,
+        node: u64,
+        at_ms: u64,
     },
     /// An administrator re-fences devices after the cluster was re-formed: each device is sent
     /// a `hearth.refence` command under the current leadership, which resets the highest
@@ -194,6 +216,9 @@ pub enum ActionOutcome {
     /// Ended without being sent by a later act (the device was removed); `reason` says which
     /// and who.
     Cancelled { reason: String },
+    /// Held for approval and denied (by a person, or by itself when the approval expired):
+    /// never sent. `reason` names who and why.
+    Denied { reason: String },
 }
 
 impl ActionOutcome {
@@ -287,6 +312,9 @@ pub enum IntentStatus {
     /// Every action has an outcome and at least one did not apply (refused, stale token,
     /// failed, expired, unknown): never "done".
     Failed,
+    /// A person denied it, or its approval expired, and nothing it asked for was done (every
+    /// action denied): never "done".
+    Denied,
 }
 
 impl IntentStatus {
@@ -294,18 +322,28 @@ impl IntentStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            IntentStatus::Done | IntentStatus::Failed | IntentStatus::NoAction
+            IntentStatus::Done
+                | IntentStatus::Failed
+                | IntentStatus::NoAction
+                | IntentStatus::Denied
         )
     }
 }
 
-/// The final status of an intent whose every action has an outcome.
+/// The final status of an intent whose every action has an outcome: done if every one
+/// applied, denied if every one was denied, else failed.
 pub fn final_status(actions: &[ActionRecord]) -> IntentStatus {
     if actions
         .iter()
         .all(|a| a.outcome.as_ref().is_some_and(ActionOutcome::applied))
     {
         IntentStatus::Done
+    } else if !actions.is_empty()
+        && actions
+            .iter()
+            .all(|a| matches!(a.outcome, Some(ActionOutcome::Denied { .. })))
+    {
+        IntentStatus::Denied
     } else {
         IntentStatus::Failed
     }
@@ -348,6 +386,16 @@ pub struct IntentRecord {
     /// Chain time at which the actions became dispatchable (accepted, or approved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatchable_ms: Option<u64>,
+    /// Why and until when it waits for approval (absent if it never waited, or was held by
+    /// an entry older than expiries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::approval::Hold>,
+    /// The reason the approver gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_reason: Option<String>,
+    /// Set when it was denied (by a person, or by the expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied: Option<crate::approval::Denial>,
 }
 
 impl IntentRecord {
@@ -587,6 +635,7 @@ impl DomainState {
                 deadline_ms,
                 key_scope,
                 emergency_limit,
+                approval_timeout_ms,
             } => {
                 // Chain time never runs backwards: an entry stamped earlier than the chain's
                 // time is planned (rate windows, quiet hours) at the chain's time.
@@ -658,6 +707,14 @@ impl DomainState {
                 } else {
                     IntentStatus::Accepted
                 };
+                let hold = crate::approval::hold_for(
+                    &self.policies,
+                    self.classes.get(&intent.class),
+                    &plan,
+                    status,
+                    now,
+                    *approval_timeout_ms,
+                );
                 self.intents.insert(
                     id.clone(),
                     IntentRecord {
@@ -674,6 +731,9 @@ impl DomainState {
                         actions,
                         approved_by: None,
                         deadline_ms: *deadline_ms,
+                        hold,
+                        approval_reason: None,
+                        denied: None,
                     },
                 );
                 Outcome::Accepted { intent_id: id }
@@ -682,38 +742,68 @@ impl DomainState {
                 intent_id,
                 by,
                 at_ms,
-            } => match self.intents.get_mut(intent_id) {
-                Some(r) if r.awaits_partial_approval() => {
-                    r.approved_by = Some(by.clone());
-                    // The held actions may be sent from now: their deadline runs from the
-                    // approval (older entries: no stamp, the submit time stays).
-                    if let Some(t) = at_ms {
-                        r.dispatchable_ms = Some(crate::clock::effective(*t, self.rates.chain_ms));
+                reason,
+            } => {
+                // An intent held under expiries (or denied) is checked by the approval rules: an
+                // approval stamped after its expiry is refused on every node, even before the
+                // expiry entry is in. Older intents keep the rules of their time.
+                if let Some(r) = self.intents.get(intent_id)
+                    && (r.hold.is_some() || r.denied.is_some())
+                {
+                    let now = at_ms.map(|t| crate::clock::effective(t, self.rates.chain_ms));
+                    if let Err(reason) = crate::approval::check(
+                        intent_id,
+                        Some(r),
+                        crate::approval::Decision::Approve,
+                        now,
+                    ) {
+                        return Outcome::Refused { reason };
                     }
-                    Outcome::Done
                 }
-                Some(r) if r.status == IntentStatus::AwaitingApproval => {
-                    r.status = if r.actions.is_empty() {
-                        IntentStatus::Done
-                    } else {
-                        IntentStatus::Accepted
-                    };
-                    r.approved_by = Some(by.clone());
-                    // The deadline runs from the approval (older entries: no stamp, no expiry).
-                    r.dispatchable_ms =
-                        at_ms.map(|t| crate::clock::effective(t, self.rates.chain_ms));
-                    Outcome::Done
+                self.approve(intent_id, by, *at_ms, reason.clone())
+            }
+            Command::Deny {
+                intent_id,
+                by,
+                reason,
+                at_ms,
+            } => self.deny(intent_id, by, reason, *at_ms, false),
+            Command::ExpireApproval {
+                intent_id, at_ms, ..
+            } => {
+                let now = crate::clock::effective(*at_ms, self.rates.chain_ms);
+                match self.intents.get(intent_id) {
+                    Some(r) if crate::approval::is_due(r, now) => {
+                        let why = r
+                            .hold
+                            .as_ref()
+                            .map(crate::approval::expiry_reason)
+                            .unwrap_or_default();
+                        self.deny(intent_id, crate::approval::SYSTEM, &why, *at_ms, true)
+                    }
+                    Some(r) => Outcome::Refused {
+                        reason: match &r.hold {
+                            Some(h) if r.denied.is_none() && r.awaits_approval() => format!(
+                                "intent {intent_id}'s approval expires at chain time {} ms, not yet at {now} ms",
+                                h.expires_at_ms
+                            ),
+                            _ => crate::approval::check(
+                                intent_id,
+                                Some(r),
+                                crate::approval::Decision::Deny,
+                                Some(now),
+                            )
+                            .err()
+                            .unwrap_or_else(|| {
+                                format!("intent {intent_id} has no approval that expires")
+                            }),
+                        },
+                    },
+                    None => Outcome::Refused {
+                        reason: format!("no intent {intent_id}"),
+                    },
                 }
-                Some(r) => Outcome::Refused {
-                    reason: format!(
-                        "intent {intent_id} does not wait for approval (it is {:?})",
-                        r.status
-                    ),
-                },
-                None => Outcome::Refused {
-                    reason: format!("no intent {intent_id}"),
-                },
-            },
+            }
             Command::RecordOutcome {
                 intent_id,
                 action_id,
@@ -750,6 +840,91 @@ impl DomainState {
                 at_ms,
             } => self.refence(devices, by, reason, *at_ms, pos),
         }
+    }
+
+    /// Approves a held intent (the checks of the approval rules were made by the caller).
+    fn approve(
+        &mut self,
+        intent_id: &str,
+        by: &str,
+        at_ms: Option<u64>,
+        reason: Option<String>,
+    ) -> Outcome {
+        let chain_ms = self.rates.chain_ms;
+        match self.intents.get_mut(intent_id) {
+            Some(r) if r.awaits_partial_approval() => {
+                r.approved_by = Some(by.to_string());
+                r.approval_reason = reason.clone();
+                // The held actions may be sent from now: their deadline runs from the
+                // approval (older entries: no stamp, the submit time stays).
+                if let Some(t) = at_ms {
+                    r.dispatchable_ms = Some(crate::clock::effective(t, chain_ms));
+                }
+                Outcome::Done
+            }
+            Some(r) if r.status == IntentStatus::AwaitingApproval => {
+                r.status = if r.actions.is_empty() {
+                    IntentStatus::Done
+                } else {
+                    IntentStatus::Accepted
+                };
+                r.approved_by = Some(by.to_string());
+                r.approval_reason = reason.clone();
+                // The deadline runs from the approval (older entries: no stamp, no expiry).
+                r.dispatchable_ms = at_ms.map(|t| crate::clock::effective(t, chain_ms));
+                Outcome::Done
+            }
+            Some(r) => Outcome::Refused {
+                reason: format!(
+                    "intent {intent_id} does not wait for approval (it is {:?})",
+                    r.status
+                ),
+            },
+            None => Outcome::Refused {
+                reason: format!("no intent {intent_id}"),
+            },
+        }
+    }
+
+    /// Denies a held intent (a person's `Deny`, or with `expired` the leader's
+    /// `ExpireApproval`, whose due-ness the caller checked): refused, changing nothing, unless
+    /// it waits for approval and `reason` is given.
+    fn deny(
+        &mut self,
+        intent_id: &str,
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        expired: bool,
+    ) -> Outcome {
+        if let Err(e) = crate::approval::check_reason("reason", reason) {
+            return Outcome::Refused {
+                reason: e.to_string(),
+            };
+        }
+        let now = crate::clock::effective(at_ms, self.rates.chain_ms);
+        let r = self.intents.get(intent_id);
+        if let Err(reason) =
+            crate::approval::check(intent_id, r, crate::approval::Decision::Deny, Some(now))
+        {
+            return Outcome::Refused { reason };
+        }
+        let Some(r) = self.intents.get_mut(intent_id) else {
+            return Outcome::Refused {
+                reason: format!("no intent {intent_id}"),
+            };
+        };
+        crate::approval::deny(
+            r,
+            crate::approval::Denial {
+                by: by.to_string(),
+                reason: reason.to_string(),
+                at_ms: now,
+                expired,
+            },
+        );
+        self.rates.chain_ms = now;
+        Outcome::Done
     }
 
     /// The intents that still wait to act on `device`: not finished, with an action on it
@@ -885,6 +1060,9 @@ impl DomainState {
                 // Re-fencing is not urgent and repeat-safe: no deadline.
                 deadline_ms: None,
                 dispatchable_ms: Some(now),
+                hold: None,
+                approval_reason: None,
+                denied: None,
             },
         );
         Outcome::Accepted { intent_id: id }
@@ -1061,6 +1239,7 @@ mod tests {
             deadline_ms: None,
             key_scope: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         }
     }
 
@@ -1084,6 +1263,7 @@ mod tests {
                     at_ms: 1_000_000 + n * 57_000 / 2000,
                     minute_of_day: 600,
                     emergency_limit: limit,
+                    approval_timeout_ms: None,
                     deadline_ms: None,
                     key_scope: None,
                 };
@@ -1120,6 +1300,7 @@ mod tests {
                 at_ms: much_later,
                 minute_of_day: 600,
                 emergency_limit: limit,
+                approval_timeout_ms: None,
                 deadline_ms: None,
                 key_scope: None,
             },
@@ -1227,6 +1408,7 @@ mod tests {
                     intent_id: id.clone(),
                     by: "alice".into(),
                     at_ms: None,
+                    reason: None,
                 },
                 at(4)
             ),
@@ -1239,6 +1421,7 @@ mod tests {
                     intent_id: id,
                     by: "bob".into(),
                     at_ms: None,
+                    reason: None,
                 },
                 at(5)
             ),
@@ -1304,6 +1487,7 @@ mod tests {
             deadline_ms,
             key_scope: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         }
     }
 
@@ -1360,6 +1544,7 @@ mod tests {
                 deadline_ms: Some(5_000),
                 key_scope: None,
                 emergency_limit: None,
+                approval_timeout_ms: None,
             },
             at(3),
         );
@@ -1371,6 +1556,7 @@ mod tests {
                 intent_id: id.clone(),
                 by: "ana".into(),
                 at_ms: Some(3_600_000),
+                reason: None,
             },
             at(4),
         );
@@ -1417,6 +1603,7 @@ mod tests {
                     deadline_ms: None,
                     key_scope: None,
                     emergency_limit: None,
+                    approval_timeout_ms: None,
                 },
                 at(3 + n),
             );
@@ -1446,6 +1633,7 @@ mod tests {
                 deadline_ms: None,
                 key_scope: None,
                 emergency_limit: None,
+                approval_timeout_ms: None,
             },
             at(40),
         );
@@ -1730,6 +1918,7 @@ mod tests {
             minute_of_day: 600,
             deadline_ms: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         };
         let mut by_b = intent("smoke-kitchen-42", "a prank");
         by_b.source = "agent-b".into();
@@ -1804,6 +1993,7 @@ mod tests {
                 minute_of_day: 600,
                 deadline_ms: None,
                 emergency_limit: None,
+                approval_timeout_ms: None,
             },
             at(3),
         );
@@ -1922,6 +2112,7 @@ mod tests {
             minute_of_day: 600,
             deadline_ms: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         };
         s.apply(&new, at(5));
         assert_eq!(
@@ -1968,6 +2159,7 @@ mod tests {
             minute_of_day: 600,
             deadline_ms: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         };
         s.apply(&cmd, at(4));
         let id = scoped_intent_id(Some("agent"), "fire");
@@ -1985,6 +2177,7 @@ mod tests {
                     intent_id: id.clone(),
                     by: "ana".into(),
                     at_ms: None,
+                    reason: None,
                 },
                 at(5)
             ),
@@ -2002,6 +2195,7 @@ mod tests {
                     intent_id: id,
                     by: "bob".into(),
                     at_ms: None,
+                    reason: None,
                 },
                 at(6)
             ),

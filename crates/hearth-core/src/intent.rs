@@ -570,6 +570,11 @@ pub struct IntentClass {
     /// timeout (what the client was told); absent: the write timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// How long an intent of this class waits for a person's approval (under a
+    /// `require_confirmation` policy) before it is denied by itself (ms, from the entry that
+    /// held it). Absent: [`crate::approval::DEFAULT_APPROVAL_TIMEOUT_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_ms: Option<u64>,
 }
 
 /// Most steps in one intent class.
@@ -586,6 +591,9 @@ impl IntentClass {
                 "deadline_ms",
                 "must be above 0 (ms after the intent is accepted or approved)",
             ));
+        }
+        if let Some(t) = self.approval_timeout_ms {
+            crate::approval::check_timeout("approval_timeout_ms", t)?;
         }
         if self.steps.len() > MAX_STEPS {
             return Err(FieldError::new(
@@ -661,6 +669,7 @@ pub fn default_classes() -> Vec<IntentClass> {
             ],
             repeat_safe: true,
             deadline_ms: None,
+            approval_timeout_ms: None,
         },
         IntentClass {
             name: "alert_anomaly".into(),
@@ -682,6 +691,7 @@ pub fn default_classes() -> Vec<IntentClass> {
             ],
             repeat_safe: true,
             deadline_ms: None,
+            approval_timeout_ms: None,
         },
         IntentClass {
             name: "control_access".into(),
@@ -699,6 +709,7 @@ pub fn default_classes() -> Vec<IntentClass> {
             }],
             repeat_safe: true,
             deadline_ms: None,
+            approval_timeout_ms: None,
         },
         IntentClass {
             name: "report_status".into(),
@@ -706,6 +717,7 @@ pub fn default_classes() -> Vec<IntentClass> {
             steps: vec![],
             repeat_safe: true,
             deadline_ms: None,
+            approval_timeout_ms: None,
         },
         IntentClass {
             name: "notify".into(),
@@ -718,6 +730,7 @@ pub fn default_classes() -> Vec<IntentClass> {
             }],
             repeat_safe: false,
             deadline_ms: None,
+            approval_timeout_ms: None,
         },
     ]
 }

@@ -2,6 +2,7 @@
 //! and the witness caretaker decision. Nothing here does I/O or knows about Raft, tonic or
 //! sled; every function is a plain function over data, so it can be tested exhaustively.
 
+pub mod approval;
 pub mod assist;
 pub mod caretaker;
 pub mod chain;

@@ -41,7 +41,7 @@ use tonic::Status;
 pub enum ClientRole {
     /// Submits intents and reads its own intents; reads devices.
     Agent,
-    /// Approves intents, registers devices, applies classes and policies, reads the audit log.
+    /// Approves and denies intents, registers devices, applies classes and policies, reads the audit log.
     Operator,
     /// Membership, promotion, restarts, leadership transfer, test records.
     Admin,
@@ -101,8 +101,11 @@ fn listed(path: &str) -> Option<Need> {
             "hearth.v1.Audit",
             "Tail" | "Export" | "Verify" | "ExportCheckpoints" | "Checkpoint" | "Refusals",
         ) => Need::Role(Operator),
-        ("hearth.v1.Intents", "Submit" | "Get" | "Watch" | "Explain") => Need::Role(Agent),
-        ("hearth.v1.Intents", "Approve") => Need::Role(Operator),
+        // An agent lists only its own pending intents (the handler filters); it never decides.
+        ("hearth.v1.Intents", "Submit" | "Get" | "Watch" | "Explain" | "ListPending") => {
+            Need::Role(Agent)
+        }
+        ("hearth.v1.Intents", "Approve" | "Deny") => Need::Role(Operator),
         ("hearth.v1.Devices", "List" | "Get") => Need::Role(Agent),
         ("hearth.v1.Devices", "Register" | "Remove") => Need::Role(Operator),
         ("hearth.v1.Devices", "Refence") => Need::Role(Admin),
@@ -153,6 +156,21 @@ pub fn agent_of(caller: Option<&Principal>) -> Option<&str> {
     caller
         .filter(|p| p.role == Some(ClientRole::Agent))
         .map(|p| p.name.as_str())
+}
+
+/// Whether `caller` may approve or deny a held intent: operators and admins (and, without
+/// client authentication, anyone). The method table already refuses an agent on gRPC; this
+/// says the same to every face that calls the API functions.
+pub fn check_decider(caller: Option<&Principal>) -> Result<(), String> {
+    match caller.and_then(|p| p.role.map(|r| (p, r))) {
+        Some((p, r)) if r < ClientRole::Operator => Err(format!(
+            "{:?} has the role {}; approving or denying an intent needs operator: a person \
+             decides, never an agent",
+            p.name,
+            r.name()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `caller` may ask for `intent` (its token's emergency, class and location
@@ -702,6 +720,8 @@ mod tests {
         let paths = [
             ("/hearth.v1.Intents/Submit", ClientRole::Agent),
             ("/hearth.v1.Intents/Approve", ClientRole::Operator),
+            ("/hearth.v1.Intents/Deny", ClientRole::Operator),
+            ("/hearth.v1.Intents/ListPending", ClientRole::Agent),
             ("/hearth.v1.Devices/Register", ClientRole::Operator),
             ("/hearth.v1.Devices/Refence", ClientRole::Admin),
             ("/hearth.v1.Audit/Export", ClientRole::Operator),
@@ -764,6 +784,35 @@ mod tests {
             off.check("/hearth.v1.Cluster/Promote", None, false)
                 .unwrap(),
             None
+        );
+    }
+
+    /// Every face of the API (gRPC, and the HTTP one) refuses an agent's decision the same
+    /// way; a node certificate or no authentication at all is not an agent.
+    #[test]
+    fn only_operators_and_admins_decide_on_held_intents() {
+        let p = |role| Principal {
+            name: "x".into(),
+            role,
+            authorization: None,
+            grants: Grants::all(),
+        };
+        let e = check_decider(Some(&p(Some(ClientRole::Agent)))).unwrap_err();
+        assert!(
+            e.contains("needs operator") && e.contains("never an agent"),
+            "{e}"
+        );
+        for ok in [Some(ClientRole::Operator), Some(ClientRole::Admin), None] {
+            assert!(check_decider(Some(&p(ok))).is_ok(), "{ok:?}");
+        }
+        assert!(check_decider(None).is_ok());
+        assert_eq!(
+            need("/hearth.v1.Intents/Deny"),
+            Need::Role(ClientRole::Operator)
+        );
+        assert_eq!(
+            need("/hearth.v1.Intents/ListPending"),
+            Need::Role(ClientRole::Agent)
         );
     }
 

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod datadir;
 pub mod dispatcher;
 pub mod error;
+pub mod expiry;
 pub mod health;
 pub mod local;
 pub mod metrics;

@@ -486,6 +486,13 @@ fn apply_command(
             }
             batch.insert(K_RATES, json(&domain.rates)?);
         }
+        // A denial moves the chain's time (it is stamped): the rates carry it.
+        Command::Deny { intent_id, .. } | Command::ExpireApproval { intent_id, .. } => {
+            if let Some(r) = domain.intents.get(intent_id) {
+                batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);
+            }
+            batch.insert(K_RATES, json(&domain.rates)?);
+        }
         Command::Approve { intent_id, .. } | Command::RecordOutcome { intent_id, .. } => {
             if let Some(r) = domain.intents.get(intent_id) {
                 batch.insert(format!("{INTENT_PREFIX}{intent_id}").as_bytes(), json(r)?);
@@ -609,6 +616,7 @@ mod tests {
             deadline_ms: None,
             key_scope: Some("agent".into()),
             emergency_limit: None,
+            approval_timeout_ms: None,
         };
         let register = Command::RegisterDevice {
             device: siren(),

@@ -292,6 +292,7 @@ mod tests {
             key_scope: None,
             deadline_ms: None,
             emergency_limit: None,
+            approval_timeout_ms: None,
         }
     }
 

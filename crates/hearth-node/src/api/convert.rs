@@ -319,6 +319,7 @@ pub(crate) fn outcome_view(o: &Option<ActionOutcome>) -> (String, String) {
         }
         Some(ActionOutcome::Expired { reason }) => ("EXPIRED".into(), reason.clone()),
         Some(ActionOutcome::Cancelled { reason }) => ("CANCELLED".into(), reason.clone()),
+        Some(ActionOutcome::Denied { reason }) => ("DENIED".into(), reason.clone()),
     }
 }
 
@@ -373,6 +374,7 @@ pub fn record_view(r: &IntentRecord) -> pb::IntentView {
             }
             IntentStatus::Failed => "failed",
             IntentStatus::NoAction => "no_action",
+            IntentStatus::Denied => "denied",
         }
         .into(),
         index: r.index,
@@ -385,6 +387,31 @@ pub fn record_view(r: &IntentRecord) -> pb::IntentView {
         reads: r.plan.reads.clone(),
         notes: r.plan.notes.clone(),
         nothing_to_do: r.plan.nothing_to_do.clone().unwrap_or_default(),
+        source: r.intent.source.clone(),
+        at_ms: r.at_ms,
+        approval_reason: r.approval_reason.clone().unwrap_or_default(),
+        denied_by: r.denied.as_ref().map(|d| d.by.clone()).unwrap_or_default(),
+        denied_reason: r
+            .denied
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default(),
+        denied_at_ms: r.denied.as_ref().map_or(0, |d| d.at_ms),
+        ..waiting_view(r)
+    }
+}
+
+/// What a held intent waits for (every field empty when it does not wait).
+fn waiting_view(r: &IntentRecord) -> pb::IntentView {
+    match hearth_core::approval::waiting_for(r) {
+        Some(w) => pb::IntentView {
+            waiting_for: w.text,
+            approval_expires_at_ms: w.expires_at_ms.unwrap_or(0),
+            approval_policies: w.policies,
+            waiting_actions: w.actions.into_iter().map(|a| a.id).collect(),
+            ..Default::default()
+        },
+        None => pb::IntentView::default(),
     }
 }
 

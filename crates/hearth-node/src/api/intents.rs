@@ -1,8 +1,14 @@
-//! `hearth.v1.Intents`: submitting, reading, watching, explaining and approving intents.
+//! `hearth.v1.Intents`: submitting, reading, watching, explaining, approving and denying
+//! intents, and listing the ones that wait for a person.
+//!
+//! The work of each call is an `*_here` function over the call's message and caller that
+//! answers a [`NodeError`], never a tonic type: the gRPC handlers below and any other face of
+//! the API (HTTP) call the same ones.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use hearth_core::approval::Decision;
 use hearth_core::domain::{ActionOutcome, IntentRecord, IntentStatus, check_intent_id};
 use hearth_proto::v1 as pb;
 use hearth_proto::v1::intents_client::IntentsClient;
@@ -56,6 +62,38 @@ impl Api {
             return self.node.explain(&i).map(|p| plan_view(&p));
         }
         self.node.submit_intent(i).await.map(|r| record_view(&r))
+    }
+
+    /// Approves (`reason` optional) or denies (`reason` required) a held intent on this node,
+    /// as the caller: operators and admins only (an agent is refused, PERMISSION_DENIED).
+    /// Without client authentication the name recorded is `by` ("operator" if empty).
+    pub(crate) async fn decide_here(
+        &self,
+        caller: Option<&Principal>,
+        id: &str,
+        decision: Decision,
+        by: &str,
+        reason: &str,
+    ) -> Result<pb::IntentView, NodeError> {
+        crate::auth::check_decider(caller).map_err(NodeError::Forbidden)?;
+        let by = if by.is_empty() { "operator" } else { by };
+        let reason = (!reason.is_empty()).then_some(reason);
+        self.node
+            .decide(id, decision, by, reason, caller)
+            .await
+            .map(|r| record_view(&r))
+    }
+
+    /// The intents that wait for a person, oldest first: an agent's own only.
+    pub(crate) fn pending_here(
+        &self,
+        caller: Option<&Principal>,
+    ) -> Result<pb::ListPendingResponse, NodeError> {
+        let (list, now_ms) = self.node.pending(crate::auth::agent_of(caller))?;
+        Ok(pb::ListPendingResponse {
+            intents: list.iter().map(record_view).collect(),
+            now_ms,
+        })
     }
 }
 
@@ -134,7 +172,8 @@ impl pb::intents_server::Intents for Api {
                         } else {
                             "accepted"
                         };
-                        events.push((stage.to_string(), String::new()));
+                        // An agent is told what its intent waits for (and until when).
+                        events.push((stage.to_string(), view.waiting_for.clone()));
                     }
                     for a in &r.actions {
                         if let Some(o) = &a.outcome
@@ -170,6 +209,10 @@ impl pb::intents_server::Intents for Api {
                                 r.plan.nothing_to_do.clone().unwrap_or_default()
                             ),
                         ));
+                    } else if let (true, Some(d)) = (finished, &r.denied)
+                        && r.status == IntentStatus::Denied
+                    {
+                        events.push(("denied".into(), format!("denied by {}: {}", d.by, d.reason)));
                     } else if finished {
                         let ok = r
                             .actions
@@ -252,16 +295,50 @@ impl pb::intents_server::Intents for Api {
     ) -> Result<Response<pb::IntentView>, Status> {
         let call = Call::new(req);
         let m = &call.msg;
-        let by = if m.by.is_empty() { "operator" } else { &m.by };
         let res = self
-            .node
-            .approve(&m.id, by, call.caller.as_ref())
-            .await
-            .map(|r| record_view(&r));
+            .decide_here(
+                call.caller.as_ref(),
+                &m.id,
+                Decision::Approve,
+                &m.by,
+                &m.reason,
+            )
+            .await;
         self.answer(call, res, |ch, r| async move {
             IntentsClient::new(ch).approve(r).await
         })
         .await
+    }
+
+    async fn deny(
+        &self,
+        req: Request<pb::DenyRequest>,
+    ) -> Result<Response<pb::IntentView>, Status> {
+        let call = Call::new(req);
+        let m = &call.msg;
+        let res = self
+            .decide_here(
+                call.caller.as_ref(),
+                &m.id,
+                Decision::Deny,
+                &m.by,
+                &m.reason,
+            )
+            .await;
+        self.answer(call, res, |ch, r| async move {
+            IntentsClient::new(ch).deny(r).await
+        })
+        .await
+    }
+
+    async fn list_pending(
+        &self,
+        req: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        let call = Call::new(req);
+        self.pending_here(call.caller.as_ref())
+            .map(Response::new)
+            .map_err(to_status)
     }
 }
 

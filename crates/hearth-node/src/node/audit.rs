@@ -60,9 +60,26 @@ pub fn describe(rec: &Record) -> String {
                 intent.location,
                 intent.source
             ),
-            Ok(DomainCommand::Approve { intent_id, by, .. }) => {
-                format!("intent {intent_id} approved by {by}")
-            }
+            Ok(DomainCommand::Approve {
+                intent_id,
+                by,
+                reason,
+                ..
+            }) => match reason {
+                Some(why) => format!("intent {intent_id} approved by {by} ({why:?})"),
+                None => format!("intent {intent_id} approved by {by}"),
+            },
+            Ok(DomainCommand::Deny {
+                intent_id,
+                by,
+                reason,
+                ..
+            }) => format!("intent {intent_id} denied by {by} ({reason:?})"),
+            Ok(DomainCommand::ExpireApproval {
+                intent_id, node, ..
+            }) => format!(
+                "intent {intent_id} denied by system: its approval expired (recorded by node {node})"
+            ),
             Ok(DomainCommand::Refence {
                 devices,
                 by,

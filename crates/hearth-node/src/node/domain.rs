@@ -1,6 +1,7 @@
 //! Devices, intent classes, policies and intents: checked before anything is appended,
 //! then proposed through the write path.
 
+use hearth_core::approval::Decision;
 use hearth_core::domain::Command as DomainCommand;
 use hearth_core::domain::IntentRecord;
 use hearth_core::domain::Outcome;
@@ -11,7 +12,6 @@ use hearth_core::intent::IntentClass;
 use hearth_core::policy::Policy;
 use hearth_core::resolver::Plan;
 use hearth_store::Applied;
-use openraft::ServerState;
 use openraft::type_config::async_runtime::WatchReceiver;
 
 use crate::auth::Principal;
@@ -287,6 +287,9 @@ impl Node {
                 deadline_ms: Some(deadline_ms),
                 key_scope,
                 emergency_limit,
+                // A held intent is denied by itself after its class's approval timeout, or
+                // this default (the household reads it in docs/INTENTS.md).
+                approval_timeout_ms: Some(hearth_core::approval::DEFAULT_APPROVAL_TIMEOUT_MS),
             })
             .await?;
         let id = match a.outcome {
@@ -316,31 +319,82 @@ impl Node {
         by: &str,
         caller: Option<&Principal>,
     ) -> Result<IntentRecord, NodeError> {
+        self.decide(intent_id, Decision::Approve, by, None, caller)
+            .await
+    }
+
+    /// Approves (`reason` optional) or denies (`reason` required) an intent that waits for a
+    /// person: one `Approve` or `Deny` entry naming the authenticated `caller` (without client
+    /// authentication, the name `by` the client typed). On the leader, whose applied state is
+    /// current, what `apply` would refuse — an unknown id, an intent that does not wait, one
+    /// already approved, denied or expired — is refused before anything is appended, by the
+    /// same rules (`hearth_core::approval::check`). A follower answers `NotLeader` (the API
+    /// forwards). Who may decide is the API's to check.
+    #[tracing::instrument(skip_all, fields(node = self.id, intent = intent_id, decision = ?decision))]
+    pub async fn decide(
+        &self,
+        intent_id: &str,
+        decision: Decision,
+        by: &str,
+        reason: Option<&str>,
+        caller: Option<&Principal>,
+    ) -> Result<IntentRecord, NodeError> {
         hearth_core::domain::check_intent_id("id", intent_id).map_err(NodeError::from)?;
-        hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
-        // On the leader, whose applied state is current, refuse what apply would refuse
-        // without appending anything. (A follower forwards; the leader checks again.)
-        if self.raft.metrics().borrow_watched().state == ServerState::Leader {
-            match self.get_intent(intent_id)? {
-                None => return Err(NodeError::Refused(format!("no intent {intent_id}"))),
-                Some(r) if !r.awaits_approval() => {
-                    return Err(NodeError::Refused(format!(
-                        "intent {intent_id} does not wait for approval (it is {:?})",
-                        r.status
-                    )));
-                }
-                Some(_) => {}
+        // A token's principal is named as the tokens file spells it; a typed name is checked.
+        let by = match client_name(caller) {
+            Some(name) => name.to_string(),
+            None => {
+                hearth_core::intent::check_id("by", by).map_err(NodeError::from)?;
+                by.to_string()
             }
+        };
+        let reason = reason.filter(|r| !r.is_empty() || decision == Decision::Deny);
+        if let Some(r) = reason {
+            hearth_core::approval::check_reason("reason", r).map_err(NodeError::from)?;
+        } else if decision == Decision::Deny {
+            return Err(NodeError::Invalid {
+                field: "reason",
+                problem: "say why the intent is denied (it goes into the chain)".into(),
+            });
         }
+        self.require_leader()?;
         let at_ms = self.stamp()?.now_ms;
-        self.propose_checked(&DomainCommand::Approve {
-            intent_id: intent_id.to_string(),
-            by: client_name(caller).unwrap_or(by).to_string(),
-            at_ms: Some(at_ms),
-        })
-        .await?;
+        let known = self.get_intent(intent_id)?;
+        hearth_core::approval::check(intent_id, known.as_ref(), decision, Some(at_ms))
+            .map_err(NodeError::Refused)?;
+        let cmd = match decision {
+            Decision::Approve => DomainCommand::Approve {
+                intent_id: intent_id.to_string(),
+                by,
+                at_ms: Some(at_ms),
+                reason: reason.map(str::to_string),
+            },
+            Decision::Deny => DomainCommand::Deny {
+                intent_id: intent_id.to_string(),
+                by,
+                reason: reason.unwrap_or_default().to_string(),
+                at_ms,
+            },
+        };
+        self.propose_checked(&cmd).await?;
         self.get_intent(intent_id)?
             .ok_or_else(|| NodeError::Fatal(format!("intent {intent_id} vanished after commit")))
+    }
+
+    /// The intents that wait for a person, oldest first (`agent`: only that agent's), and
+    /// the time this node reads as now (its wall clock, never before the chain's time), to
+    /// tell how long each has left. Served from this node's applied state (a follower's may
+    /// lag the leader's by a moment, as every read).
+    pub fn pending(&self, agent: Option<&str>) -> Result<(Vec<IntentRecord>, u64), NodeError> {
+        self.serving_chain()?;
+        let list = self.sm.with_domain(|d| {
+            hearth_core::approval::pending(d)
+                .into_iter()
+                .filter(|r| agent.is_none_or(|a| r.intent.source == a))
+                .cloned()
+                .collect()
+        })?;
+        Ok((list, self.clock().now_ms))
     }
 
     /// Re-fences devices after the cluster was re-formed (an admin's audited act): appends a

@@ -255,6 +255,16 @@ impl Node {
                 config.checkpoint.clone(),
                 rx.clone(),
             )));
+            // Held intents whose approval expired are denied by the leader, nobody acting.
+            let e = crate::expiry::Expiry {
+                id,
+                raft: raft.clone(),
+                sm: sm.clone(),
+                wall: wall.clone(),
+                clock_watch: clock_watch.clone(),
+                every: crate::expiry::period(config.timing.heartbeat_ms),
+            };
+            tasks.push(tokio::spawn(e.run(rx.clone())));
             tasks.push(tokio::spawn(d.run(rx)));
         }
         Ok(Node {

@@ -502,13 +502,42 @@ pub enum IntentCmd {
         #[command(flatten)]
         out: Output,
     },
-    /// Approve an intent that waits for confirmation.
+    /// The intents that wait for a person: who asked, what for (which actions on which
+    /// devices, the policy), how long they have waited and until when (an agent sees its own).
+    Pending {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Approve an intent that waits for confirmation (operators and admins).
     Approve {
         #[command(flatten)]
         target: Target,
         id: String,
+        /// Why (optional), recorded in the chain.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// The name recorded without client authentication (a token names its principal).
         #[arg(long, default_value = "operator")]
         by: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Deny an intent that waits for confirmation: its held actions are never sent
+    /// (operators and admins).
+    Deny {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        /// Why (required), recorded in the chain.
+        #[arg(long)]
+        reason: String,
+        /// The name recorded without client authentication (a token names its principal).
+        #[arg(long, default_value = "operator")]
+        by: String,
+        #[command(flatten)]
+        out: Output,
     },
 }
 

@@ -1,4 +1,5 @@
-//! `hearth intent …`: submit, explain, get, watch and approve intents.
+//! `hearth intent …`: submit, explain, get and watch intents; list the ones that wait for a
+//! person, approve or deny them.
 
 use std::process::ExitCode;
 
@@ -40,18 +41,33 @@ fn print_view(v: &pb::IntentView) {
         v.urgency,
         v.index
     );
-    let held = v
-        .actions
-        .iter()
-        .any(|a| a.needs_approval && a.outcome.is_empty());
-    if v.needs_confirmation
-        && v.approved_by.is_empty()
-        && (v.status == "awaiting_approval" || (v.status == "accepted" && held))
-    {
-        outln!("  waits for approval: hearth intent approve {}", v.id);
+    if !v.waiting_for.is_empty() {
+        outln!("  {}", v.waiting_for);
+        if v.approval_expires_at_ms != 0 {
+            outln!(
+                "  expires at {}",
+                super::timefmt::format_utc(v.approval_expires_at_ms)
+            );
+        }
     }
+    if !v.approved_by.is_empty() {
+        match v.approval_reason.as_str() {
+            "" => outln!("  approved by {}", v.approved_by),
+            why => outln!("  approved by {}: {why}", v.approved_by),
+        }
+    }
+    if !v.denied_by.is_empty() {
+        outln!(
+            "  denied by {} at {}: {}",
+            v.denied_by,
+            super::timefmt::format_utc(v.denied_at_ms),
+            v.denied_reason
+        );
+    }
+    let waiting: std::collections::BTreeSet<&str> =
+        v.waiting_actions.iter().map(String::as_str).collect();
     for a in &v.actions {
-        let outcome = if a.outcome.is_empty() && a.needs_approval && v.approved_by.is_empty() {
+        let outcome = if a.outcome.is_empty() && waiting.contains(a.id.as_str()) {
             "held for approval".to_string()
         } else if a.outcome.is_empty() {
             "pending".to_string()
@@ -184,17 +200,120 @@ pub async fn run(client: &Client, cmd: IntentCmd) -> anyhow::Result<ExitCode> {
             })
         }
         IntentCmd::Watch { target, id, out } => watch(client, &target.addr, &id, out).await,
-        IntentCmd::Approve { target, id, by } => {
+        IntentCmd::Pending { target, out } => {
             let mut c = IntentsClient::new(client.channel(&target.addr)?);
-            let v = c
-                .approve(pb::ApproveRequest { id, by })
+            let p = c
+                .list_pending(pb::ListPendingRequest {})
                 .await
                 .map_err(|s| client.rpc_err(&target.addr, s))?
                 .into_inner();
-            print_view(&v);
+            if out.json() {
+                let list: Vec<serde_json::Value> = p
+                    .intents
+                    .iter()
+                    .map(|v| output::pending(v, p.now_ms))
+                    .collect();
+                output::print(&serde_json::json!({ "now_ms": p.now_ms, "pending": list }));
+            } else {
+                print_pending(&p);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IntentCmd::Approve {
+            target,
+            id,
+            reason,
+            by,
+            out,
+        } => {
+            let mut c = IntentsClient::new(client.channel(&target.addr)?);
+            let v = c
+                .approve(pb::ApproveRequest { id, by, reason })
+                .await
+                .map_err(|s| client.rpc_err(&target.addr, s))?
+                .into_inner();
+            show(&v, out);
+            Ok(ExitCode::SUCCESS)
+        }
+        IntentCmd::Deny {
+            target,
+            id,
+            reason,
+            by,
+            out,
+        } => {
+            let mut c = IntentsClient::new(client.channel(&target.addr)?);
+            let v = c
+                .deny(pb::DenyRequest { id, reason, by })
+                .await
+                .map_err(|s| client.rpc_err(&target.addr, s))?
+                .into_inner();
+            show(&v, out);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `42s`, `5m03s`, `2h10m`: a short duration for a table column.
+fn short(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// What a held intent waits to do: `front-door lock->unlocked, …`.
+fn held_list(v: &pb::IntentView) -> String {
+    let held: Vec<String> = v
+        .actions
+        .iter()
+        .filter(|a| v.waiting_actions.contains(&a.id))
+        .map(|a| format!("{} {}->{}", a.device, a.capability, a.state))
+        .collect();
+    if held.is_empty() {
+        "(no device: reads only)".into()
+    } else {
+        held.join(", ")
+    }
+}
+
+fn print_pending(p: &pb::ListPendingResponse) {
+    if p.intents.is_empty() {
+        outln!("no intent waits for approval");
+        return;
+    }
+    outln!(
+        "{:<18} {:<15} {:<12} {:<40} {:<10} {:>7} {:>10}",
+        "ID",
+        "CLASS",
+        "ASKED BY",
+        "WAITS FOR",
+        "POLICY",
+        "AGE",
+        "EXPIRES IN"
+    );
+    for v in &p.intents {
+        let expires = if v.approval_expires_at_ms == 0 {
+            "never".to_string()
+        } else {
+            short(v.approval_expires_at_ms.saturating_sub(p.now_ms))
+        };
+        outln!(
+            "{:<18} {:<15} {:<12} {:<40} {:<10} {:>7} {:>10}",
+            v.id,
+            v.class,
+            v.source,
+            held_list(v),
+            v.approval_policies.join(","),
+            short(p.now_ms.saturating_sub(v.at_ms)),
+            expires
+        );
+    }
+    outln!(
+        "approve: hearth intent approve ID [--reason TEXT]; deny: hearth intent deny ID --reason TEXT"
+    );
 }
 
 /// How long `intent send` keeps retrying while the cluster elects a leader (a few elections).

@@ -71,7 +71,43 @@ pub fn intent(v: &pb::IntentView) -> Value {
         "reads": v.reads,
         "notes": v.notes,
         "nothing_to_do": (!v.nothing_to_do.is_empty()).then_some(&v.nothing_to_do),
+        "source": (!v.source.is_empty()).then_some(&v.source),
+        "at_ms": (v.at_ms != 0).then_some(v.at_ms),
+        "approval_reason": (!v.approval_reason.is_empty()).then_some(&v.approval_reason),
+        // null unless it waits for a person
+        "waiting_for": waiting(v),
+        "denied": (!v.denied_by.is_empty()).then(|| json!({
+            "by": v.denied_by,
+            "reason": v.denied_reason,
+            "at_ms": v.denied_at_ms,
+            "time": super::timefmt::rfc3339(v.denied_at_ms),
+        })),
     })
+}
+
+/// What a held intent waits for, or null.
+fn waiting(v: &pb::IntentView) -> Value {
+    if v.waiting_for.is_empty() {
+        return Value::Null;
+    }
+    let expires = (v.approval_expires_at_ms != 0).then_some(v.approval_expires_at_ms);
+    json!({
+        "text": v.waiting_for,
+        "actions": v.waiting_actions,
+        "policies": v.approval_policies,
+        "expires_at_ms": expires,
+        "expires": expires.map(super::timefmt::rfc3339),
+    })
+}
+
+/// One pending intent, with how long it has waited and has left at `now_ms`.
+pub fn pending(v: &pb::IntentView, now_ms: u64) -> Value {
+    let mut j = intent(v);
+    j["age_ms"] = json!(now_ms.saturating_sub(v.at_ms));
+    j["expires_in_ms"] = json!(
+        (v.approval_expires_at_ms != 0).then(|| v.approval_expires_at_ms.saturating_sub(now_ms))
+    );
+    j
 }
 
 pub fn event(e: &pb::IntentEvent) -> Value {

@@ -113,6 +113,7 @@ fn outcome_name(o: &ActionOutcome) -> (&'static str, &str) {
         ActionOutcome::OutcomeUnknown { reason } => ("OUTCOME_UNKNOWN", reason),
         ActionOutcome::Expired { reason } => ("EXPIRED", reason),
         ActionOutcome::Cancelled { reason } => ("CANCELLED", reason),
+        ActionOutcome::Denied { reason } => ("DENIED", reason),
     }
 }
 
@@ -237,6 +238,25 @@ impl<'a> Tailer<'a> {
                     stamp(&mut l, t);
                 }
                 l.principal = Some(by);
+                l.source = self.sources.get(&intent_id).cloned();
+                l.intent = Some(intent_id);
+            }
+            Some(Command::Deny {
+                intent_id,
+                by,
+                at_ms,
+                ..
+            }) => {
+                stamp(&mut l, at_ms);
+                l.principal = Some(by);
+                l.source = self.sources.get(&intent_id).cloned();
+                l.intent = Some(intent_id);
+            }
+            Some(Command::ExpireApproval {
+                intent_id, at_ms, ..
+            }) => {
+                stamp(&mut l, at_ms);
+                l.principal = Some(hearth_core::approval::SYSTEM.to_string());
                 l.source = self.sources.get(&intent_id).cloned();
                 l.intent = Some(intent_id);
             }
@@ -554,6 +574,7 @@ mod tests {
                 deadline_ms: None,
                 key_scope: Some("ana".into()),
                 emergency_limit: None,
+                approval_timeout_ms: None,
             },
         ));
         let id = hearth_core::domain::scoped_intent_id(Some("ana"), "k");
