@@ -181,7 +181,7 @@ struct RegisterBody {
 }
 
 /// Where a device registered without a location is (DoSync's default household).
-const DEFAULT_LOCATION: &str = "home";
+pub const DEFAULT_LOCATION: &str = "home";
 
 fn text(field: &str, v: &str, max: usize) -> Result<(), RestError> {
     if v.len() > max || v.chars().any(char::is_control) {

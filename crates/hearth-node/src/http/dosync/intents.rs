@@ -57,10 +57,11 @@ fn urgency(u: Option<&str>, loc: &[&str]) -> Result<String, RestError> {
 }
 
 /// DoSync's context (any JSON) as Hearth's (text values): strings as they are, anything
-/// else as its JSON text. `location` becomes the intent's location; `action_types: ["lock"]`
+/// else as its JSON text. `location` becomes the intent's location (absent: the whole
+/// household, `home`, where DoSync devices are registered by default); `action_types: ["lock"]`
 /// becomes `state = locked` (how DoSync says which of a class's actions it means).
 fn context(ctx: Map<String, Value>) -> Result<(String, HashMap<String, String>), RestError> {
-    let mut location = String::new();
+    let mut location = super::devices::DEFAULT_LOCATION.to_string();
     let mut out = HashMap::new();
     for (k, v) in ctx {
         if k == "location" {
@@ -243,7 +244,10 @@ pub async fn explain(
     let req = pb::SubmitIntentRequest {
         class: class.clone(),
         urgency: urgency.clone(),
-        location: input::get(&q, "location").unwrap_or("").to_string(),
+        location: input::get(&q, "location")
+            .filter(|l| !l.is_empty())
+            .unwrap_or(super::devices::DEFAULT_LOCATION)
+            .to_string(),
         source: source(caller.as_ref(), None),
         idempotency_key: "explain".into(),
         ..Default::default()
