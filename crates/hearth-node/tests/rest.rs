@@ -750,7 +750,8 @@ async fn explain_lists_evaluated_and_included_devices() {
     ] {
         assert!(a.body.get(f).is_some(), "missing {f}: {}", a.text);
     }
-    assert_eq!(a.body["included"], json!(["explain-light"]));
+    assert_eq!(a.body["included"][0]["device_id"], "explain-light");
+    assert_eq!(a.body["included"][0]["actions"], json!(["turn_on"]));
     // An agent's token has no emergency grant: it may not even ask what one would do.
     let agent = call(
         at,

@@ -418,7 +418,13 @@ pub async fn register(
 ) -> Result<Json, RestError> {
     let caller = s.caller(&headers, ClientRole::Operator, "POST /v1/devices/register")?;
     let raw = input::bytes(body).await?;
-    let device = input::json::<RegisterBody>(&raw)?.into_device()?;
+    let b = input::json::<RegisterBody>(&raw)?;
+    let keep_location = b.location.is_none();
+    let mut device = b.into_device()?;
+    // A re-registration without a location keeps the one the operator set (PATCH).
+    if keep_location && let Some(old) = s.node.devices()?.into_iter().find(|d| d.id == device.id) {
+        device.location = old.location;
+    }
     let id = device.id.clone();
     let pb = device_to_pb(&device);
     crate::auth::as_caller(caller, s.api.register(tonic::Request::new(pb))).await?;

@@ -255,11 +255,19 @@ pub async fn explain(
     let v = crate::auth::as_caller(caller, s.api.explain(tonic::Request::new(req)))
         .await?
         .into_inner();
-    let included: Vec<&str> = v
+    let included: Vec<Value> = v
         .verdicts
         .iter()
         .filter(|x| x.included)
-        .map(|x| x.device.as_str())
+        .map(|x| {
+            let actions: Vec<String> = v
+                .actions
+                .iter()
+                .filter(|a| a.device == x.device)
+                .map(|a| verb_of(&a.capability, &a.state))
+                .collect();
+            json!({"device_id": x.device, "reason": x.reason, "actions": actions})
+        })
         .collect();
     let excluded: Vec<Value> = v
         .verdicts

@@ -261,6 +261,7 @@ fn entry_json(rec: &hearth_core::Record) -> Value {
                     )),
                 );
                 m.insert("intent".into(), json!(intent.class));
+                m.insert("urgency".into(), json!(intent.urgency));
                 m.insert("source".into(), json!(intent.source));
                 m.insert("location".into(), json!(intent.location.to_string()));
                 "intent_accepted"
