@@ -867,6 +867,8 @@ async fn metrics_serve_the_nodes_render_to_an_operator() {
 #[tokio::test]
 async fn direct_control_is_closed_and_events_are_not_taken() {
     let c = shared();
+    let s = call(c.addr(1), "GET", "/v1/status", &c.tokens.agent, None).await;
+    assert_eq!(s.body["direct_control"], "off");
     let a = call(
         c.addr(1),
         "POST",
@@ -876,6 +878,7 @@ async fn direct_control_is_closed_and_events_are_not_taken() {
     )
     .await;
     assert_eq!(a.status, 403, "{}", a.text);
+    assert!(a.text.contains("direct_control_disabled"), "{}", a.text);
     let a = call(
         c.addr(1),
         "POST",

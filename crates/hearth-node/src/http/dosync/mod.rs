@@ -60,6 +60,35 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/v1/health/devices", get(health))
         .route("/v1/health/devices/{device_id}", get(health_one))
         .route("/v1/device/action", post(device_action))
+        .route("/v1/adapters", get(adapters))
+        .route("/v1/discovery/scan", get(scan))
+}
+
+/// `GET /v1/adapters` (agent): the ways Hearth reaches a device, with DoSync's basis.
+async fn adapters(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Result<Json, RestError> {
+    s.caller(&headers, ClientRole::Agent, "GET /v1/adapters")?;
+    let mqtt = s.node.config().mqtt_broker.is_some();
+    Ok(Json(json!({"adapters": [
+        {"name": "http", "kind": "ecosystem", "available": true,
+         "description": "a device's HTTP endpoint (webhook), sent fenced commands"},
+        {"name": "mqtt", "kind": "ecosystem", "available": mqtt,
+         "description": "a topic on the household's MQTT broker (`mqtt_broker` in the node's config)"},
+        {"name": "sim", "kind": "infrastructure", "available": true,
+         "description": "Hearth's simulated device (`hearth device-sim`), for development and tests"},
+    ]})))
+}
+
+/// `GET /v1/discovery/scan` (agent): Hearth discovers nothing (devices are registered by an
+/// operator); it says so, searches no transport and registers nothing.
+async fn scan(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Result<Json, RestError> {
+    s.caller(&headers, ClientRole::Agent, "GET /v1/discovery/scan")?;
+    Ok(Json(json!({
+        "candidates": [],
+        "searched": [],
+        "not_searchable": ["http", "mqtt", "sim"],
+        "note": "Hearth does not discover devices: an operator registers each one \
+                 (POST /v1/devices/register, `hearth device add`). Nothing was registered.",
+    })))
 }
 
 /// `GET /v1/status` (agent): DoSync's fields from the node's own state, and Hearth's
@@ -480,7 +509,8 @@ async fn device_action(
 ) -> Result<Json, RestError> {
     s.caller(&headers, ClientRole::Agent, "POST /v1/device/action")?;
     Err(RestError::Forbidden(
-        "direct_control is off: Hearth acts on devices only through intents (a committed \
+        "direct_control_disabled: direct control is off on Hearth, on every node: it acts on \
+         devices only through intents (a committed \
          entry, then the leader's fenced dispatch). Send an intent. Nothing was appended."
             .into(),
     ))
