@@ -31,6 +31,9 @@ struct Tokens {
 /// A running cluster: each node's HTTP address, and a stop switch per node.
 struct Cluster {
     http: Vec<(u64, SocketAddr)>,
+    /// Node 1's LAN listener (`[http] listen`): TLS with its node certificate.
+    https: SocketAddr,
+    ca: PathBuf,
     tokens: Tokens,
     stops: Vec<(u64, tokio::sync::broadcast::Sender<()>)>,
     _dir: tempfile::TempDir,
@@ -79,6 +82,7 @@ fn start_cluster() -> Cluster {
         .map(|(id, r)| (id, r, format!("127.0.0.1:{}", free_port())))
         .collect();
     let mut http = Vec::new();
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut configs: Vec<NodeConfig> = Vec::new();
     for (b, (id, _, _)) in local_cluster(dir.path(), &members)
         .into_iter()
@@ -86,6 +90,11 @@ fn start_cluster() -> Cluster {
     {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         http.push((*id, addr));
+        let b = if *id == 1 {
+            b.http_listen(https.to_string())
+        } else {
+            b
+        };
         configs.push(
             b.tls(
                 abs(&pki.join("ca.pem")),
@@ -107,6 +116,8 @@ fn start_cluster() -> Cluster {
     }
     Cluster {
         http,
+        https,
+        ca: pki.join("ca.pem"),
         tokens,
         stops,
         _dir: dir,
@@ -143,16 +154,19 @@ struct Answer {
     text: String,
 }
 
-/// A request over a new connection: `headers` besides Content-Type, `body` sent raw.
-async fn raw(
+/// A request over any connection (plain or TLS).
+async fn exchange<IO>(
+    io: IO,
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
-) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+) -> Answer
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("handshake");
     tokio::spawn(conn);
@@ -178,6 +192,18 @@ async fn raw(
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         text,
     }
+}
+
+/// A request over a new connection: `headers` besides Content-Type, `body` sent raw.
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Answer {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    exchange(stream, addr, method, path, headers, body).await
 }
 
 async fn call(
@@ -947,4 +973,61 @@ async fn promote_is_refused_where_the_cluster_fails_over_by_itself() {
     .await;
     assert_eq!(a.status, 409, "{}", a.text);
     assert!(a.text.contains("exactly two hubs"), "{}", a.text);
+}
+
+#[tokio::test]
+async fn the_lan_listener_speaks_tls_with_the_nodes_certificate_and_still_needs_a_token() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let c = shared();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&c.ca).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tls = |path: &'static str, token: Option<String>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(c.https)
+                .await
+                .expect("connect");
+            let name = ServerName::try_from("node-1.hearth").expect("name");
+            let io = connector
+                .connect(name, tcp)
+                .await
+                .expect("a TLS handshake verified by the cluster CA");
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let h: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            exchange(io, c.https, "GET", path, &h, None).await
+        }
+    };
+    let a = tls("/v1/status", Some(c.tokens.agent.clone())).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["protocol"], "dosync/0.5");
+    let a = tls("/v1/status", None).await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    // Plain HTTP to the TLS listener gets no HTTP answer.
+    let mut tcp = tokio::net::TcpStream::connect(c.https)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert!(
+        !String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "plain HTTP answered on the TLS port"
+    );
 }
