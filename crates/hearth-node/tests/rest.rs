@@ -36,6 +36,7 @@ struct Cluster {
     ca: PathBuf,
     tokens: Tokens,
     stops: Vec<(u64, tokio::sync::broadcast::Sender<()>)>,
+    tasks: std::sync::Mutex<Vec<hearth_node::local::NodeTask>>,
     _dir: tempfile::TempDir,
 }
 
@@ -109,10 +110,12 @@ fn start_cluster() -> Cluster {
         );
     }
     let mut stops = Vec::new();
+    let mut tasks = Vec::new();
     for cfg in configs {
         let id = cfg.node_id;
-        let (stop, _tasks) = hearth_node::local::spawn_in_process(vec![cfg]);
+        let (stop, t) = hearth_node::local::spawn_in_process(vec![cfg]);
         stops.push((id, stop));
+        tasks.extend(t);
     }
     Cluster {
         http,
@@ -120,6 +123,7 @@ fn start_cluster() -> Cluster {
         ca: pki.join("ca.pem"),
         tokens,
         stops,
+        tasks: std::sync::Mutex::new(tasks),
         _dir: dir,
     }
 }
@@ -136,10 +140,25 @@ fn shared() -> &'static Cluster {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let c = start_cluster();
-                wait_formed(&c).await;
-                let _ = tx.send(c);
-                std::future::pending::<()>().await;
+                // Ports are picked free and then bound by the nodes: another process on this
+                // machine can take one in between. A cluster whose node could not start is
+                // started again on new ports (twice at most).
+                for attempt in 1..=3 {
+                    let c = start_cluster();
+                    match formed(&c).await {
+                        Ok(()) => {
+                            let _ = tx.send(c);
+                            std::future::pending::<()>().await;
+                        }
+                        Err(why) if attempt < 3 => {
+                            eprintln!("cluster attempt {attempt}: {why}; starting another");
+                            for (id, _) in &c.http {
+                                c.stop(*id);
+                            }
+                        }
+                        Err(why) => panic!("{why}"),
+                    }
+                }
             });
         });
         rx.recv().expect("cluster started")
@@ -277,8 +296,25 @@ impl Cluster {
 /// Waits until every node names the same leader, all three are voters, and every node has
 /// applied the same chain head (the join notices the leader appends by itself are in).
 async fn wait_formed(c: &Cluster) {
+    if let Err(why) = formed(c).await {
+        panic!("{why}");
+    }
+}
+
+/// [`wait_formed`], saying why not: a node that stopped (its error), or no formation in time.
+async fn formed(c: &Cluster) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let done = {
+            let mut t = c.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            t.iter().position(|h| h.is_finished()).map(|i| t.remove(i))
+        };
+        if let Some(h) = done {
+            return Err(match h.await {
+                Ok((id, res)) => format!("node {id} stopped: {res:?}"),
+                Err(e) => format!("a node's task failed: {e}"),
+            });
+        }
         let mut leaders = Vec::new();
         let mut heads = Vec::new();
         let mut voters = 0;
@@ -310,13 +346,12 @@ async fn wait_formed(c: &Cluster) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let again = call(c.addr(1), "GET", "/v1/status", &c.tokens.agent, None).await;
             if again.body["audit_head"] == heads[0] {
-                return;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not form: {leaders:?} {heads:?}"
-        );
+        if Instant::now() > deadline {
+            return Err(format!("the cluster did not form: {leaders:?} {heads:?}"));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1030,4 +1065,88 @@ async fn the_lan_listener_speaks_tls_with_the_nodes_certificate_and_still_needs_
         !String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
         "plain HTTP answered on the TLS port"
     );
+}
+
+#[tokio::test]
+async fn bad_input_on_the_other_writing_endpoints_is_refused_and_appends_nothing() {
+    let _g = SERIAL.lock().await;
+    let c = shared();
+    let at = c.follower_hub().await;
+    register(c, c.addr(1), "patch-light").await;
+    let before = c.chain_len().await;
+    let op = c.tokens.operator.clone();
+    for (method, path, body, want) in [
+        (
+            "PATCH",
+            "/v1/devices/patch-light",
+            json!({"device_name": 3}),
+            422,
+        ),
+        (
+            "PATCH",
+            "/v1/devices/patch-light",
+            json!({"colour": "red"}),
+            422,
+        ),
+        ("PATCH", "/v1/devices/patch-light", json!({}), 422),
+        (
+            "PATCH",
+            "/v1/devices/patch-light",
+            json!({"location": "home//x"}),
+            422,
+        ),
+        (
+            "PATCH",
+            "/v1/devices/patch-light",
+            json!({"emergency_actions": ["unlock"]}),
+            422,
+        ),
+        (
+            "PATCH",
+            "/v1/devices/nobody-here",
+            json!({"device_name": "x"}),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/event",
+            json!({"device_id": "patch-light", "severity": "info"}),
+            422,
+        ),
+        (
+            "POST",
+            "/v1/event",
+            json!({"device_id": "patch-light", "event_id": "e", "severity": "loud"}),
+            422,
+        ),
+        ("POST", "/v1/hub/promote", json!({"force": "yes"}), 403),
+        ("POST", "/v1/intents/i-00/confirm", json!({}), 403),
+    ] {
+        let a = call(at, method, path, &op, Some(body)).await;
+        assert_eq!(a.status, want, "{method} {path}: {}", a.text);
+    }
+    let bearer = format!("Bearer {op}");
+    let h = [
+        ("authorization", bearer.as_str()),
+        ("x-dosync-operator-token", op.as_str()),
+    ];
+    let a = raw(at, "POST", "/v1/intents/..%2F..%2Fetc/confirm", &h, None).await;
+    assert!(a.status == 422 || a.status == 404, "{}", a.text);
+    let a = raw(
+        at,
+        "POST",
+        "/v1/intents/i-0123456789abcdef/confirm",
+        &h,
+        None,
+    )
+    .await;
+    assert_eq!(
+        a.status, 404,
+        "nothing held for an unknown intent: {}",
+        a.text
+    );
+    let a = raw(at, "POST", "/v1/intents/i-0123456789abcdef/deny", &h, None).await;
+    assert_eq!(a.status, 501, "{}", a.text);
+    assert_eq!(c.chain_len().await, before);
+    call(c.addr(1), "DELETE", "/v1/devices/patch-light", &op, None).await;
 }
