@@ -33,11 +33,11 @@ impl Topology {
 /// default port, 47200.
 const REST_OFFSET: u32 = 47200 - 7101;
 
-/// The REST (loopback HTTP) port of the node whose gRPC port is `grpc`.
-fn rest_port(grpc: u32) -> anyhow::Result<u16> {
-    u16::try_from(grpc + REST_OFFSET).map_err(|_| {
-        anyhow::anyhow!("gRPC port {grpc} leaves no room for its REST port; lower --base-port")
-    })
+/// The REST (loopback HTTP) port of the node whose gRPC port is `grpc`; `None` when it would
+/// not be a port (a base port above 25436, as tests pick from the ephemeral range): that dev
+/// cluster serves no REST API, and says so.
+fn rest_port(grpc: u32) -> Option<u16> {
+    u16::try_from(grpc + REST_OFFSET).ok()
 }
 
 /// Writes one config file per node of `topology` (`DIR/node{id}.toml`, data in
@@ -68,7 +68,10 @@ fn write_topology(
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(u32::from(base_port));
-        let b = b.http_loopback(format!("127.0.0.1:{}", rest_port(grpc)?));
+        let b = match rest_port(grpc) {
+            Some(port) => b.http_loopback(format!("127.0.0.1:{port}")),
+            None => b,
+        };
         let b = if secure {
             // Relative to the config file: DIR/pki/.
             b.tls(
@@ -145,7 +148,13 @@ fn rest_banner(base_port: u16, topology: Topology, pki: Option<&Path>) -> anyhow
     let mut follower = None;
     for &(id, role) in topology.roles() {
         let grpc = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
-        let port = rest_port(grpc)?;
+        let Some(port) = rest_port(grpc) else {
+            return Ok(format!(
+                "DoSync REST API v1: off (--base-port {base_port} leaves no room for REST ports \
+                 at gRPC port + {REST_OFFSET}; use a base port up to {})\n",
+                u32::from(u16::MAX) - REST_OFFSET - 2
+            ));
+        };
         if id == 2 {
             follower = Some(port);
         }
@@ -179,7 +188,7 @@ fn check_ports_free(base_port: u16, topology: Topology) -> anyhow::Result<()> {
         let port = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
         let port = u16::try_from(port)
             .map_err(|_| anyhow::anyhow!("--base-port {base_port} leaves no room for node {id}"))?;
-        for port in [port, rest_port(u32::from(port))?] {
+        for port in std::iter::once(port).chain(rest_port(u32::from(port))) {
             if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                 anyhow::bail!(
                     "port {port} (node {id}) is not free: {e}; is another `hearth dev` running? \
