@@ -195,6 +195,7 @@ impl TestCluster {
             tls: None,
             auth: None,
             limits: Default::default(),
+            http: Default::default(),
             checkpoint: self.checkpoint.get(&id).cloned().unwrap_or_default(),
         }
     }

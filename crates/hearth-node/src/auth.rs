@@ -411,15 +411,28 @@ impl Authenticator {
             Need::Role(r) | Need::RoleOrNode(r) if self.enabled() => r,
             _ => return Ok(None),
         };
+        if authorization.is_none() && node_certificate && matches!(need, Need::RoleOrNode(_)) {
+            return Ok(Some(Principal {
+                name: "cluster node".into(),
+                role: None,
+                authorization: None,
+                grants: Grants::all(),
+            }));
+        }
+        self.check_role(path, required, authorization).map(Some)
+    }
+
+    /// The token check itself, for any transport: the `authorization` header (`Bearer
+    /// <token>`) must name a known token whose role is at least `required`. `what` names the
+    /// method or endpoint in the refusal. Only call it with authentication enabled.
+    pub fn check_role(
+        &self,
+        what: &str,
+        required: ClientRole,
+        authorization: Option<&[u8]>,
+    ) -> Result<Principal, Status> {
+        let path = what;
         let Some(header) = authorization else {
-            if node_certificate && matches!(need, Need::RoleOrNode(_)) {
-                return Ok(Some(Principal {
-                    name: "cluster node".into(),
-                    role: None,
-                    authorization: None,
-                    grants: Grants::all(),
-                }));
-            }
             return Err(Status::unauthenticated(format!(
                 "{path} needs a client token: pass --token-file FILE or set HEARTH_TOKEN_FILE \
                  (`hearth init-pki` wrote admin.token; `hearth token add` makes more)"
@@ -446,12 +459,21 @@ impl Authenticator {
                 required.name()
             )));
         }
-        Ok(Some(Principal {
+        Ok(Principal {
             grants: entry.grants(),
             name: entry.name,
             role: Some(entry.role),
             authorization: Some(header.to_string()),
-        }))
+        })
+    }
+}
+
+/// Runs `f` as `caller`: what the auth layer does for a gRPC call, for a call that reached
+/// the API another way (the HTTP face), so the API reads the same principal ([`current`]).
+pub async fn as_caller<F: Future>(caller: Option<Principal>, f: F) -> F::Output {
+    match caller {
+        Some(p) => CURRENT.scope(p, f).await,
+        None => f.await,
     }
 }
 

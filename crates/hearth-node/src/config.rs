@@ -18,6 +18,10 @@
 //! [auth]
 //! tokens_file = "pki/tokens.toml"  # client tokens, stored hashed (`hearth token add`)
 //!
+//! [http]                    # optional: DoSync's REST API v1 (docs/REST.md)
+//! listen = "0.0.0.0:47200"  # on the LAN: TLS with this node's certificate
+//! loopback = "127.0.0.1:47200"  # plain HTTP for clients on this host (tokens still required)
+//!
 //! # insecure = true         # instead of [tls] and [auth]: plain text, no client tokens
 //!
 //! [[peers]]
@@ -223,6 +227,58 @@ pub struct NodeConfig {
     pub auth: Option<AuthSettings>,
     #[serde(default, skip_serializing_if = "at_default")]
     pub limits: LimitsSettings,
+    /// The HTTP face: DoSync's REST API v1 (docs/REST.md). Off unless an address is given.
+    #[serde(default, skip_serializing_if = "at_default")]
+    pub http: HttpSettings,
+}
+
+/// Where a node serves HTTP (DoSync's REST API v1, docs/REST.md). Tokens are required on
+/// both addresses whenever the node has client authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `IP:port` on the LAN: TLS with the node's own certificate (plain text only with
+    /// `insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// A loopback `IP:port` served in plain HTTP, for DoSync clients on this host (they speak
+    /// plain HTTP to 127.0.0.1). Refused unless the address is a loopback one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loopback: Option<String>,
+}
+
+impl HttpSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(a) = &self.listen {
+            a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "http.listen",
+                    format!("{a:?} is not an IP:port to bind (for example \"0.0.0.0:47200\")"),
+                )
+            })?;
+        }
+        if let Some(a) = &self.loopback {
+            match a.parse::<SocketAddr>() {
+                Ok(s) if s.ip().is_loopback() => {}
+                Ok(_) => {
+                    return Err(invalid(
+                        "http.loopback",
+                        format!(
+                            "{a:?} is not a loopback address: plain HTTP is served only on \
+                             127.0.0.1 or ::1 (use http.listen for the LAN, with TLS)"
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "http.loopback",
+                        format!("{a:?} is not an IP:port (for example \"127.0.0.1:47200\")"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one host on the LAN may cost a node before it proved anything (docs/SECURITY.md).
@@ -763,6 +819,7 @@ impl NodeConfig {
                 )
             })?;
         }
+        self.http.validate()?;
         if self.limits.max_connections < 4 {
             return Err(invalid(
                 "limits.max_connections",

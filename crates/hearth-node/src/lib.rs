@@ -1,4 +1,5 @@
-//! The Hearth server: configuration, node startup and bootstrap, and the public gRPC API.
+//! The Hearth server: configuration, node startup and bootstrap, the public gRPC API and its
+//! HTTP face (DoSync's REST API v1).
 //! Thin I/O around `hearth-core` (decisions) and `hearth-cluster` (Raft).
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod expiry;
 pub mod health;
+pub mod http;
 pub mod local;
 pub mod metrics;
 pub mod node;

@@ -109,6 +109,16 @@ async fn serve_once(
     // Calls refused before anything was appended, kept apart from the chain (Audit.Refusals).
     let refusals = Arc::new(crate::refusals::Refusals::new(node.config().node_id));
     let api = Api::new(node.clone(), counters.clone()).with_refusals(refusals.clone());
+    // The HTTP face (DoSync's REST API v1), bound before the node answers gRPC so a taken
+    // port fails the start like the gRPC one does.
+    let http_listeners = crate::http::bind(&node).await?;
+    let http_state = Arc::new(crate::http::HttpState {
+        node: node.clone(),
+        api: api.clone(),
+        auth: authenticator.clone(),
+        counters: counters.clone(),
+        started: std::time::Instant::now(),
+    });
     let metrics = match &node.config().metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr)
@@ -239,6 +249,15 @@ async fn serve_once(
         }
     };
     let server = tokio::spawn(server);
+    let http = (!http_listeners.is_empty()).then(|| {
+        for l in &http_listeners {
+            if let Ok(a) = l.listener.local_addr() {
+                let scheme = if l.tls.is_some() { "https" } else { "http" };
+                tracing::info!(node = id, "REST API v1 (DoSync) at {scheme}://{a}/v1/");
+            }
+        }
+        crate::http::serve(crate::http::router(http_state), http_listeners, limits)
+    });
     tracing::info!(node = id, "serving");
 
     let mut restart = node.restart_requested();
@@ -267,6 +286,7 @@ async fn serve_once(
         m.abort();
         let _ = m.await;
     }
+    drop(http);
     let _ = stop_tx.send(());
     let server_result = server.await;
     drop(acceptor);

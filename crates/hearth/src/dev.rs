@@ -28,6 +28,18 @@ impl Topology {
     }
 }
 
+/// How far above a node's gRPC port its REST port (DoSync's API v1, plain HTTP on loopback)
+/// is: with the default base port 7101, node 1 answers DoSync clients on DoSync's own
+/// default port, 47200.
+const REST_OFFSET: u32 = 47200 - 7101;
+
+/// The REST (loopback HTTP) port of the node whose gRPC port is `grpc`; `None` when it would
+/// not be a port (a base port above 25436, as tests pick from the ephemeral range): that dev
+/// cluster serves no REST API, and says so.
+fn rest_port(grpc: u32) -> Option<u16> {
+    u16::try_from(grpc + REST_OFFSET).ok()
+}
+
 /// Writes one config file per node of `topology` (`DIR/node{id}.toml`, data in
 /// `DIR/node{id}`, node `id` on port `base_port + id - 1`) and returns their paths.
 fn write_topology(
@@ -50,7 +62,16 @@ fn write_topology(
         .collect();
     let mut paths = Vec::new();
     let builders = hearth_node::config::local_cluster(dir, &members);
-    for (b, (id, _, _)) in builders.into_iter().zip(&members) {
+    for (b, (id, _, addr)) in builders.into_iter().zip(&members) {
+        let grpc: u32 = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(u32::from(base_port));
+        let b = match rest_port(grpc) {
+            Some(port) => b.http_loopback(format!("127.0.0.1:{port}")),
+            None => b,
+        };
         let b = if secure {
             // Relative to the config file: DIR/pki/.
             b.tls(
@@ -102,7 +123,63 @@ fn node_pki(dir: &Path, ids: &[u64]) -> anyhow::Result<()> {
         hearth_node::pki::write_private(&to, &bytes)
             .with_context(|| format!("writing {}", to.display()))?;
     }
+    // The token DoSync clients (certify.py, its MCP server) send as their bearer key: an
+    // operator's, since DoSync's key registers devices and reads the audit (docs/REST.md).
+    let dosync = pki.join("dosync.token");
+    if !dosync.exists() {
+        let tokens = pki.join("tokens.toml");
+        // A `dosync` token whose secret was lost with its file is replaced.
+        let _ = hearth_node::pki::revoke_token(&tokens, "dosync");
+        let t = hearth_node::pki::add_token(
+            &tokens,
+            "dosync",
+            hearth_node::auth::ClientRole::Operator,
+        )?;
+        hearth_node::pki::write_private(&dosync, format!("{t}\n").as_bytes())
+            .with_context(|| format!("writing {}", dosync.display()))?;
+    }
     Ok(())
+}
+
+/// What `hearth dev` prints about the REST API: each node's base URL and the token to use.
+fn rest_banner(base_port: u16, topology: Topology, pki: Option<&Path>) -> anyhow::Result<String> {
+    let mut out =
+        String::from("DoSync REST API v1 on every node (plain HTTP on loopback; docs/REST.md):\n");
+    let mut follower = None;
+    for &(id, role) in topology.roles() {
+        let grpc = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
+        let Some(port) = rest_port(grpc) else {
+            return Ok(format!(
+                "DoSync REST API v1: off (--base-port {base_port} leaves no room for REST ports \
+                 at gRPC port + {REST_OFFSET}; use a base port up to {})\n",
+                u32::from(u16::MAX) - REST_OFFSET - 2
+            ));
+        };
+        if id == 2 {
+            follower = Some(port);
+        }
+        out.push_str(&format!(
+            "  node {id} ({}): http://127.0.0.1:{port}/v1/\n",
+            role.name()
+        ));
+    }
+    match pki {
+        Some(pki) => {
+            // The path, never the secret (terminals are logged and shared).
+            out.push_str(&format!(
+                "  token for DoSync clients (an operator's): {}\n  \
+                 export DOSYNC_TOKEN=$(cat {0}) DOSYNC_OPERATOR_TOKEN=$(cat {0})\n",
+                pki.join("dosync.token").display()
+            ));
+        }
+        None => out.push_str("  no token needed (--insecure)\n"),
+    }
+    if let Some(port) = follower {
+        out.push_str(&format!(
+            "  e.g. python3 certify.py --host 127.0.0.1 --port {port} --tier conformance\n"
+        ));
+    }
+    Ok(out)
 }
 
 /// Refuses to start when a port of the cluster is taken, before anything is written.
@@ -111,11 +188,13 @@ fn check_ports_free(base_port: u16, topology: Topology) -> anyhow::Result<()> {
         let port = u32::from(base_port) + u32::try_from(id - 1).unwrap_or(u32::MAX);
         let port = u16::try_from(port)
             .map_err(|_| anyhow::anyhow!("--base-port {base_port} leaves no room for node {id}"))?;
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            anyhow::bail!(
-                "port {port} (node {id}) is not free: {e}; is another `hearth dev` running? \
-                 pick others with --base-port"
-            );
+        for port in std::iter::once(port).chain(rest_port(u32::from(port))) {
+            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                anyhow::bail!(
+                    "port {port} (node {id}) is not free: {e}; is another `hearth dev` running? \
+                     pick others with --base-port"
+                );
+            }
         }
     }
     Ok(())
@@ -199,10 +278,12 @@ pub async fn run(
     } else {
         format!(" --addr 127.0.0.1:{base_port}")
     };
+    let rest = rest_banner(base_port, topology, (!insecure).then_some(pki.as_path()))?;
     crate::cli::out(format_args!(
         "Hearth dev cluster: {shape}\n\
          data and configs in {}{}\n\
          {}\n\
+         {rest}\
          In another terminal:\n{client_env}\
          cargo run -p hearth -- cluster status{at}\n  \
          cargo run -p hearth -- device list{at}\n  \

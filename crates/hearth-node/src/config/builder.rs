@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    AssistSettings, AuthSettings, CheckpointSettings, ConfigError, LimitsSettings,
+    AssistSettings, AuthSettings, CheckpointSettings, ConfigError, HttpSettings, LimitsSettings,
     MqttBrokerSettings, NodeConfig, Peer, Role, TimingConfig, TlsSettings,
 };
 
@@ -58,6 +58,7 @@ impl NodeConfig {
                 tls: None,
                 auth: None,
                 limits: LimitsSettings::default(),
+                http: HttpSettings::default(),
             },
         }
     }
@@ -172,6 +173,18 @@ impl NodeConfigBuilder {
 
     pub fn metrics_listen(mut self, addr: impl Into<String>) -> Self {
         self.config.metrics_listen = Some(addr.into());
+        self
+    }
+
+    /// The HTTP face on the LAN (TLS unless insecure).
+    pub fn http_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.http.listen = Some(addr.into());
+        self
+    }
+
+    /// The HTTP face on loopback, plain HTTP (tokens still required).
+    pub fn http_loopback(mut self, addr: impl Into<String>) -> Self {
+        self.config.http.loopback = Some(addr.into());
         self
     }
 
