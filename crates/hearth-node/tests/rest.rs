@@ -1145,8 +1145,27 @@ async fn bad_input_on_the_other_writing_endpoints_is_refused_and_appends_nothing
         "nothing held for an unknown intent: {}",
         a.text
     );
+    // Deny goes to the leader's Intents.Deny: nothing is held for an unknown intent (404),
+    // and a body that is not DoSync's is refused (422); nothing is appended either way.
     let a = raw(at, "POST", "/v1/intents/i-0123456789abcdef/deny", &h, None).await;
-    assert_eq!(a.status, 501, "{}", a.text);
+    assert_eq!(a.status, 404, "{}", a.text);
+    assert!(a.text.contains("No actions are held"), "{}", a.text);
+    let a = call(
+        at,
+        "POST",
+        "/v1/intents/i-0123456789abcdef/deny",
+        &op,
+        Some(json!({"reason": 7})),
+    )
+    .await;
+    assert!(a.status == 422 || a.status == 403, "{}", a.text);
+    // Every held intent, for an operator's console: none here (an agent may read it too).
+    for token in [&op, &c.tokens.agent] {
+        let a = call(at, "GET", "/v1/confirmations", token, None).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["pending"], json!([]), "{}", a.text);
+        assert_eq!(a.body["timeout_seconds"], json!(300), "{}", a.text);
+    }
     assert_eq!(c.chain_len().await, before);
     call(c.addr(1), "DELETE", "/v1/devices/patch-light", &op, None).await;
 }

@@ -358,6 +358,7 @@ pub async fn confirm(
     let req = pb::ApproveRequest {
         id: id.clone(),
         by: by.clone(),
+        reason: String::new(),
     };
     let v = crate::auth::as_caller(op, s.api.approve(tonic::Request::new(req)))
         .await
@@ -394,6 +395,15 @@ pub async fn pending(
     )
     .await?
     .into_inner();
+    held_json(&v).map(Json).ok_or_else(|| {
+        RestError::NotFound(format!(
+            "No actions are held for confirmation on intent '{id}'."
+        ))
+    })
+}
+
+/// The actions `v` holds for a person, as DoSync lists them (`None`: nothing is held).
+fn held_json(v: &pb::IntentView) -> Option<Value> {
     let held: Vec<Value> = v
         .actions
         .iter()
@@ -404,42 +414,98 @@ pub async fn pending(
         })
         .collect();
     if held.is_empty() {
-        return Err(RestError::NotFound(format!(
-            "No actions are held for confirmation on intent '{id}'."
-        )));
+        return None;
     }
-    Ok(Json(
-        json!({"intent_id": id, "intent": v.class, "held": held, "notes": v.notes}),
-    ))
+    Some(json!({
+        "intent_id": v.id, "intent": v.class, "held": held, "notes": v.notes,
+        "source": v.source, "created_at": v.at_ms as f64 / 1000.0,
+        "waiting_for": v.waiting_for,
+        "expires_at": (v.approval_expires_at_ms > 0).then(|| v.approval_expires_at_ms as f64 / 1000.0),
+        "policies": v.approval_policies,
+    }))
 }
 
-/// `POST /v1/intents/{id}/deny` and `GET /v1/confirmations`: Hearth has no way to refuse a
-/// held intent or list every held one yet (issue 17.3 adds `Intents.Deny` and
-/// `Intents.ListPending`); the operator credential is still checked first.
+/// The optional body of a deny: why (Hearth records a reason with every denial).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/intents/{id}/deny`: drops what an intent holds for a person (`Intents.Deny`),
+/// with the operator credential. DoSync's clients send no body; Hearth records a reason with
+/// every denial, so one may be given (`{"reason": "…"}`), and a default says where it came from.
 pub async fn deny(
     State(s): State<Arc<HttpState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Json, RestError> {
-    s.operator(&headers, "POST /v1/intents/{intent_id}/deny")?;
+    let op = s.operator(&headers, "POST /v1/intents/{intent_id}/deny")?;
     input::intent_id(&id)?;
-    Err(RestError::NotImplemented(
-        "denying a held intent is not in this Hearth version (Intents.Deny is being added, \
-         issue 17.3); the intent stays held. Nothing was appended."
-            .into(),
-    ))
+    let raw = input::bytes(body).await?;
+    let b: DenyBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        DenyBody::default()
+    } else {
+        input::json(&raw)?
+    };
+    let reason = b
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "denied by the operator through DoSync's REST API".to_string());
+    let by = op
+        .as_ref()
+        .map_or_else(|| "operator".to_string(), |p| p.name.clone());
+    let req = pb::DenyRequest {
+        id: id.clone(),
+        reason,
+        by: by.clone(),
+    };
+    let v = crate::auth::as_caller(op, s.api.deny(tonic::Request::new(req)))
+        .await
+        .map_err(|st| match RestError::from(st) {
+            // Nothing held (never was, or already decided): DoSync's 404.
+            RestError::Conflict(m) => RestError::NotFound(format!(
+                "No actions are held for confirmation on intent '{id}': {m}"
+            )),
+            other => other,
+        })?
+        .into_inner();
+    let actions: Vec<Value> = v
+        .actions
+        .iter()
+        .filter(|a| a.outcome == "DENIED")
+        .map(|a| json!({"device_id": a.device, "action": verb_of(&a.capability, &a.state)}))
+        .collect();
+    Ok(Json(json!({
+        "status": "denied", "intent_id": id, "actions": actions, "denied_by": by,
+        "reason": v.denied_reason,
+    })))
 }
 
+/// `GET /v1/confirmations`: every intent that waits for a person, oldest first
+/// (`Intents.ListPending`; an agent token sees only its own).
 pub async fn confirmations(
     State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
 ) -> Result<Json, RestError> {
-    s.caller(&headers, ClientRole::Agent, "GET /v1/confirmations")?;
-    Err(RestError::NotImplemented(
-        "listing every held intent is not in this Hearth version (Intents.ListPending is being \
-         added, issue 17.3); ask one intent with GET /v1/intents/{id}/pending"
-            .into(),
-    ))
+    let caller = s.caller(&headers, ClientRole::Agent, "GET /v1/confirmations")?;
+    let r = crate::auth::as_caller(
+        caller,
+        s.api
+            .list_pending(tonic::Request::new(pb::ListPendingRequest {})),
+    )
+    .await?
+    .into_inner();
+    let pending: Vec<Value> = r.intents.iter().filter_map(held_json).collect();
+    Ok(Json(json!({
+        "pending": pending,
+        "operator_configured": true,
+        "operator_credential": "ok",
+        "timeout_seconds": hearth_core::approval::DEFAULT_APPROVAL_TIMEOUT_MS / 1000,
+        "now": r.now_ms as f64 / 1000.0,
+    })))
 }
 
 #[cfg(test)]

@@ -327,7 +327,28 @@ fn entry_json(rec: &hearth_core::Record) -> Value {
             ) => "policy_changed",
             Ok(DomainCommand::Refence { .. }) => "refence",
             Ok(DomainCommand::OperatorAct { .. }) => "operator_act",
+            Ok(DomainCommand::Deny {
+                intent_id,
+                by,
+                reason,
+                ..
+            }) => {
+                m.insert("intent_id".into(), json!(intent_id));
+                m.insert("by".into(), json!(by));
+                m.insert("reason".into(), json!(reason));
+                "intent_denied"
+            }
+            Ok(DomainCommand::ExpireApproval { intent_id, .. }) => {
+                m.insert("intent_id".into(), json!(intent_id));
+                m.insert("by".into(), json!("system"));
+                "intent_denied"
+            }
             Ok(DomainCommand::NodeNotice { .. }) => "node_notice",
+            Ok(DomainCommand::AdmitNode { node, by, .. }) => {
+                m.insert("node".into(), json!(node));
+                m.insert("by".into(), json!(by));
+                "node_admitted"
+            }
             Ok(DomainCommand::Promote { .. }) => "promotion",
             Ok(DomainCommand::TestRecord { .. }) => "test_record",
             Err(_) => "undecodable",
