@@ -341,6 +341,17 @@ async fn formed(c: &Cluster) -> Result<(), String> {
             && leaders.iter().all(|l| *l == leaders[0])
             && heads.iter().all(|h| *h == heads[0] && !h.is_null())
             && voters == 3;
+        // Formation appends by itself after the voters exist: each joining node's notice
+        // ("votes again …") once the leader has read it; wait for both.
+        let settled = settled && {
+            let log = call(c.addr(1), "GET", "/v1/audit", &c.tokens.operator, None).await;
+            let count = |ty: &str| {
+                log.body["entries"]
+                    .as_array()
+                    .map_or(0, |v| v.iter().filter(|e| e["type"] == ty).count())
+            };
+            count("node_admitted") >= 3 && count("node_notice") >= 2
+        };
         if settled {
             // Twice the same head a moment apart: nothing is still being appended.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -657,6 +668,36 @@ async fn an_intent_is_accepted_on_a_follower_and_polled_to_its_outcome() {
         .collect();
     assert_eq!(accepted.len(), 1, "{}", log.text);
     assert_eq!(accepted[0]["source"], "olga");
+    // Finished: the entry of its last outcome is DoSync's `intent_executed`, once, with the
+    // fields DoSync's readers take from it.
+    let executed: Vec<&Value> = log.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["type"] == "intent_executed" && e["intent_id"] == json!(id))
+        .collect();
+    assert_eq!(executed.len(), 1, "{}", log.text);
+    let e = executed[0];
+    for f in [
+        "intent",
+        "urgency",
+        "timestamp",
+        "actions",
+        "success",
+        "hash",
+        "prev_hash",
+        "source",
+    ] {
+        assert!(e.get(f).is_some(), "intent_executed lacks {f}: {e}");
+    }
+    assert_eq!(e["intent"], "ensure_safety");
+    assert_eq!(e["source"], "olga");
+    assert_eq!(e["success"], json!(true));
+    assert_eq!(e["actions"], json!(1));
+    assert!(
+        e["index"].as_u64() > accepted[0]["index"].as_u64(),
+        "executed after it was accepted: {e}"
+    );
     let d = call(
         at,
         "DELETE",

@@ -10,6 +10,7 @@ mod devices;
 mod intents;
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -261,6 +262,7 @@ async fn audit(
         }
         entries.push(e);
     }
+    mark_executed(&s.node, &mut entries);
     Ok(Json(json!({
         "count": count,
         "returned": entries.len(),
@@ -268,6 +270,50 @@ async fn audit(
         "integrity_detail": verify.failure.map(|f| f.to_string()),
         "entries": entries,
     })))
+}
+
+/// DoSync writes one `intent_executed` entry when an intent has run; Hearth's chain records
+/// the decision and then each action's outcome. The entry that records a finished intent's
+/// last outcome is where its execution ended: it is listed as `intent_executed`, with the
+/// intent's class, urgency, source, action count, status and success (and keeps its own
+/// action fields). `timestamp` is the chain time the intent was accepted (outcome entries
+/// carry no time of their own). Entries are the tail of the chain, so an outcome after the
+/// last one shown cannot exist.
+fn mark_executed(node: &crate::node::Node, entries: &mut [Value]) {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (pos, e) in entries.iter().enumerate() {
+        if e["type"] == "action_outcome"
+            && let Some(id) = e["intent_id"].as_str()
+        {
+            last.insert(id.to_string(), pos);
+        }
+    }
+    for (id, pos) in last {
+        let Some(r) = node
+            .sm
+            .with_domain(|d| d.intents.get(&id).cloned())
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        if !r.status.is_final() {
+            continue;
+        }
+        if let Some(o) = entries.get_mut(pos).and_then(Value::as_object_mut) {
+            o.insert("type".into(), json!("intent_executed"));
+            o.insert("intent".into(), json!(r.intent.class));
+            o.insert("urgency".into(), json!(r.intent.urgency));
+            o.insert("source".into(), json!(r.intent.source));
+            o.insert("actions".into(), json!(r.actions.len()));
+            o.insert("status".into(), json!(r.status));
+            o.insert(
+                "success".into(),
+                json!(r.status == hearth_core::domain::IntentStatus::Done),
+            );
+            o.insert("timestamp".into(), json!(r.at_ms as f64 / 1000.0));
+        }
+    }
 }
 
 /// An entry's DoSync-style `type` and the fields a reader looks for. Secrets never reach the
