@@ -176,8 +176,9 @@ impl Node {
         if self.role == crate::config::Role::Witness {
             return;
         }
+        let voters = self.voters();
         for s in statuses {
-            if s.vote_held || s.incarnation.is_empty() || !self.voters().contains(&s.node_id) {
+            if s.vote_held || s.incarnation.is_empty() || !voters.contains(&s.node_id) {
                 continue;
             }
             match self.admitted_incarnation(s.node_id) {

@@ -107,18 +107,26 @@ impl Node {
         }
         if members.len() == 1 {
             // A one-hub cluster: it admits its own data directory once it leads.
-            let patience =
-                Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20);
-            let deadline = tokio::time::Instant::now() + patience;
-            let by = format!("node {}", self.id);
-            self.admit_retrying(deadline, || {
-                self.admit(self.id, &self.incarnation, &by, "formed the cluster")
-            })
-            .await?;
+            self.admit_self(tokio::time::Instant::now() + self.formation_patience())
+                .await?;
             let _ = std::fs::remove_file(self.config.data_dir.join(FORMING_FILE));
             return Ok(());
         }
         Box::pin(self.finish_formation(members)).await
+    }
+
+    /// How long forming the cluster may take before the bootstrap hub gives up.
+    fn formation_patience(&self) -> Duration {
+        Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20)
+    }
+
+    /// The bootstrap hub admits its own data directory (it formed the cluster).
+    async fn admit_self(&self, deadline: tokio::time::Instant) -> Result<(), StartError> {
+        let by = format!("node {}", self.id);
+        self.admit_retrying(deadline, || {
+            self.admit(self.id, &self.incarnation, &by, "formed the cluster")
+        })
+        .await
     }
 
     /// Runs an admission step of forming the cluster, retrying until `deadline` (a leadership
@@ -158,7 +166,7 @@ impl Node {
         &self,
         members: BTreeMap<u64, Member>,
     ) -> Result<(), StartError> {
-        let patience = Duration::from_millis(self.config.timing.write_timeout_ms.max(1000) * 20);
+        let patience = self.formation_patience();
         let deadline = tokio::time::Instant::now() + patience;
         let fatal = |e: String| StartError::Fatal(e);
         loop {
@@ -184,11 +192,7 @@ impl Node {
         }
         // The chain admits each member's data directory before it votes (issue 14.1): this
         // hub's own first, then each peer's once it has taken the log.
-        let by = format!("node {}", self.id);
-        self.admit_retrying(deadline, || {
-            self.admit(self.id, &self.incarnation, &by, "formed the cluster")
-        })
-        .await?;
+        self.admit_self(deadline).await?;
         // Each step is retried until `patience` runs out: right after this hub wins, its first
         // membership is not committed yet ("already undergoing a configuration change"), and a
         // leadership blip answers with an API error that a moment later is gone.

@@ -352,9 +352,7 @@ pub async fn confirm(
 ) -> Result<Json, RestError> {
     let op = s.operator(&headers, "POST /v1/intents/{intent_id}/confirm")?;
     input::intent_id(&id)?;
-    let by = op
-        .as_ref()
-        .map_or_else(|| "operator".to_string(), |p| p.name.clone());
+    let by = operator_name(op.as_ref());
     let req = pb::ApproveRequest {
         id: id.clone(),
         by: by.clone(),
@@ -362,18 +360,27 @@ pub async fn confirm(
     };
     let v = crate::auth::as_caller(op, s.api.approve(tonic::Request::new(req)))
         .await
-        .map_err(|st| match RestError::from(st) {
-            // Nothing held (never was, or already approved): DoSync's 404.
-            RestError::Conflict(m) => RestError::NotFound(format!(
-                "No actions are held for confirmation on intent '{id}': {m}"
-            )),
-            other => other,
-        })?
+        .map_err(|st| nothing_held(&id, st))?
         .into_inner();
     let mut out = intent_json(&v);
     out["confirmed_by"] = json!(by);
     out["confirmation"] = json!("confirmed");
     Ok(Json(out))
+}
+
+/// A decision refused because nothing is held (never was, or already decided): DoSync's 404.
+fn nothing_held(id: &str, st: tonic::Status) -> RestError {
+    match RestError::from(st) {
+        RestError::Conflict(m) => RestError::NotFound(format!(
+            "No actions are held for confirmation on intent '{id}': {m}"
+        )),
+        other => other,
+    }
+}
+
+/// The name recorded for an operator's decision (`operator` without client authentication).
+fn operator_name(op: Option<&Principal>) -> String {
+    op.map_or_else(|| "operator".to_string(), |p| p.name.clone())
 }
 
 /// `GET /v1/intents/{id}/pending`: the actions an intent holds for a person (404: none).
@@ -454,9 +461,7 @@ pub async fn deny(
         .reason
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| "denied by the operator through DoSync's REST API".to_string());
-    let by = op
-        .as_ref()
-        .map_or_else(|| "operator".to_string(), |p| p.name.clone());
+    let by = operator_name(op.as_ref());
     let req = pb::DenyRequest {
         id: id.clone(),
         reason,
@@ -464,13 +469,7 @@ pub async fn deny(
     };
     let v = crate::auth::as_caller(op, s.api.deny(tonic::Request::new(req)))
         .await
-        .map_err(|st| match RestError::from(st) {
-            // Nothing held (never was, or already decided): DoSync's 404.
-            RestError::Conflict(m) => RestError::NotFound(format!(
-                "No actions are held for confirmation on intent '{id}': {m}"
-            )),
-            other => other,
-        })?
+        .map_err(|st| nothing_held(&id, st))?
         .into_inner();
     let actions: Vec<Value> = v
         .actions
