@@ -368,6 +368,13 @@ async fn wiped_nodes_are_refused_and_vote_again_only_after_an_explicit_rejoin() 
     assert!(again.to_string().contains("nothing to rejoin"), "{again}");
     let unknown = c.node(2).rejoin_member(9, "ana").await.unwrap_err();
     assert!(unknown.to_string().contains("not a member"), "{unknown}");
+    // The careless admin: a rejoin of a member that is down (node 1, stopped above) is refused
+    // with what to do, and admits nothing.
+    let down = c.node(2).rejoin_member(1, "ana").await.unwrap_err();
+    assert!(
+        matches!(down, NodeError::NoQuorum(_)) && down.to_string().contains("does not answer"),
+        "{down}"
+    );
     c.shutdown().await;
 }
 

@@ -364,6 +364,10 @@ async fn privileged(ch: Channel, method: &str, token: Option<&str>) -> Code {
             ))
             .await
             .map(|_| ()),
+        "Cluster/Rejoin" => ClusterClient::new(ch)
+            .rejoin(with_token(pb::RejoinRequest { id: 2 }, t))
+            .await
+            .map(|_| ()),
         "Intents/Deny" => IntentsClient::new(ch)
             .deny(with_token(
                 pb::DenyRequest {
@@ -480,6 +484,7 @@ async fn tokens_and_roles_guard_every_privileged_call() {
         "Cluster/Promote",
         "Cluster/Restart",
         "Cluster/RecordAct",
+        "Cluster/Rejoin",
     ];
     let operator = [
         "Intents/Approve",
